@@ -1,0 +1,140 @@
+"""The study's configuration: every field with its default, and the checks that stop a bad value.
+
+Configs in configs/ start from `default_config()` and change a few fields; `validate` raises ConfigError with
+one line naming the field.
+"""
+
+import math
+
+import ml_collections
+
+PHASES = ("teacher", "student_ce", "student_kd", "student_kd_ema")
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Every field of a study, with the seed's values where it has them (see configs/default.py)."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.epochs = 10                    # per phase (the seed)
+  config.batch_size = 64
+  config.eval_batch_size = 500
+  config.phases = ("teacher", "student_ce", "student_kd")
+  config.progress = True                # a tqdm bar per epoch
+  config.log_every_epoch = True         # the one-line summary per epoch
+
+  config.data = ml_collections.ConfigDict()
+  config.data.name = "digits"           # the embedded set; "tiny_imagenet" for the real study
+  config.data.manual_dir = ""           # where a manually downloaded archive lies
+  config.data.data_dir = ""             # where prepared data sets are cached ("" = the library's default)
+  config.data.image_size = 64           # the seed's input size (digits are resized to it)
+  config.data.normalization = "standardize"   # (x/255 - mean)/std per channel; or "unit": x/255
+  config.data.drop_remainder = False    # keep the last short batch, as PyTorch's DataLoader does
+  config.data.max_train_examples = 0    # 0 = all; else a fixed subset (quick runs and tests)
+  config.data.max_val_examples = 0
+
+  config.model = ml_collections.ConfigDict()
+  config.model.activation = "none"      # the seed; or "relu"
+  config.model.init = "pytorch"         # the seed: U(+-1/sqrt(fan_in)); or "lecun_normal"
+
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.name = "adam"        # "sgd" | "adam" | "adamw"
+  config.optimizer.learning_rate = 1e-3
+  config.optimizer.schedule = "constant"  # or "cosine"
+  config.optimizer.momentum = 0.9       # sgd
+  config.optimizer.nesterov = False     # sgd
+  config.optimizer.weight_decay = 0.0   # sgd/adam: L2 added to the gradient; adamw: decoupled
+  config.optimizer.b1 = 0.9
+  config.optimizer.b2 = 0.999
+  config.optimizer.eps = 1e-8
+
+  config.kd = ml_collections.ConfigDict()
+  config.kd.temperature = 4.0           # T in KL(softmax(t/T) || softmax(s/T)) * T^2
+  config.kd.kd_weight = 1.0             # the seed: KD loss alone
+  config.kd.ce_weight = 0.0
+
+  config.ema = ml_collections.ConfigDict()
+  config.ema.decay = 0.999              # the seed's alpha: teacher = alpha*teacher + (1-alpha)*student
+  config.ema.student_decay = 0.0        # > 0: also keep an EMA of the student's weights, reported apart
+  config.ema.warmup = False             # mean-teacher warm-up: alpha_t = min(1 - 1/(t+1), alpha)
+
+  config.checkpoint = ml_collections.ConfigDict()
+  config.checkpoint.every_epochs = 1    # save each phase's state every N epochs (and at its end)
+  config.checkpoint.keep = 3            # keep the last N saves per model
+
+  return config
+
+
+class ConfigError(ValueError):
+  """A config value that cannot run; the message is one line that names the field."""
+
+
+def _check(condition: bool, field: str, requirement: str, value) -> None:
+  if not condition:
+    raise ConfigError(f"{field} {requirement}, got {value!r}")
+
+
+def _is_number(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError naming the first field whose value cannot run."""
+  from kdjax import data as data_lib  # the data registry; imported here to keep config import-light
+  from kdjax import models, optim
+
+  _check(isinstance(config.seed, int), "seed", "must be an integer", config.seed)
+  _check(isinstance(config.epochs, int) and config.epochs >= 1, "epochs", "must be an integer >= 1",
+         config.epochs)
+  for field in ("batch_size", "eval_batch_size"):
+    _check(isinstance(config[field], int) and config[field] >= 1, field, "must be an integer >= 1",
+           config[field])
+  phases = tuple(config.phases)
+  _check(len(phases) > 0, "phases", "must name at least one phase", config.phases)
+  for phase in phases:
+    _check(phase in PHASES, "phases", f"must only hold {PHASES}", phase)
+  _check(len(set(phases)) == len(phases), "phases", "must not repeat a phase", config.phases)
+  if any(phase.startswith("student_kd") for phase in phases):
+    _check("teacher" in phases, "phases", "needs 'teacher' before a KD phase", config.phases)
+
+  _check(config.data.name in data_lib.SOURCES, "data.name",
+         f"must be one of {sorted(data_lib.SOURCES)}", config.data.name)
+  _check(config.data.normalization in data_lib.NORMALIZATIONS, "data.normalization",
+         f"must be one of {data_lib.NORMALIZATIONS}", config.data.normalization)
+  _check(isinstance(config.data.image_size, int) and config.data.image_size >= 16, "data.image_size",
+         "must be an integer >= 16 (four 2x2 pools)", config.data.image_size)
+  for field in ("max_train_examples", "max_val_examples"):
+    _check(isinstance(config.data[field], int) and config.data[field] >= 0, f"data.{field}",
+           "must be an integer >= 0 (0 = all)", config.data[field])
+
+  _check(config.model.activation in models.ACTIVATIONS, "model.activation",
+         f"must be one of {tuple(models.ACTIVATIONS)}", config.model.activation)
+  _check(config.model.init in models.INITS, "model.init", f"must be one of {models.INITS}",
+         config.model.init)
+
+  opt = config.optimizer
+  _check(opt.name in optim.OPTIMIZERS, "optimizer.name", f"must be one of {optim.OPTIMIZERS}", opt.name)
+  _check(opt.schedule in optim.SCHEDULES, "optimizer.schedule", f"must be one of {optim.SCHEDULES}",
+         opt.schedule)
+  _check(_is_number(opt.learning_rate) and opt.learning_rate > 0, "optimizer.learning_rate",
+         "must be > 0", opt.learning_rate)
+  _check(_is_number(opt.weight_decay) and opt.weight_decay >= 0, "optimizer.weight_decay",
+         "must be >= 0", opt.weight_decay)
+  for field in ("momentum", "b1", "b2"):
+    _check(_is_number(opt[field]) and 0 <= opt[field] < 1, f"optimizer.{field}", "must be in [0, 1)",
+           opt[field])
+  _check(_is_number(opt.eps) and opt.eps > 0, "optimizer.eps", "must be > 0", opt.eps)
+
+  _check(_is_number(config.kd.temperature) and config.kd.temperature > 0, "kd.temperature",
+         "must be > 0", config.kd.temperature)
+  for field in ("kd_weight", "ce_weight"):
+    _check(_is_number(config.kd[field]) and config.kd[field] >= 0, f"kd.{field}", "must be >= 0",
+           config.kd[field])
+  _check(config.kd.kd_weight + config.kd.ce_weight > 0, "kd.kd_weight",
+         "and kd.ce_weight must not both be 0", config.kd.kd_weight)
+  for field in ("decay", "student_decay"):
+    _check(_is_number(config.ema[field]) and 0 <= config.ema[field] <= 1, f"ema.{field}",
+           "must be in [0, 1]", config.ema[field])
+
+  for field in ("every_epochs", "keep"):
+    _check(isinstance(config.checkpoint[field], int) and config.checkpoint[field] >= 1,
+           f"checkpoint.{field}", "must be an integer >= 1", config.checkpoint[field])

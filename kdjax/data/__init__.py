@@ -1,0 +1,113 @@
+"""The data layer: every data set loads into memory as uint8 NHWC images plus int32 labels.
+
+A data set is a module in this package with `load(data_config) -> Dataset`, registered by name in SOURCES;
+a new set is a new file plus one line here. The model input is made explicit by `normalize`:
+
+  x = (image / 255 - mean) / std       (per channel; mean, std from the training split, "standardize")
+  x = image / 255                      ("unit")
+
+and the training order by `epoch_order`: a permutation drawn from (seed, epoch) alone, so every phase and
+every framework (see parity/) sees the same batches in the same order.
+"""
+
+import dataclasses
+import importlib
+
+import jax.numpy as jnp
+import numpy as np
+
+# name -> module (imported lazily, so the embedded set never pays for TFDS).
+SOURCES = {
+    "digits": "kdjax.data.digits",
+}
+NORMALIZATIONS = ("standardize", "unit")
+
+
+class DataError(ValueError):
+  """A data set that cannot be loaded; the message is one line naming the field or path."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """A data set held in memory. Images uint8 [N, H, W, C]; labels int32 [N]."""
+
+  name: str
+  train_images: np.ndarray
+  train_labels: np.ndarray
+  val_images: np.ndarray
+  val_labels: np.ndarray
+  class_names: tuple[str, ...]
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return tuple(int(d) for d in self.train_images.shape[1:])
+
+  def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+    if name == "train":
+      return self.train_images, self.train_labels
+    if name == "validation":
+      return self.val_images, self.val_labels
+    raise DataError(f"unknown split {name!r}: expected 'train' or 'validation'")
+
+
+def _subset(images: np.ndarray, labels: np.ndarray, limit: int):
+  """The first `limit` examples of a fixed (seed 0) permutation; all of them when limit <= 0."""
+  if limit <= 0 or limit >= len(labels):
+    return images, labels
+  keep = np.sort(np.random.default_rng(0).permutation(len(labels))[:limit])
+  return images[keep], labels[keep]
+
+
+def load(data_config) -> Dataset:
+  """Loads `data_config.name`, limited to data.max_train_examples / data.max_val_examples (0 = all)."""
+  if data_config.name not in SOURCES:
+    raise DataError(f"data.name: unknown data set {data_config.name!r}; known: {sorted(SOURCES)}")
+  dataset = importlib.import_module(SOURCES[data_config.name]).load(data_config)
+  train = _subset(dataset.train_images, dataset.train_labels, data_config.max_train_examples)
+  val = _subset(dataset.val_images, dataset.val_labels, data_config.max_val_examples)
+  return dataclasses.replace(dataset, train_images=train[0], train_labels=train[1],
+                             val_images=val[0], val_labels=val[1])
+
+
+def channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+  """Per-channel mean and std of images/255 (float64 accumulation, chunked), as float32 [C]."""
+  total = np.zeros(images.shape[-1])
+  total_sq = np.zeros(images.shape[-1])
+  for start in range(0, len(images), chunk):
+    block = images[start:start + chunk].astype(np.float64) / 255.0
+    total += block.sum(axis=(0, 1, 2))
+    total_sq += np.square(block).sum(axis=(0, 1, 2))
+  count = images.shape[0] * images.shape[1] * images.shape[2]
+  mean = total / count
+  std = np.sqrt(np.maximum(total_sq / count - mean**2, 1e-12))
+  return mean.astype(np.float32), std.astype(np.float32)
+
+
+def normalization_constants(dataset: Dataset, normalization: str) -> tuple[np.ndarray, np.ndarray]:
+  """(mean, std), float32 [C], such that the model sees (image/255 - mean)/std."""
+  channels = dataset.image_shape[-1]
+  if normalization == "unit":
+    return np.zeros(channels, np.float32), np.ones(channels, np.float32)
+  if normalization == "standardize":
+    return channel_stats(dataset.train_images)
+  raise DataError(f"data.normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+
+
+def normalize(images, mean, std):
+  """uint8 [N, H, W, C] -> float32 model input (image/255 - mean)/std."""
+  return (jnp.asarray(images, jnp.float32) / 255.0 - mean) / std
+
+
+def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+  """The training order of epoch `epoch` (1-based): a permutation drawn from (seed, epoch) alone."""
+  return np.random.default_rng([seed, epoch]).permutation(num_examples)
+
+
+def batch_indices(order: np.ndarray, batch_size: int, drop_remainder: bool = False) -> list[np.ndarray]:
+  """Consecutive batches of `order`; the last one is shorter unless drop_remainder (PyTorch's drop_last)."""
+  stop = len(order) - len(order) % batch_size if drop_remainder else len(order)
+  return [order[start:start + batch_size] for start in range(0, stop, batch_size)]

@@ -1,0 +1,58 @@
+"""Batched, jitted evaluation on a whole split: logits, top-1/top-5, loss, agreement and KL to a teacher."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kdjax import data as data_lib
+from kdjax import losses
+
+
+@functools.lru_cache(maxsize=None)
+def _predict_fn(model):
+  @jax.jit
+  def predict(params, images, mean, std):
+    return model.apply({"params": params}, data_lib.normalize(images, mean, std))
+  return predict
+
+
+def predict(model, params, images: np.ndarray, mean, std, batch_size: int) -> np.ndarray:
+  """Logits float32 [N, K] for uint8 images [N, H, W, C], in fixed-size batches (the last one padded,
+  so one compiled shape serves every batch)."""
+  fn = _predict_fn(model)
+  outputs = []
+  for start in range(0, len(images), batch_size):
+    chunk = images[start:start + batch_size]
+    count = len(chunk)
+    if count < batch_size:
+      chunk = np.concatenate([chunk, np.zeros((batch_size - count, *chunk.shape[1:]), chunk.dtype)])
+    outputs.append(np.asarray(fn(params, chunk, mean, std))[:count])
+  return np.concatenate(outputs)
+
+
+def topk_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+  """Per example: is the label among the k largest logits (k capped at the number of classes)."""
+  k = min(k, logits.shape[-1])
+  topk = np.argsort(-logits, axis=-1, kind="stable")[:, :k]
+  return (topk == labels[:, None]).any(axis=-1)
+
+
+def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
+  """val_top1 / val_top5 as percentages (0-100), val_loss = mean cross-entropy, val_correct = count."""
+  correct = logits.argmax(axis=-1) == labels
+  return {
+      "val_loss": float(losses.cross_entropy(jnp.asarray(logits), jnp.asarray(labels))),
+      "val_top1": float(100.0 * correct.mean()),
+      "val_top5": float(100.0 * topk_correct(logits, labels, 5).mean()),
+      "val_correct": int(correct.sum()),
+  }
+
+
+def teacher_comparison(student_logits: np.ndarray, teacher_logits: np.ndarray) -> dict:
+  """agreement_with_teacher: % of examples with equal top-1; kl_to_teacher: mean KL(teacher||student), T=1."""
+  agreement = student_logits.argmax(axis=-1) == teacher_logits.argmax(axis=-1)
+  kl = losses.kl_per_example(jnp.asarray(student_logits), jnp.asarray(teacher_logits), 1.0)
+  return {"agreement_with_teacher": float(100.0 * agreement.mean()),
+          "kl_to_teacher": float(jnp.mean(kl))}

@@ -1,0 +1,125 @@
+"""TeacherNet and StudentNet, the seed's activation-free conv nets, in Flax (NHWC, HWIO kernels).
+
+TeacherNet: conv1 (3->12), conv2..conv12 (12->12), 3x3 SAME stride 1 with bias; 2x2 max-pool after
+conv3, conv6, conv9, conv12; flatten (H*W*C order in Flax); Dense `fc` -> num_classes.
+StudentNet: conv1..conv4, each 3x3 SAME with bias and each followed by a 2x2 max-pool; flatten; `fc`.
+For 64x64 inputs both flatten 12*4*4 = 192 features.
+
+`init="pytorch"` reproduces PyTorch's default Conv2d/Linear initialisation (weights and biases from
+U(-1/sqrt(fan_in), +1/sqrt(fan_in)), fan_in = in_channels*kh*kw or in_features), the seed's;
+`init="lecun_normal"` is Flax's default (LeCun-normal kernels, zero biases).
+"""
+
+from typing import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "none": lambda x: x,
+    "relu": nn.relu,
+}
+INITS = ("pytorch", "lecun_normal")
+KERNEL_SIZE = (3, 3)
+
+
+def _pytorch_uniform(fan_in: int):
+  """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): PyTorch's default for both weights and biases."""
+  bound = 1.0 / np.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def _layer_inits(init: str, fan_in: int) -> dict:
+  if init == "pytorch":
+    return dict(kernel_init=_pytorch_uniform(fan_in), bias_init=_pytorch_uniform(fan_in))
+  if init == "lecun_normal":
+    return dict(kernel_init=nn.initializers.lecun_normal(), bias_init=nn.initializers.zeros)
+  raise ValueError(f"model.init must be one of {INITS}, got {init!r}")
+
+
+def _max_pool(x):
+  return nn.max_pool(x, window_shape=(2, 2), strides=(2, 2))
+
+
+class ConvNet(nn.Module):
+  """A stack of 3x3 SAME convs (optional activation), 2x2 max-pools after the listed convs, and a head.
+
+  Attributes:
+    conv_features: output channels of conv1, conv2, ... in order.
+    pool_after: 1-based indices of the convs followed by a max-pool.
+    num_classes: width of the `fc` head.
+    activation: "none" (the seed) or "relu", applied after every conv.
+    init_scheme: config model.init, "pytorch" (the seed) or "lecun_normal".
+  """
+
+  conv_features: Sequence[int]
+  pool_after: Sequence[int]
+  num_classes: int
+  activation: str = "none"
+  init_scheme: str = "pytorch"  # `init` would shadow Module.init
+
+  @property
+  def layer_names(self) -> tuple[str, ...]:
+    """Layers in definition order: the order PyTorch registers the seed's parameters."""
+    return tuple(f"conv{i + 1}" for i in range(len(self.conv_features))) + ("fc",)
+
+  @nn.compact
+  def __call__(self, images: jax.Array) -> jax.Array:
+    """images: float32 [N, H, W, C] (normalised); returns logits float32 [N, num_classes]."""
+    act = ACTIVATIONS[self.activation]
+    x = images
+    kh, kw = KERNEL_SIZE
+    for index, features in enumerate(self.conv_features, start=1):
+      x = nn.Conv(features, KERNEL_SIZE, padding="SAME", name=f"conv{index}",
+                  **_layer_inits(self.init_scheme, x.shape[-1] * kh * kw))(x)
+      x = act(x)
+      if index in self.pool_after:
+        x = _max_pool(x)
+    x = x.reshape((x.shape[0], -1))  # H*W*C order; PyTorch's is C*H*W (see parity/convert.py).
+    return nn.Dense(self.num_classes, name="fc", **_layer_inits(self.init_scheme, x.shape[-1]))(x)
+
+
+def teacher_net(num_classes: int, activation: str = "none", init: str = "pytorch") -> ConvNet:
+  """The seed's TeacherNet: 12 convs of 12 channels, pools after conv3, conv6, conv9, conv12."""
+  return ConvNet(conv_features=(12,) * 12, pool_after=(3, 6, 9, 12), num_classes=num_classes,
+                 activation=activation, init_scheme=init)
+
+
+def student_net(num_classes: int, activation: str = "none", init: str = "pytorch") -> ConvNet:
+  """Our StudentNet: 4 convs of 12 channels, each followed by a 2x2 max-pool."""
+  return ConvNet(conv_features=(12,) * 4, pool_after=(1, 2, 3, 4), num_classes=num_classes,
+                 activation=activation, init_scheme=init)
+
+
+MODEL_FACTORIES = {"teacher": teacher_net, "student": student_net}
+
+
+def param_count(params) -> int:
+  return int(sum(np.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params)))
+
+
+def flops_per_image(model: ConvNet, image_shape: Sequence[int]) -> int:
+  """Forward-pass FLOPs for one image (2 per multiply-add; bias adds and pools not counted).
+
+  conv: 2*H*W*Cin*Cout*kh*kw at the conv's (SAME, stride 1) resolution; fc: 2*in*out.
+  """
+  height, width, channels = image_shape
+  kh, kw = KERNEL_SIZE
+  flops = 0
+  for index, features in enumerate(model.conv_features, start=1):
+    flops += 2 * height * width * channels * features * kh * kw
+    channels = features
+    if index in model.pool_after:
+      height, width = height // 2, width // 2
+  return int(flops + 2 * height * width * channels * model.num_classes)
+
+
+def init_params(model: ConvNet, key: jax.Array, image_shape: Sequence[int]):
+  """Parameters for `model` on float32 inputs of shape [1, *image_shape]."""
+  return model.init(key, jnp.zeros((1, *image_shape), jnp.float32))["params"]

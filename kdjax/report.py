@@ -1,0 +1,137 @@
+"""The study's answer: report.json (numbers), report.md (a table and a plain-language answer computed from
+the numbers), curves.png (train loss and validation top-1 per epoch)."""
+
+import platform
+
+import flax
+import jax
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
+
+TEACHER, BASELINE, KD, KD_EMA, TEACHER_EMA = ("teacher", "student_ce", "student_kd", "student_kd_ema",
+                                              "teacher_ema")
+
+
+def _model_entry(result) -> dict:
+  entry = {key: result.final[key] for key in ("val_top1", "val_top5", "val_loss")}
+  entry.update(
+      val_correct=result.final["val_correct"], params=result.params, flops_per_image=result.flops_per_image,
+      phase=result.phase, train_seconds=result.train_seconds,
+      train_images_per_second=(result.train_images / result.train_seconds if result.train_seconds else None),
+      epochs=result.epochs)
+  for key in ("agreement_with_teacher", "kl_to_teacher", "agreement_with_teacher_ema"):
+    if key in result.final:
+      entry[key] = result.final[key]
+  return entry
+
+
+def environment() -> dict:
+  return {"jax": jax.__version__, "flax": flax.__version__, "backend": jax.default_backend(),
+          "devices": [str(device) for device in jax.devices()], "python": platform.python_version(),
+          "machine": platform.machine(), "processor": platform.processor() or platform.machine()}
+
+
+def build(config, dataset, results) -> dict:
+  """report.json's content: dataset, models (in phase order), config, environment."""
+  return {
+      "dataset": {"name": dataset.name, "train_examples": int(len(dataset.train_labels)),
+                  "val_examples": int(len(dataset.val_labels)), "num_classes": dataset.num_classes,
+                  "image_shape": list(dataset.image_shape)},
+      "models": {name: _model_entry(result) for name, result in results.items()},
+      "config": config.to_dict(),
+      "environment": environment(),
+  }
+
+
+def _delta(models: dict, name: str, reference: str) -> str:
+  if reference not in models or name == reference:
+    return ""
+  return f"{models[name]['val_top1'] - models[reference]['val_top1']:+.2f}"
+
+
+def _compare(value: float, reference: float) -> str:
+  difference = value - reference
+  if abs(difference) < 0.05:
+    return "the same as"
+  return f"{abs(difference):.2f} points {'above' if difference > 0 else 'below'}"
+
+
+def answer(models: dict) -> str:
+  """Two sentences answering "how does the student perform against the teacher, with and without EMA?"."""
+  sentences = []
+  if TEACHER in models and KD in models:
+    teacher, kd = models[TEACHER]["val_top1"], models[KD]["val_top1"]
+    sentence = (f"Distilled from the teacher ({teacher:.2f} % top-1), the student reaches {kd:.2f} %, "
+                f"{_compare(kd, teacher)} the teacher")
+    if BASELINE in models:
+      sentence += (f" and {_compare(kd, models[BASELINE]['val_top1'])} the same student trained on labels "
+                   f"alone ({models[BASELINE]['val_top1']:.2f} %)")
+    sentences.append(sentence + ".")
+  if KD_EMA in models and TEACHER in models:
+    kd_ema, teacher = models[KD_EMA]["val_top1"], models[TEACHER]["val_top1"]
+    sentence = (f"With the seed's EMA updates the student reaches {kd_ema:.2f} %, "
+                f"{_compare(kd_ema, teacher)} the teacher")
+    if KD in models:
+      sentence += f" and {_compare(kd_ema, models[KD]['val_top1'])} plain KD"
+    if TEACHER_EMA in models:
+      ema_teacher = models[TEACHER_EMA]["val_top1"]
+      sentence += (f", while the EMA-updated teacher itself ends at {ema_teacher:.2f} % "
+                   f"({_compare(ema_teacher, teacher)} the trained teacher)")
+    sentences.append(sentence + ".")
+  if not sentences:
+    trained = ", ".join(f"{name} {entry['val_top1']:.2f} %" for name, entry in models.items())
+    sentences.append(f"This run trained no teacher/student pair to compare; validation top-1: {trained}.")
+  return " ".join(sentences)
+
+
+def markdown(report: dict) -> str:
+  models = report["models"]
+  data = report["dataset"]
+  lines = [
+      f"# kdjax study: {data['name']} ({data['train_examples']} train / {data['val_examples']} validation, "
+      f"{data['num_classes']} classes, {'x'.join(map(str, data['image_shape']))})", "",
+      "| model | params | val top-1 % | val top-5 % | val loss | Δ top-1 vs teacher | Δ top-1 vs student_ce "
+      "| agreement w/ teacher % | KL(teacher‖model) | train s |",
+      "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+  ]
+  for name, entry in models.items():
+    agreement = entry.get("agreement_with_teacher")
+    kl = entry.get("kl_to_teacher")
+    lines.append(
+        f"| {name} | {entry['params']:,} | {entry['val_top1']:.2f} | {entry['val_top5']:.2f} "
+        f"| {entry['val_loss']:.4f} | {_delta(models, name, TEACHER)} | {_delta(models, name, BASELINE)} "
+        f"| {'' if agreement is None else f'{agreement:.2f}'} | {'' if kl is None else f'{kl:.4f}'} "
+        f"| {entry['train_seconds']:.1f} |")
+  env = report["environment"]
+  lines += ["", answer(models), "",
+            f"Environment: jax {env['jax']}, flax {env['flax']}, backend {env['backend']}, "
+            f"devices {', '.join(env['devices'])}.", ""]
+  return "\n".join(lines)
+
+
+def plot_curves(results, path) -> None:
+  figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(11, 4))
+  for name, result in results.items():
+    epochs = [row["epoch"] for row in result.epochs]
+    if all(row["train_loss"] is not None for row in result.epochs):
+      loss_axis.plot(epochs, [row["train_loss"] for row in result.epochs], marker="o", label=name)
+    accuracy_axis.plot(epochs, [row["val_top1"] for row in result.epochs], marker="o", label=name)
+  loss_axis.set(title="train loss", xlabel="epoch", ylabel="mean loss (CE or KD)")
+  accuracy_axis.set(title="validation top-1", xlabel="epoch", ylabel="%")
+  for axis in (loss_axis, accuracy_axis):
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+  figure.tight_layout()
+  figure.savefig(path, dpi=110)
+  plt.close(figure)
+
+
+def write(run, report: dict, results) -> None:
+  """Writes report.json, report.md and curves.png into the run directory and prints the table."""
+  run.write_json("report.json", report)
+  text = markdown(report)
+  run.file("report.md").write_text(text)
+  plot_curves(results, run.file("curves.png"))
+  print(text, flush=True)

@@ -1,0 +1,165 @@
+"""One training state, one pure step function per kind of step, and the epoch loop.
+
+Kinds of step (all `(state, batch) -> (state, metrics)`, jit-compiled with the state donated):
+  ce      the student (or teacher) on labels: cross_entropy(model(x), y)
+  kd      the seed's KD loop: kd_weight*distill_kl(student(x), teacher(x), T) + ce_weight*CE, teacher frozen
+  kd_ema  the seed's EMA loop, in the seed's order: teacher logits from the teacher's current params ->
+          the seed's EMA of the teacher from the student's *pre-step* params -> the student's gradient step
+Every kind also keeps the student-weights EMA when ema.student_decay > 0 (updated after the step).
+
+The step is pure, so a caller can shard the batch, vmap over seeds, or feed cached teacher logits later
+without touching the loop.
+"""
+
+import dataclasses
+import math
+import sys
+import time
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from kdjax import data as data_lib
+from kdjax import ema
+from kdjax import losses
+
+STEP_KINDS = ("ce", "kd", "kd_ema")
+
+
+class TrainState(flax.struct.PyTreeNode):
+  """Everything a step changes. teacher_params: the frozen (kd) or EMA-updated (kd_ema) teacher, else None;
+  ema_params: the student-weights average when ema.student_decay > 0, else None."""
+
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  teacher_params: Any = None
+  ema_params: Any = None
+
+
+class DivergenceError(RuntimeError):
+  """A non-finite training loss."""
+
+
+def create_state(params, optimizer: optax.GradientTransformation, teacher_params=None,
+                 keep_student_ema: bool = False) -> TrainState:
+  # Copies, so that donating the state never invalidates the caller's arrays (e.g. a shared initialisation).
+  copy = lambda tree: jax.tree_util.tree_map(jnp.array, tree)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=copy(params), opt_state=optimizer.init(params),
+                    teacher_params=None if teacher_params is None else copy(teacher_params),
+                    ema_params=copy(params) if keep_student_ema else None)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+  """What a step needs besides the state and the batch (static: a new value means a new compile)."""
+
+  kind: str
+  temperature: float = 4.0
+  kd_weight: float = 1.0
+  ce_weight: float = 0.0
+  teacher_decay: float = 0.999    # the seed's alpha
+  student_decay: float = 0.0      # 0 = no student-weights EMA
+  warmup: bool = False            # mean-teacher warm-up of both decays
+
+
+def make_train_step(step_config: StepConfig, student, optimizer: optax.GradientTransformation,
+                    mean, std, teacher=None, teacher_pairs=()) -> Callable:
+  """The pure step `(state, batch) -> (state, metrics)` for one kind; batch = {"image": uint8, "label"}.
+
+  teacher_pairs: the seed's (student path, teacher path) EMA pairs from `ema.seed_pairs` (kd_ema only).
+  """
+  cfg = step_config
+  if cfg.kind not in STEP_KINDS:
+    raise ValueError(f"unknown step kind {cfg.kind!r}; known: {STEP_KINDS}")
+
+  def decay_at(decay, update_count):
+    return ema.warmup_decay(decay, update_count) if cfg.warmup else decay
+
+  def loss_fn(params, images, labels, teacher_logits):
+    logits = student.apply({"params": params}, images)
+    if cfg.kind == "ce":
+      loss = losses.cross_entropy(logits, labels)
+    else:
+      loss = losses.student_objective(logits, teacher_logits, labels, cfg.temperature,
+                                      cfg.kd_weight, cfg.ce_weight)
+    return loss, logits
+
+  def step(state: TrainState, batch) -> tuple[TrainState, dict]:
+    images = data_lib.normalize(batch["image"], mean, std)
+    labels = batch["label"]
+    update_count = (state.step + 1).astype(jnp.float32)
+    teacher_params, teacher_logits = state.teacher_params, None
+    if cfg.kind != "ce":
+      teacher_logits = jax.lax.stop_gradient(teacher.apply({"params": teacher_params}, images))
+    if cfg.kind == "kd_ema":
+      teacher_params = ema.seed_teacher_update(teacher_params, state.params, teacher_pairs,
+                                               decay_at(cfg.teacher_decay, update_count))
+    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, images, labels, teacher_logits)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema_params = state.ema_params
+    if ema_params is not None:
+      ema_params = ema.polyak_update(ema_params, params, decay_at(cfg.student_decay, update_count))
+    metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                              teacher_params=teacher_params, ema_params=ema_params)
+    return new_state, metrics
+
+  return step
+
+
+@jax.jit
+def _gather(images, labels, indices):
+  return {"image": images[indices], "label": labels[indices]}
+
+
+@dataclasses.dataclass
+class EpochResult:
+  train_loss: float      # mean of the per-step losses (each a batch mean), as the seed prints
+  steps: int
+  seconds: float         # wall time of the epoch's steps, evaluation excluded
+
+
+def run_epoch(step_fn, state: TrainState, images, labels, order: np.ndarray, batch_size: int,
+              drop_remainder: bool, description: str, progress: bool) -> tuple[TrainState, EpochResult]:
+  """Runs the jitted `step_fn` over the batches of `order`; images/labels are device arrays.
+
+  Losses are read back one step late, so the host never waits on the step it just dispatched; a non-finite
+  loss raises DivergenceError naming its step, before any later state is kept.
+  """
+  batches = data_lib.batch_indices(order, batch_size, drop_remainder)
+  start = time.perf_counter()
+  losses_seen: list[float] = []
+  pending = None
+  step_number = int(state.step)
+  bar = tqdm(total=len(batches), desc=description, leave=False, disable=not progress, file=sys.stderr,
+             dynamic_ncols=True)
+
+  def read(pending_loss, step_number):
+    value = float(pending_loss)
+    if not math.isfinite(value):
+      bar.close()
+      raise DivergenceError(f"{description}: non-finite training loss ({value}) at step {step_number}")
+    losses_seen.append(value)
+    bar.set_postfix(loss=f"{value:.4f}", refresh=False)
+    bar.update(1)
+
+  for indices in batches:
+    state, metrics = step_fn(state, _gather(images, labels, jnp.asarray(indices)))
+    step_number += 1
+    if pending is not None:
+      read(*pending)
+    pending = (metrics["loss"], step_number)
+  if pending is not None:
+    read(*pending)
+  jax.block_until_ready(state)
+  bar.close()
+  seconds = time.perf_counter() - start
+  return state, EpochResult(train_loss=float(np.mean(losses_seen)), steps=len(batches), seconds=seconds)
