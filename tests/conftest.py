@@ -1,0 +1,33 @@
+"""Shared test helpers: tiny configs that run the real code in seconds on a 2-core CPU."""
+
+import jax
+import pytest
+
+from kdjax import config as config_lib
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+
+def tiny_config(**overrides):
+  """The default study, shrunk: 16x16 digits, 240 train / 120 validation examples, 2 epochs."""
+  config = config_lib.default_config()
+  config.epochs = 2
+  config.batch_size = 32
+  config.eval_batch_size = 64
+  config.progress = False
+  config.log_every_epoch = False
+  config.data.image_size = 16
+  config.data.max_train_examples = 240
+  config.data.max_val_examples = 120
+  for dotted, value in overrides.items():
+    node = config
+    *parents, leaf = dotted.split(".")
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
+  return config
+
+
+@pytest.fixture
+def make_config():
+  return tiny_config

@@ -1,0 +1,74 @@
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from kdjax import config as config_lib
+from tests.conftest import tiny_config
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+BAD_VALUES = [
+    ("kd.temperature", 0.0), ("kd.temperature", -1.0), ("ema.decay", 1.5), ("ema.decay", -0.1),
+    ("ema.student_decay", 2.0), ("epochs", 0), ("batch_size", 0), ("data.name", "imagenet21k"),
+    ("phases", ("teacher", "student_distill")), ("phases", ("student_kd",)), ("model.activation", "gelu"),
+    ("model.init", "xavier"), ("optimizer.name", "lamb"), ("optimizer.learning_rate", 0.0),
+    ("optimizer.momentum", 1.0), ("data.normalization", "zca"), ("kd.kd_weight", -1.0),
+    ("data.image_size", 8), ("checkpoint.keep", 0),
+]
+
+
+@pytest.mark.parametrize("field,value", BAD_VALUES)
+def test_bad_values_name_their_field(field, value):
+  with pytest.raises(config_lib.ConfigError) as error:
+    config_lib.validate(tiny_config(**{field: value}))
+  message = str(error.value)
+  assert message.startswith(field) and "\n" not in message
+
+
+def test_defaults_are_valid_and_are_the_seeds():
+  config = config_lib.default_config()
+  config_lib.validate(config)
+  assert config.epochs == 10 and config.model.activation == "none" and config.model.init == "pytorch"
+  assert config.kd.kd_weight == 1.0 and config.kd.ce_weight == 0.0
+
+
+def _run_main(*args, cwd=ROOT):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, "-m", "kdjax.main", *args], cwd=cwd, env=env, capture_output=True,
+                        text=True, timeout=300)
+
+
+def test_cli_bad_value_is_one_line_naming_the_field(tmp_path):
+  result = _run_main("--config", "configs/ema.py", "--workdir", str(tmp_path / "w"),
+                     "--config.kd.temperature=-2")
+  assert result.returncode == 2
+  lines = [line for line in result.stderr.splitlines() if line.strip()]
+  assert lines == ["kdjax: error: kd.temperature must be > 0, got -2.0"]
+  assert not (tmp_path / "w").exists()  # nothing written for a config that cannot run
+
+
+def test_cli_unwritable_workdir(tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("")
+  result = _run_main("--config", "configs/kd.py", "--workdir", str(blocker / "run"))
+  assert result.returncode == 2
+  assert result.stderr.strip().startswith(f"kdjax: error: workdir: cannot write to {blocker / 'run'}")
+  assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_cli_overrides_reach_the_run(tmp_path):
+  workdir = tmp_path / "w"
+  result = _run_main("--config", "configs/ema.py", "--workdir", str(workdir), "--config.epochs=1",
+                     "--config.phases=('teacher',)", "--config.kd.temperature=2", "--config.data.image_size=16",
+                     "--config.data.max_train_examples=64", "--config.data.max_val_examples=32",
+                     "--config.progress=False")
+  assert result.returncode == 0, result.stderr[-2000:]
+  config = json.loads((workdir / "config.json").read_text())
+  assert config["epochs"] == 1 and config["kd"]["temperature"] == 2.0 and config["phases"] == ["teacher"]
+  report = json.loads((workdir / "report.json").read_text())
+  assert list(report["models"]) == ["teacher"]
+  assert "[teacher] epoch 1/1" in result.stdout

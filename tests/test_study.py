@@ -1,0 +1,96 @@
+"""The whole study, end to end, on a tiny digits config (the real code, small)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from kdjax import config as config_lib
+from kdjax import experiment
+from kdjax import train
+from tests.conftest import tiny_config
+
+FIVE = ["teacher", "student_ce", "student_kd", "student_kd_ema", "teacher_ema"]
+
+
+@pytest.fixture(scope="module")
+def ema_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("ema")
+  config = tiny_config(phases=config_lib.PHASES, **{"ema.student_decay": 0.9})
+  return workdir, experiment.train_and_evaluate(config, workdir)
+
+
+def test_report_shape_and_files(ema_run):
+  workdir, report = ema_run
+  for name in ("config.json", "metrics.jsonl", "report.json", "report.md", "curves.png"):
+    assert (workdir / name).stat().st_size > 0, name
+  assert json.loads((workdir / "report.json").read_text())["models"].keys() == report["models"].keys()
+  assert [name for name in report["models"] if "(EMA weights)" not in name] == FIVE
+  assert [name for name in report["models"] if "(EMA weights)" in name] == [
+      f"{phase} (EMA weights)" for phase in ("student_ce", "student_kd", "student_kd_ema")]
+  assert report["dataset"] == {"name": "digits", "train_examples": 240, "val_examples": 120,
+                               "num_classes": 10, "image_shape": [16, 16, 3]}
+  assert set(report["environment"]) >= {"jax", "flax", "backend", "devices"}
+  assert report["config"]["epochs"] == 2
+  for name, entry in report["models"].items():
+    assert set(entry) >= {"val_top1", "val_top5", "val_loss", "params", "flops_per_image", "train_seconds",
+                          "train_images_per_second", "epochs"}, name
+    assert 0 <= entry["val_top1"] <= entry["val_top5"] <= 100
+    assert [row["epoch"] for row in entry["epochs"]] == [1, 2]
+    assert entry["epochs"][-1]["val_top1"] == entry["val_top1"]
+    assert entry["val_top1"] == pytest.approx(100 * entry["val_correct"] / 120)
+  for name in ("student_ce", "student_kd", "student_kd_ema"):
+    assert {"agreement_with_teacher", "kl_to_teacher"} <= set(report["models"][name])
+  assert report["models"]["teacher"]["params"] == report["models"]["teacher_ema"]["params"]
+
+
+def test_metrics_lines(ema_run):
+  workdir, _ = ema_run
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert len(rows) == 2 * 8  # 2 epochs x (4 phases + teacher_ema + 3 students' EMA weights)
+  assert set(rows[0]) >= {"phase", "epoch", "train_loss", "val_loss", "val_top1", "val_top5", "step", "seconds"}
+  teacher_rows = [row for row in rows if row["model"] == "teacher"]
+  assert [row["step"] for row in teacher_rows] == [8, 16]  # 240 / 32 = 7.5 -> 8 steps an epoch
+
+
+def test_checkpoints_per_model(ema_run):
+  workdir, _ = ema_run
+  for name in FIVE:
+    assert (workdir / "checkpoints" / name / "2").is_dir(), name
+
+
+def test_the_ema_teacher_moved_and_the_kd_teacher_did_not(ema_run):
+  _, report = ema_run
+  models = report["models"]
+  assert models["teacher_ema"]["val_loss"] != models["teacher"]["val_loss"]
+  assert models["student_kd"]["agreement_with_teacher"] >= 0
+
+
+def test_report_md_answers_from_the_numbers(ema_run):
+  workdir, report = ema_run
+  text = (workdir / "report.md").read_text()
+  for name in FIVE:
+    assert f"| {name} |" in text
+  assert f"{report['models']['student_kd']['val_top1']:.2f} %" in text
+  assert f"{report['models']['teacher_ema']['val_top1']:.2f} %" in text
+
+
+def test_same_config_same_numbers(ema_run, tmp_path):
+  _, report = ema_run
+  again = experiment.train_and_evaluate(
+      tiny_config(phases=("teacher", "student_ce"), **{"ema.student_decay": 0.9}), tmp_path)
+  for name in ("teacher", "student_ce"):
+    assert again["models"][name]["epochs"] == report["models"][name]["epochs"]
+
+
+def test_kd_config_gives_three_rows(tmp_path):
+  config = tiny_config(phases=("teacher", "student_ce", "student_kd"), epochs=1)
+  report = experiment.train_and_evaluate(config, tmp_path)
+  assert list(report["models"]) == FIVE[:3]
+
+
+def test_divergence_names_phase_epoch_step_and_keeps_what_was_written(tmp_path):
+  config = tiny_config(phases=("teacher",), **{"optimizer.name": "sgd", "optimizer.learning_rate": 1e6})
+  with pytest.raises(train.DivergenceError, match=r"phase teacher, epoch 1: .* at step \d+"):
+    experiment.train_and_evaluate(config, tmp_path)
+  assert (tmp_path / "config.json").exists()
