@@ -7,9 +7,11 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from kdjax import checkpoints
 from kdjax import config as config_lib
 from kdjax import data as data_lib
 from kdjax import experiment
+from kdjax import rundir
 from kdjax import train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A config file, e.g. configs/ema.py.",
@@ -24,9 +26,15 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
   try:
     experiment.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (config_lib.ConfigError, data_lib.DataError, train.DivergenceError) as error:
+  except (config_lib.ConfigError, data_lib.DataError) as error:
     print(f"kdjax: error: {error}", file=sys.stderr)
-    sys.exit(2 if not isinstance(error, train.DivergenceError) else 1)
+    sys.exit(2)
+  except (train.DivergenceError, checkpoints.CheckpointError, rundir.WriteError) as error:
+    print(f"kdjax: error: {error}", file=sys.stderr)
+    sys.exit(1)
+  except OSError as error:  # e.g. a full disk while writing report.md or curves.png
+    print(f"kdjax: error: {error.filename or ''}: {error.strerror or error}", file=sys.stderr)
+    sys.exit(1)
 
 
 if __name__ == "__main__":
