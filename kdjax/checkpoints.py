@@ -11,8 +11,12 @@ complete, so a kill during a save leaves the earlier steps as they were (the hal
 the next writer). Every failure to read or write is a CheckpointError whose one-line message names the path.
 """
 
+import io
+import os
 import pathlib
 import re
+import sys
+import threading
 
 import flax.serialization
 import jax
@@ -33,6 +37,61 @@ def _brief(error: BaseException) -> str:
   if len(text) > 240:
     text = text[:237] + "..."
   return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+class _DropClosedLoopTracebacks(io.TextIOBase):
+  """sys.stderr, less the tracebacks "RuntimeError: Event loop is closed" that TensorStore prints from its
+  own threads when a read finishes after Orbax gave up on a broken checkpoint (its asyncio loop is closed
+  by then). They say nothing the one-line CheckpointError does not, and they would bury it."""
+
+  _START = "Traceback (most recent call last):"
+
+  def __init__(self, stream):
+    self.stream = stream
+    self.pending: dict[int, str] = {}
+    self.lock = threading.Lock()
+
+  def write(self, text: str) -> int:
+    if threading.current_thread() is threading.main_thread():
+      return self.stream.write(text)
+    with self.lock:
+      ident = threading.get_ident()
+      buffered = self.pending.pop(ident, "") + text
+      if not buffered.startswith(self._START[:len(buffered)]) or (
+          not buffered.startswith(self._START) and "\n" in buffered):
+        return self.stream.write(buffered)
+      last = buffered.splitlines()[-1] if buffered.endswith("\n") else ""
+      if last and not last.startswith((" ", "Traceback")):   # the traceback's final "Kind: message" line
+        if last.strip() != "RuntimeError: Event loop is closed":
+          self.stream.write(buffered)
+        return len(text)
+      self.pending[ident] = buffered
+      return len(text)
+
+  def flush(self) -> None:
+    self.stream.flush()
+
+  def fileno(self) -> int:
+    return self.stream.fileno()
+
+  @property
+  def encoding(self):
+    return self.stream.encoding
+
+
+def quiet_stderr() -> None:
+  """For the command-line entry points: see _DropClosedLoopTracebacks."""
+  if not isinstance(sys.stderr, _DropClosedLoopTracebacks):
+    sys.stderr = _DropClosedLoopTracebacks(sys.stderr)
+
+
+def exit_now(code: int) -> None:
+  """Ends the process after a one-line error, skipping the interpreter's teardown: after a failed read,
+  TensorStore can leave callbacks for Orbax's closed asyncio loop that print tracebacks at exit, which would
+  bury the one line. Nothing is left to write when this is called."""
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)
 
 
 def state_tree(state) -> dict:
@@ -117,6 +176,7 @@ class ModelCheckpoints:
                                                                      meta=ocp.args.JsonRestore()))
       state, meta = restored["state"], restored["meta"]
     except Exception as error:  # noqa: BLE001
+      self.close()
       raise CheckpointError(f"{self.directory / str(epoch)}: cannot restore: truncated, not an Orbax "
                             f"checkpoint, or saved by another config ({_brief(error)})") from None
     if not isinstance(state, dict) or not isinstance(meta, dict):

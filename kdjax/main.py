@@ -24,6 +24,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
+  checkpoints.quiet_stderr()
   try:
     experiment.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (config_lib.ConfigError, data_lib.DataError) as error:
@@ -31,10 +32,10 @@ def main(argv):
     sys.exit(2)
   except (train.DivergenceError, checkpoints.CheckpointError, rundir.WriteError) as error:
     print(f"kdjax: error: {error}", file=sys.stderr)
-    sys.exit(1)
+    checkpoints.exit_now(1)  # no teardown noise from a failed Orbax read after the one line
   except OSError as error:  # e.g. a full disk while writing report.md or curves.png
     print(f"kdjax: error: {error.filename or ''}: {error.strerror or error}", file=sys.stderr)
-    sys.exit(1)
+    checkpoints.exit_now(1)
 
 
 if __name__ == "__main__":
