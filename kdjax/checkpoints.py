@@ -89,8 +89,11 @@ def exit_now(code: int) -> None:
   """Ends the process after a one-line error, skipping the interpreter's teardown: after a failed read,
   TensorStore can leave callbacks for Orbax's closed asyncio loop that print tracebacks at exit, which would
   bury the one line. Nothing is left to write when this is called."""
-  sys.stdout.flush()
-  sys.stderr.flush()
+  for stream in (sys.stdout, sys.stderr):
+    try:
+      stream.flush()
+    except (OSError, ValueError):  # a closed pipe: nothing more can be said
+      pass
   os._exit(code)
 
 

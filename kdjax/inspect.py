@@ -270,6 +270,8 @@ def main(argv=None) -> int:
   except ckpt_lib.CheckpointError as error:
     print(f"kdjax.inspect: error: {error}", file=sys.stderr)
     return 2
+  except BrokenPipeError:  # the reader went away (| head)
+    return 0
   return 0
 
 
