@@ -4,6 +4,7 @@ Configs in configs/ start from `default_config()` and change a few fields; `vali
 one line naming the field.
 """
 
+import json
 import math
 
 import ml_collections
@@ -60,8 +61,44 @@ def default_config() -> ml_collections.ConfigDict:
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.every_epochs = 1    # save each phase's state every N epochs (and at its end)
   config.checkpoint.keep = 3            # keep the last N saves per model
+  # An existing workdir is resumed only with the config it was started with (fields in RESULT_NEUTRAL aside);
+  # True resumes it anyway with this config, reusing what is saved (see docs/checkpoints.md).
+  config.checkpoint.allow_config_change = False
+
+  config.teacher = ml_collections.ConfigDict()
+  config.teacher.checkpoint = ""        # a workdir or teacher checkpoint folder: distill from it, no training
 
   return config
+
+
+# Fields that do not change what a run computes: they may differ when an existing workdir is resumed.
+RESULT_NEUTRAL = ("progress", "log_every_epoch", "checkpoint.keep", "checkpoint.every_epochs",
+                  "checkpoint.allow_config_change", "data.data_dir", "data.manual_dir")
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+  """A nested config dict as {"a.b.c": value}; lists and tuples compare as lists."""
+  flat = {}
+  for key, value in tree.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, dict):
+      flat.update(flatten(value, name + "."))
+    else:
+      flat[name] = list(value) if isinstance(value, tuple) else value
+  return flat
+
+
+def differences(saved: dict, current: dict, ignore=RESULT_NEUTRAL) -> list[str]:
+  """`field (saved -> current)` for each field that differs between two config dicts (as in config.json)."""
+  old, new = flatten(saved), flatten(current)
+  missing = object()
+  changes = []
+  for name in sorted(set(old) | set(new)):
+    if name in ignore or old.get(name, missing) == new.get(name, missing):
+      continue
+    show = lambda value: "(absent)" if value is missing else json.dumps(value)
+    changes.append(f"{name} ({show(old.get(name, missing))} -> {show(new.get(name, missing))})")
+  return changes
 
 
 class ConfigError(ValueError):
@@ -93,8 +130,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for phase in phases:
     _check(phase in PHASES, "phases", f"must only hold {PHASES}", phase)
   _check(len(set(phases)) == len(phases), "phases", "must not repeat a phase", config.phases)
-  if any(phase.startswith("student_kd") for phase in phases):
-    _check("teacher" in phases, "phases", "needs 'teacher' before a KD phase", config.phases)
+  _check(isinstance(config.teacher.checkpoint, str), "teacher.checkpoint", "must be a path string",
+         config.teacher.checkpoint)
+  if any(phase.startswith("student_kd") for phase in phases) and not config.teacher.checkpoint:
+    _check("teacher" in phases, "phases", "needs 'teacher' (or teacher.checkpoint) before a KD phase",
+           config.phases)
 
   _check(config.data.name in data_lib.SOURCES, "data.name",
          f"must be one of {sorted(data_lib.SOURCES)}", config.data.name)
@@ -138,3 +178,5 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for field in ("every_epochs", "keep"):
     _check(isinstance(config.checkpoint[field], int) and config.checkpoint[field] >= 1,
            f"checkpoint.{field}", "must be an integer >= 1", config.checkpoint[field])
+  _check(isinstance(config.checkpoint.allow_config_change, bool), "checkpoint.allow_config_change",
+         "must be True or False", config.checkpoint.allow_config_change)

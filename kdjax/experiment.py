@@ -11,6 +11,8 @@ All students start from the same initial weights and see the same batches in the
 
 import dataclasses
 import json
+import pathlib
+import sys
 import time
 from typing import Any
 
@@ -27,6 +29,7 @@ from kdjax import models
 from kdjax import optim
 from kdjax import report as report_lib
 from kdjax import train
+from kdjax.config import ConfigError
 from kdjax.rundir import RunDir
 
 
@@ -60,16 +63,25 @@ class ModelResult:
   val_logits: Any = None
   train_seconds: float = 0.0
   train_images: int = 0
+  source: dict | None = None   # provenance of a model loaded from teacher.checkpoint instead of trained
 
 
 class Study:
-  """Everything shared by the phases of one run: data on device, models, initial weights, the run dir."""
+  """Everything shared by the phases of one run: data on device, models, initial weights, the run dir.
+
+  A workdir that already holds a run is resumed: its config must match (fields in config.RESULT_NEUTRAL
+  aside, or checkpoint.allow_config_change), every phase's latest checkpoint is read *before* anything in
+  the workdir is written, phases saved at their last epoch are loaded instead of trained, and the phase that
+  was interrupted continues after its last saved epoch. Since the data order is a function of (seed, epoch)
+  and the saved state is the whole TrainState, the resumed run computes what the uninterrupted one would.
+  """
 
   def __init__(self, config, workdir):
     config_lib.validate(config)
     self.config = config
     self.run = RunDir(workdir)
-    self.run.write_json("config.json", json.loads(config.to_json_best_effort()))
+    self.config_json = json.loads(config.to_json_best_effort())
+    self.config_changes = self._check_config()
     self.dataset = data_lib.load(config.data)
     self.mean, self.std = (jnp.asarray(a) for a in
                            data_lib.normalization_constants(self.dataset, config.data.normalization))
@@ -86,6 +98,128 @@ class Study:
                                                       config.batch_size, config.data.drop_remainder))
     self.results: dict[str, ModelResult] = {}
     self.trained_teacher = None
+    self.loaded: dict[str, int] = {}    # phase -> epoch of the checkpoint it was loaded from, not trained
+    self.resumed: dict[str, int] = {}   # phase -> the saved epoch it continued after
+    # Everything that can be wrong with a checkpoint shows here, before the workdir is touched.
+    self.teacher_source = self._read_teacher_source() if config.teacher.checkpoint else None
+    self.saved = self._read_saved_phases()
+    self.run.write_json("config.json", self.config_json)
+    self.run.rewrite_metrics([record for _, meta in self.saved.values() for record in meta["records"]])
+
+  # --- resuming ------------------------------------------------------------------------------------------
+
+  def _check_config(self) -> list[str]:
+    """The differences to the workdir's config.json; ConfigError unless none or allowed."""
+    path = self.run.file("config.json")
+    if not path.exists():
+      return []
+    try:
+      saved = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+      raise ConfigError(f"workdir: cannot read {path}: {error}") from None
+    changes = config_lib.differences(saved, self.config_json)
+    if changes and not self.config.checkpoint.allow_config_change:
+      raise ConfigError(f"workdir {self.run.path} holds a run with another config: {'; '.join(changes)} "
+                        f"(use a new workdir, or --config.checkpoint.allow_config_change=True to resume "
+                        f"it with this config)")
+    if changes:
+      print(f"kdjax: warning: resuming {self.run.path} with a changed config: {'; '.join(changes)}",
+            file=sys.stderr, flush=True)
+    return changes
+
+  def _optimizer(self):
+    return optim.make_optimizer(self.config.optimizer, self.config.epochs * self.steps_per_epoch)
+
+  def _fresh_state(self, phase: str, optimizer, teacher_params=None) -> train.TrainState:
+    spec = PHASE_SPECS[phase]
+    if spec.step_kind != "ce" and teacher_params is None:
+      teacher_params = self.initial_params["teacher"]  # a stand-in of the right shapes (restore targets)
+    return train.create_state(self.initial_params[spec.net], optimizer,
+                              teacher_params=teacher_params if spec.step_kind != "ce" else None,
+                              keep_student_ema=spec.net == "student" and self.config.ema.student_decay > 0)
+
+  def _read_saved_phases(self) -> dict[str, tuple[dict, dict]]:
+    """phase -> (state tree, meta) of its latest save in this workdir, for the phases that have one."""
+    saved = {}
+    for phase in self.config.phases:
+      if phase == "teacher" and self.teacher_source is not None:
+        continue
+      folder = self.run.checkpoints / phase
+      if not ckpt_lib.step_names(folder):
+        continue
+      reader = ckpt_lib.ModelCheckpoints(folder, read_only=True)
+      target = ckpt_lib.state_tree(self._fresh_state(phase, self._optimizer()))
+      tree, meta = reader.restore(target=target)
+      reader.close()
+      epoch = reader.latest_epoch()
+      if meta.get("phase") != phase or meta.get("epoch") != epoch or "records" not in meta:
+        raise ckpt_lib.CheckpointError(f"{folder / str(epoch)}: not a checkpoint of phase {phase!r} "
+                                       f"written by this version of kdjax")
+      if int(tree["step"]) != meta["step"]:
+        raise ckpt_lib.CheckpointError(f"{folder / str(epoch)}: step {int(tree['step'])} in the state but "
+                                       f"{meta['step']} in the meta")
+      saved[phase] = (tree, meta)
+    return saved
+
+  def _read_teacher_source(self) -> dict:
+    """Reads teacher.checkpoint: {"params", "meta", "provenance"}; one-line errors name the path."""
+    folder, epoch = ckpt_lib.resolve(self.config.teacher.checkpoint, "teacher")
+    reader = ckpt_lib.ModelCheckpoints(folder, read_only=True)
+    tree, meta = reader.restore(epoch)
+    epoch = meta.get("epoch", epoch if epoch is not None else reader.latest_epoch())
+    reader.close()
+    where = folder / str(epoch)
+    if "params" not in tree:
+      raise ckpt_lib.CheckpointError(f"{where}: holds no params")
+    expected = self.initial_params["teacher"]
+    got_shapes = jax.tree_util.tree_map(np.shape, tree["params"])
+    want_shapes = jax.tree_util.tree_map(np.shape, expected)
+    if got_shapes != want_shapes:
+      raise ckpt_lib.CheckpointError(
+          f"{where}: its teacher does not fit this run's TeacherNet ({self.dataset.num_classes} classes, "
+          f"{'x'.join(map(str, self.dataset.image_shape))} images): fc.kernel "
+          f"{got_shapes.get('fc', {}).get('kernel')} vs {want_shapes['fc']['kernel']}")
+    source_config = meta.get("config", {})
+    source_activation = source_config.get("model", {}).get("activation", self.config.model.activation)
+    if source_activation != self.config.model.activation:
+      raise ckpt_lib.CheckpointError(
+          f"{where}: its teacher was trained with model.activation={source_activation!r}, this run uses "
+          f"{self.config.model.activation!r}")
+    data_changes = [change for change in config_lib.differences(source_config.get("data", {}),
+                                                                self.config_json["data"])
+                    if not change.startswith(("data_dir", "manual_dir"))] if source_config else []
+    if data_changes:
+      print(f"kdjax: warning: the teacher from {where} was trained on other data settings: "
+            f"{'; '.join(data_changes)}", file=sys.stderr, flush=True)
+    epochs = meta.get("epochs", [])
+    provenance = {"checkpoint": str(where), "epoch": epoch, "step": meta.get("step"),
+                  "finished": meta.get("finished"),
+                  "source_workdir": str(folder.parent.parent) if folder.parent.name == "checkpoints" else None,
+                  "source_val_top1": epochs[-1]["val_top1"] if epochs else None,
+                  "data_differences": data_changes}
+    params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), tree["params"])
+    return {"params": params, "meta": meta, "provenance": provenance}
+
+  def _load_teacher(self) -> None:
+    """The teacher phase when teacher.checkpoint is set: evaluate the given teacher, keep a copy here."""
+    source = self.teacher_source
+    result = self._new_result("teacher", "teacher", "teacher")
+    result.epochs = list(source["meta"].get("epochs", []))
+    result.source = source["provenance"]
+    result.final, result.val_logits = self._evaluate("teacher", source["params"])
+    self.trained_teacher = source["params"]
+    epoch = source["provenance"]["epoch"]
+    own = self.run.checkpoints / "teacher"
+    if pathlib.Path(source["provenance"]["checkpoint"]).parent != own.absolute() and \
+        epoch not in ckpt_lib.step_names(own):
+      writer = ckpt_lib.ModelCheckpoints(own, self.config.checkpoint.keep)
+      meta = {key: value for key, value in source["meta"].items() if key != "records"}
+      writer.save(epoch, {"params": source["params"]}, dict(meta, source=source["provenance"]))
+      writer.close()
+    print(f"[teacher] loaded from {source['provenance']['checkpoint']} (epoch {epoch}), not trained: "
+          f"val_top1 {result.final['val_top1']:.2f}% on this run's validation split", flush=True)
+
+  # --- training ------------------------------------------------------------------------------------------
 
   def _new_result(self, name: str, net: str, phase: str) -> ModelResult:
     model = self.nets[net]
@@ -108,22 +242,22 @@ class Study:
                             student_decay=float(self.config.ema.student_decay),
                             warmup=bool(self.config.ema.warmup))
 
+  def phases(self) -> tuple[str, ...]:
+    """The phases to run: config.phases, with the teacher first when teacher.checkpoint provides it."""
+    phases = tuple(self.config.phases)
+    if self.teacher_source is not None and "teacher" not in phases:
+      phases = ("teacher",) + phases
+    return phases
+
   def run_phase(self, phase: str) -> None:
+    if phase == "teacher" and self.teacher_source is not None:
+      self._load_teacher()
+      return
     config, spec = self.config, PHASE_SPECS[phase]
     needs_teacher = spec.step_kind != "ce"
     keep_student_ema = spec.net == "student" and config.ema.student_decay > 0
-    optimizer = optim.make_optimizer(config.optimizer, config.epochs * self.steps_per_epoch)
-    student_params = self.initial_params[spec.net]
-    pairs = ()
-    if spec.step_kind == "kd_ema":
-      pairs = ema.seed_pairs(student_params, self.nets["student"].layer_names, self.trained_teacher,
-                             self.nets["teacher"].layer_names)
-    step_fn = jax.jit(train.make_train_step(
-        self._step_config(spec.step_kind), self.nets[spec.net], optimizer, self.mean, self.std,
-        teacher=self.nets["teacher"] if needs_teacher else None, teacher_pairs=pairs), donate_argnums=0)
-    state = train.create_state(student_params, optimizer,
-                               teacher_params=self.trained_teacher if needs_teacher else None,
-                               keep_student_ema=keep_student_ema)
+    optimizer = self._optimizer()
+    state = self._fresh_state(phase, optimizer, teacher_params=self.trained_teacher if needs_teacher else None)
 
     tracked = {phase: (spec.net, lambda s: s.params)}
     if spec.step_kind == "kd_ema":
@@ -131,10 +265,43 @@ class Study:
     if keep_student_ema:
       tracked[phase + EMA_WEIGHTS_SUFFIX] = (spec.net, lambda s: s.ema_params)
     results = {name: self._new_result(name, net, phase) for name, (net, _) in tracked.items()}
+    records: list[dict] = []
+
+    start_epoch = 0
+    if phase in self.saved:
+      tree, meta = self.saved.pop(phase)
+      state = ckpt_lib.state_from_tree(state, tree)
+      start_epoch = meta["epoch"]
+      records = list(meta["records"])
+      for name, saved_result in meta["results"].items():
+        results[name].epochs = list(saved_result["epochs"])
+        results[name].train_seconds = saved_result["train_seconds"]
+        results[name].train_images = saved_result["train_images"]
+      where = self.run.checkpoints / phase / str(start_epoch)
+      if start_epoch >= config.epochs:
+        self.loaded[phase] = start_epoch
+        for name, (net, params_of) in tracked.items():
+          results[name].final, results[name].val_logits = self._evaluate(net, params_of(state))
+        print(f"[{phase}] finished earlier: loaded epoch {start_epoch} from {where}", flush=True)
+        if phase == "teacher":
+          self.trained_teacher = state.params
+        return
+      self.resumed[phase] = start_epoch
+      print(f"[{phase}] resuming after epoch {start_epoch} from {where}", flush=True)
+
+    pairs = ()
+    if spec.step_kind == "kd_ema":
+      pairs = ema.seed_pairs(self.initial_params["student"], self.nets["student"].layer_names,
+                             self.initial_params["teacher"], self.nets["teacher"].layer_names)
+    step_fn = jax.jit(train.make_train_step(
+        self._step_config(spec.step_kind), self.nets[spec.net], optimizer, self.mean, self.std,
+        teacher=self.nets["teacher"] if needs_teacher else None, teacher_pairs=pairs), donate_argnums=0)
     saver = {name: ckpt_lib.ModelCheckpoints(self.run.checkpoints / name, config.checkpoint.keep)
              for name in tracked if not name.endswith(EMA_WEIGHTS_SUFFIX)}
+    for manager in saver.values():
+      manager.delete_after(start_epoch)  # steps of an interrupted attempt that the phase's own save lacks
 
-    for epoch in range(1, config.epochs + 1):
+    for epoch in range(start_epoch + 1, config.epochs + 1):
       order = data_lib.epoch_order(len(self.train_labels), config.seed, epoch)
       description = f"{phase} epoch {epoch}/{config.epochs}"
       try:
@@ -154,6 +321,7 @@ class Study:
                   "val_loss": metrics["val_loss"], "val_top1": metrics["val_top1"],
                   "val_top5": metrics["val_top5"], "step": step, "seconds": epoch_result.seconds}
         result.epochs.append({k: record[k] for k in ("epoch", "train_loss", "val_loss", "val_top1")})
+        records.append(record)
         self.run.append_metrics(record)
         if config.log_every_epoch:
           loss = f"train_loss {epoch_result.train_loss:.4f}  " if name == phase else ""
@@ -161,22 +329,35 @@ class Study:
                 f"val_top1 {metrics['val_top1']:.2f}%  val_top5 {metrics['val_top5']:.2f}%  "
                 f"({epoch_result.seconds:.1f} s)", flush=True)
       results[phase].train_images += len(self.train_labels)
+      for name in tracked:
+        results[name].train_seconds = results[phase].train_seconds
+        results[name].train_images = results[phase].train_images
       if epoch % config.checkpoint.every_epochs == 0 or epoch == config.epochs:
-        self._save(saver, state, phase, epoch, step, results)
-    for name in tracked:
-      results[name].train_seconds = results[phase].train_seconds
-      results[name].train_images = results[phase].train_images
+        self._save(saver, state, phase, epoch, step, results, records)
     for manager in saver.values():
       manager.close()
     if phase == "teacher":
       self.trained_teacher = state.params
 
-  def _save(self, saver, state, phase, epoch, step, results) -> None:
+  def _save(self, saver, state, phase, epoch, step, results, records) -> None:
+    """One step per model: the phase's model holds everything a resume needs (the whole TrainState, the
+    metrics of every model of the phase so far, the data-order state); teacher_ema holds its params."""
+    phase_results = {name: {"epochs": result.epochs, "train_seconds": result.train_seconds,
+                            "train_images": result.train_images} for name, result in results.items()}
     for name, manager in saver.items():
+      net = "teacher" if name == TEACHER_EMA else PHASE_SPECS[phase].net
       tree = ({"params": state.teacher_params} if name == TEACHER_EMA
               else ckpt_lib.state_tree(state))
-      manager.save(epoch, tree, {"phase": phase, "model": name, "epoch": epoch, "step": step,
-                                 "epochs": results[name].epochs})
+      meta = {"phase": phase, "model": name, "net": net, "layer_names": list(self.nets[net].layer_names),
+              "epoch": epoch, "epochs_total": self.config.epochs, "finished": epoch == self.config.epochs,
+              "step": step, "steps_per_epoch": self.steps_per_epoch,
+              # epoch_order(n, seed, epoch) depends on nothing else: the next epoch's order is known.
+              "data_order": {"seed": self.config.seed, "next_epoch": epoch + 1,
+                             "rule": "numpy default_rng([seed, epoch]).permutation(train_examples)"},
+              "epochs": results[name].epochs, "config": self.config_json}
+      if name == phase:
+        meta.update(records=records, results=phase_results)
+      manager.save(epoch, tree, meta)
 
   def finish(self) -> dict:
     teacher = self.results.get("teacher")
@@ -189,6 +370,8 @@ class Study:
       student.final["agreement_with_teacher_ema"] = evaluate.teacher_comparison(
           student.val_logits, ema_teacher.val_logits)["agreement_with_teacher"]
     report = report_lib.build(self.config, self.dataset, self.results)
+    report["checkpoints"] = {"directory": str(self.run.checkpoints.absolute()), "loaded": self.loaded,
+                             "resumed": self.resumed, "config_changes": self.config_changes}
     report_lib.write(self.run, report, self.results)
     return report
 
@@ -197,7 +380,7 @@ def train_and_evaluate(config, workdir) -> dict:
   """Runs every phase in config.phases and returns report.json's content (also written to workdir)."""
   start = time.perf_counter()
   study = Study(config, workdir)
-  for phase in config.phases:
+  for phase in study.phases():
     study.run_phase(phase)
   report = study.finish()
   report["wall_seconds"] = time.perf_counter() - start

@@ -24,6 +24,8 @@ def _model_entry(result) -> dict:
   for key in ("agreement_with_teacher", "kl_to_teacher", "agreement_with_teacher_ema"):
     if key in result.final:
       entry[key] = result.final[key]
+  if getattr(result, "source", None):
+    entry["source"] = result.source  # loaded from teacher.checkpoint, not trained in this run
   return entry
 
 
@@ -105,7 +107,9 @@ def markdown(report: dict) -> str:
         f"| {'' if agreement is None else f'{agreement:.2f}'} | {'' if kl is None else f'{kl:.4f}'} "
         f"| {entry['train_seconds']:.1f} |")
   env = report["environment"]
-  lines += ["", answer(models), "",
+  sources = [f"{name} was loaded from {entry['source']['checkpoint']}, not trained in this run."
+             for name, entry in models.items() if entry.get("source")]
+  lines += ["", answer(models), *(["", *sources] if sources else []), "",
             f"Environment: jax {env['jax']}, flax {env['flax']}, backend {env['backend']}, "
             f"devices {', '.join(env['devices'])}.", ""]
   return "\n".join(lines)

@@ -8,6 +8,14 @@ import pathlib
 from kdjax.config import ConfigError
 
 
+class WriteError(RuntimeError):
+  """A file of the run that cannot be written (disk full, read-only); one line naming the path."""
+
+
+def _write_failed(path, error: OSError) -> WriteError:
+  return WriteError(f"cannot write {path}: {error.strerror or error}")
+
+
 class RunDir:
   """WORKDIR, checked writable on creation (ConfigError naming `workdir` otherwise)."""
 
@@ -34,15 +42,30 @@ class RunDir:
 
   def write_json(self, name: str, payload) -> pathlib.Path:
     """Writes atomically (temp file + rename), so a crash never leaves half a file."""
-    target = self.path / name
+    return self._replace(self.path / name, json.dumps(payload, indent=2, sort_keys=False) + "\n")
+
+  def _replace(self, target: pathlib.Path, text: str) -> pathlib.Path:
     temporary = target.with_suffix(target.suffix + ".tmp")
-    temporary.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
-    os.replace(temporary, target)
+    try:
+      temporary.write_text(text)
+      os.replace(temporary, target)
+    except OSError as error:
+      temporary.unlink(missing_ok=True)
+      raise _write_failed(target, error) from None
     return target
 
   def append_metrics(self, record: dict) -> None:
-    with self.metrics_path.open("a") as stream:
-      stream.write(json.dumps(record) + "\n")
+    try:
+      with self.metrics_path.open("a") as stream:
+        stream.write(json.dumps(record) + "\n")
+    except OSError as error:
+      raise _write_failed(self.metrics_path, error) from None
+
+  def rewrite_metrics(self, records: list[dict]) -> None:
+    """Replaces metrics.jsonl by `records` (on resume: the rows of the saved epochs, so no epoch that is
+    trained again appears twice). Nothing is created when there is no file and nothing to write."""
+    if records or self.metrics_path.exists():
+      self._replace(self.metrics_path, "".join(json.dumps(record) + "\n" for record in records))
 
   def read_metrics(self) -> list[dict]:
     if not self.metrics_path.exists():

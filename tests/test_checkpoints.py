@@ -1,0 +1,239 @@
+"""Checkpoint layer, config mismatch, teacher reuse, and the bad-input and full-disk faults."""
+
+import json
+import pathlib
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kdjax import checkpoints as ckpt_lib
+from kdjax import config as config_lib
+
+import ckpt_support as support
+
+
+def _tree(value: float) -> dict:
+  return {"params": {"conv1": {"kernel": jnp.full((3, 3, 3, 12), value), "bias": jnp.zeros(12)}},
+          "step": jnp.asarray(int(value), jnp.int32)}
+
+
+def test_save_restore_keep_and_times(tmp_path):
+  manager = ckpt_lib.ModelCheckpoints(tmp_path / "model", keep=2)
+  started = time.perf_counter()
+  for epoch in (1, 2, 3):
+    manager.save(epoch, _tree(epoch), {"epoch": epoch})
+  save_seconds = (time.perf_counter() - started) / 3
+  assert manager.epochs() == [2, 3]                       # keep = 2
+  started = time.perf_counter()
+  tree, meta = manager.restore(target=_tree(0))
+  restore_seconds = time.perf_counter() - started
+  manager.close()
+  assert meta == {"epoch": 3} and int(tree["step"]) == 3
+  np.testing.assert_array_equal(tree["params"]["conv1"]["kernel"], np.full((3, 3, 3, 12), 3.0))
+  print(f"tiny tree: save {save_seconds * 1000:.0f} ms, restore {restore_seconds * 1000:.0f} ms")
+  # The parity suite's contract: ModelCheckpoints(dir, keep).restore() -> (tree, meta), tree["params"].
+  tree, _ = ckpt_lib.ModelCheckpoints(tmp_path / "model", 3).restore(2)
+  assert float(tree["params"]["conv1"]["kernel"][0, 0, 0, 0]) == 2.0
+
+
+def test_config_differences_ignore_result_neutral_fields():
+  saved = json.loads(config_lib.default_config().to_json_best_effort())
+  changed = config_lib.default_config()
+  changed.progress = False
+  changed.log_every_epoch = False
+  changed.checkpoint.keep = 7
+  changed.checkpoint.every_epochs = 2
+  changed.data.manual_dir = "/elsewhere"
+  assert config_lib.differences(saved, json.loads(changed.to_json_best_effort())) == []
+  changed.epochs = 4
+  changed.kd.temperature = 2.0
+  changed.phases = ("teacher",)
+  assert config_lib.differences(saved, json.loads(changed.to_json_best_effort())) == [
+      "epochs (10 -> 4)", "kd.temperature (4.0 -> 2.0)",
+      'phases (["teacher", "student_ce", "student_kd"] -> ["teacher"])']
+
+
+def test_config_mismatch_stops_with_one_line_and_touches_nothing(tmp_path_factory):
+  workdir = support.finished_run(tmp_path_factory)
+  before = support.snapshot(workdir)
+  result = support.kdjax([*support.EMA_STUDY, "--config.epochs=4", "--config.kd.temperature=2"], workdir)
+  assert result.returncode == 2
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("kdjax: error: workdir ")
+  assert "epochs (3 -> 4)" in lines[0] and "kd.temperature (4.0 -> 2.0)" in lines[0]
+  assert "checkpoint.allow_config_change" in lines[0]
+  assert support.snapshot(workdir) == before
+
+
+def test_allow_config_change_resumes_with_the_new_config(tmp_path, tmp_path_factory):
+  workdir = tmp_path / "run"
+  shutil.copytree(support.finished_run(tmp_path_factory), workdir)
+  result = support.kdjax([*support.EMA_STUDY, "--config.epochs=4", "--config.checkpoint.allow_config_change=True"],
+                         workdir, support.compile_cache(tmp_path_factory))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "kdjax: warning: resuming" in result.stderr and "epochs (3 -> 4)" in result.stderr
+  assert "[teacher] resuming after epoch 3" in result.stdout
+  report = support.read_report(workdir)
+  assert report["checkpoints"]["config_changes"] == ["epochs (3 -> 4)"]
+  assert [row["epoch"] for row in report["models"]["teacher"]["epochs"]] == [1, 2, 3, 4]
+  assert json.loads((workdir / "config.json").read_text())["epochs"] == 4
+
+
+def test_teacher_checkpoint_is_reused_not_trained(tmp_path, tmp_path_factory):
+  source = support.finished_run(tmp_path_factory)
+  workdir = tmp_path / "students"
+  result = support.kdjax(["--config", str(support.REPO / "configs/kd.py"), "--config.phases=('student_kd',)",
+                          f"--config.teacher.checkpoint={source}", *support.TINY], workdir,
+                         support.compile_cache(tmp_path_factory))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "[teacher] loaded from" in result.stdout and "[teacher] epoch" not in result.stdout
+  report, reference = support.read_report(workdir), support.read_report(source)
+  teacher = report["models"]["teacher"]
+  assert teacher["source"]["checkpoint"] == str(source / "checkpoints" / "teacher" / "3")
+  assert teacher["source"]["source_workdir"] == str(source) and teacher["source"]["epoch"] == 3
+  for key in ("val_top1", "val_top5", "val_loss", "epochs"):
+    assert teacher[key] == reference["models"]["teacher"][key]
+  assert "student_kd" in report["models"] and "agreement_with_teacher" in report["models"]["student_kd"]
+  assert "loaded from" in (workdir / "report.md").read_text()
+  assert ckpt_lib.step_names(workdir / "checkpoints" / "teacher") == [3]   # a copy, for inspect and parity
+  assert not any(row["model"] == "teacher" for row in support.read_metrics(workdir))
+
+
+@pytest.mark.parametrize("form", ["workdir", "model folder", "step folder"])
+def test_resolve_accepts_a_workdir_a_checkpoint_folder_or_a_step(tmp_path_factory, form):
+  run = support.finished_run(tmp_path_factory)
+  path = {"workdir": run, "model folder": run / "checkpoints" / "teacher",
+          "step folder": run / "checkpoints" / "teacher" / "2"}[form]
+  folder, step = ckpt_lib.resolve(path, "teacher")
+  assert folder == run / "checkpoints" / "teacher"
+  assert step == (2 if form == "step folder" else None)
+
+
+def _broken(kind: str, tmp_path: pathlib.Path, run: pathlib.Path) -> pathlib.Path:
+  """A teacher checkpoint folder that is missing, not Orbax, or truncated; returns the path to pass."""
+  if kind == "missing":
+    return tmp_path / "no_such_run"
+  if kind == "not orbax":
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("not a checkpoint")
+    return tmp_path / "notes"
+  folder = tmp_path / "teacher"
+  shutil.copytree(run / "checkpoints" / "teacher", folder)
+  if kind == "junk step":
+    shutil.rmtree(folder)
+    (folder / "3").mkdir(parents=True)
+    (folder / "3" / "state").write_text("junk")
+  if kind == "truncated":
+    for data in (folder / "3" / "state").rglob("d/*"):
+      data.write_bytes(data.read_bytes()[:10])
+  return folder
+
+
+@pytest.mark.parametrize("kind", ["missing", "not orbax", "junk step", "truncated"])
+def test_bad_teacher_checkpoint_is_one_line_naming_the_path(tmp_path, tmp_path_factory, kind):
+  from kdjax import experiment
+  run = support.finished_run(tmp_path_factory)
+  path = _broken(kind, tmp_path, run)
+  config = config_lib.default_config()
+  config.update_from_flattened_dict({"phases": ("student_kd",), "teacher.checkpoint": str(path),
+                                     "data.image_size": 16, "data.max_train_examples": 200,
+                                     "data.max_val_examples": 100, "epochs": 3, "progress": False})
+  workdir = tmp_path / "students"
+  with pytest.raises(ckpt_lib.CheckpointError) as error:
+    experiment.Study(config, workdir)
+  message = str(error.value)
+  assert "\n" not in message and str(path) in message
+  assert not (workdir / "config.json").exists() and not (workdir / "checkpoints").exists()
+
+
+def test_truncated_checkpoint_on_resume_is_one_line_and_touches_nothing(tmp_path, tmp_path_factory):
+  workdir = tmp_path / "run"
+  shutil.copytree(support.finished_run(tmp_path_factory), workdir)
+  step = workdir / "checkpoints" / "student_kd_ema" / "3"
+  (step / "state" / "manifest.ocdbt").unlink()
+  before = support.snapshot(workdir)
+  result = support.kdjax(support.EMA_STUDY, workdir)
+  assert result.returncode == 1
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1, result.stderr[-3000:]
+  assert lines[0].startswith(f"kdjax: error: {step}: cannot restore")
+  assert support.snapshot(workdir) == before
+
+
+def test_teacher_of_another_shape_is_refused(tmp_path, tmp_path_factory):
+  source = support.finished_run(tmp_path_factory)
+  result = support.kdjax(["--config", str(support.REPO / "configs/kd.py"), "--config.phases=('student_kd',)",
+                          f"--config.teacher.checkpoint={source}", *support.TINY,
+                          "--config.data.image_size=32"], tmp_path / "students")
+  assert result.returncode == 1
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and str(source / "checkpoints" / "teacher" / "3") in lines[0]
+  assert "does not fit" in lines[0]
+
+
+def test_unwritable_workdir_is_a_config_error(tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("")
+  result = support.kdjax(["--config", str(support.REPO / "configs/kd.py"), *support.TINY], blocker / "run")
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines() == [
+      f"kdjax: error: workdir: cannot write to {blocker / 'run'}: Not a directory"]
+
+
+# After student_ce's epoch-1 save, the wrapper fills the disk (or remounts it read-only): a real ENOSPC/EROFS.
+SPOIL_DISK_AFTER_FIRST_SAVE = """
+import os, subprocess, sys
+from kdjax import checkpoints
+mount, how = sys.argv.pop(1), sys.argv.pop(1)
+original = checkpoints.ModelCheckpoints.save
+def save(self, epoch, tree, meta):
+  original(self, epoch, tree, meta)
+  if epoch == 1 and how == "full":
+    with open(os.path.join(mount, "filler"), "wb") as filler:
+      try:
+        while True:
+          filler.write(b"\\0" * 65536)
+          filler.flush()
+      except OSError:
+        pass
+  if epoch == 1 and how == "read-only":
+    subprocess.run(["mount", "-o", "remount,ro", mount], check=True)
+checkpoints.ModelCheckpoints.save = save
+from absl import app
+from kdjax import main
+sys.argv[0] = "kdjax.main"
+app.run(main.main)
+"""
+
+
+@pytest.mark.parametrize("how", ["full", "read-only"])
+def test_full_or_read_only_disk_is_a_clear_error_and_earlier_checkpoints_survive(tmp_path, tmp_path_factory, how):
+  if shutil.which("unshare") is None or subprocess.run(
+      ["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size=1m tmpfs {tmp_path}"]).returncode != 0:
+    pytest.skip("needs unshare -m and mount (a private tmpfs) to make a real full disk")
+  mount, kept = tmp_path / "disk", tmp_path / "kept"
+  mount.mkdir()
+  args = " ".join(shlex.quote(arg) for arg in ["--config", str(support.REPO / "configs/kd.py"),
+                                         "--config.phases=('student_ce',)", *support.TINY,
+                                         f"--workdir={mount / 'run'}"])
+  shell = (f"mount -t tmpfs -o size=4m tmpfs {mount} && "
+           f"{sys.executable} -c \"$WRAPPER\" {mount} {how} {args} > {tmp_path}/out 2> {tmp_path}/err; "
+           f"echo $? > {tmp_path}/rc; mount -o remount,rw {mount}; rm -f {mount}/filler; "
+           f"cp -a {mount}/run {kept}")
+  environment = dict(support.env(support.compile_cache(tmp_path_factory)), WRAPPER=SPOIL_DISK_AFTER_FIRST_SAVE)
+  subprocess.run(["unshare", "-m", "sh", "-c", shell], env=environment, check=True, timeout=300)
+  stderr = (tmp_path / "err").read_text().strip().splitlines()
+  assert (tmp_path / "rc").read_text().strip() == "1", stderr
+  assert len(stderr) == 1 and stderr[0].startswith("kdjax: error: "), stderr
+  assert ("No space left on device" if how == "full" else "Read-only file system") in stderr[0]
+  assert str(mount / "run") in stderr[0]
+  reader = ckpt_lib.ModelCheckpoints(kept / "checkpoints" / "student_ce", read_only=True)
+  assert reader.epochs() == [1]
+  tree, meta = reader.restore()
+  assert meta["epoch"] == 1 and int(tree["step"]) == 4
