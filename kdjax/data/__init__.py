@@ -19,6 +19,10 @@ import numpy as np
 # name -> module (imported lazily, so the embedded set never pays for TFDS).
 SOURCES = {
     "digits": "kdjax.data.digits",
+    "tiny_imagenet": "kdjax.data.tiny_imagenet",
+    "cifar10": "kdjax.data.cifar",
+    "cifar100": "kdjax.data.cifar",
+    "image_folder": "kdjax.data.image_folder",
 }
 NORMALIZATIONS = ("standardize", "unit")
 
