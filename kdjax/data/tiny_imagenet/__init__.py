@@ -26,6 +26,11 @@ def prepare(data_config):
   """The prepared builder (built now if needed) and the seconds building took (0 when cached)."""
   manual_dir = tfds_common.check_manual_dir(data_config)
   builder = make_builder(data_config)
+  if manual_dir is not None and not builder.is_prepared():
+    try:  # a manual dir that is given must hold the set: no download behind the user's back
+      source_lib.find_in_manual_dir(manual_dir)
+    except source_lib.SourceError as error:
+      raise data_lib.DataError(f"data.manual_dir: {error}") from None
   seconds = tfds_common.prepare(builder, manual_dir, source_errors=(source_lib.SourceError,))
   return builder, seconds
 

@@ -11,6 +11,7 @@ Every problem is a SourceError whose one-line message names the path. Records co
 """
 
 import io
+import os
 import posixpath
 import zipfile
 
@@ -39,6 +40,11 @@ def find_in_manual_dir(manual_dir) -> epath.Path:
     return manual_dir / ARCHIVE_NAME
   raise SourceError(f"{manual_dir}: holds neither {ARCHIVE_NAME} nor an extracted {ROOT}/ folder "
                     f"(download it from http://cs231n.stanford.edu/{ARCHIVE_NAME})")
+
+
+def holds_source(manual_dir) -> bool:
+  manual_dir = epath.Path(manual_dir)
+  return (manual_dir / ROOT).is_dir() or (manual_dir / ARCHIVE_NAME).exists()
 
 
 class _ZipTree:
@@ -71,8 +77,9 @@ class _FolderTree:
 
   def __init__(self, path: epath.Path):
     self.path = path
-    root = str(path)
-    self.files = {str(p)[len(root) + 1:] for p in path.rglob("*") if p.is_file()}
+    root = os.fspath(path)
+    self.files = {os.path.relpath(os.path.join(folder, name), root).replace(os.sep, "/")
+                  for folder, _, names in os.walk(root) for name in names}
 
   def read(self, relpath: str) -> bytes:
     try:

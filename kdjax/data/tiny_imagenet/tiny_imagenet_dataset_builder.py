@@ -62,12 +62,19 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     )
 
   def _locate(self, dl_manager) -> epath.Path:
+    """The manual copy when the manual dir holds one (TFDS's default: <data_dir>/downloads/manual), else download."""
     if self._manual_source is not None:
       return epath.Path(self._manual_source)
-    manual_dir = dl_manager._manual_dir  # pylint: disable=protected-access  (None when not given)
-    if manual_dir is not None:
+    manual_dir = dl_manager._manual_dir  # pylint: disable=protected-access  (TFDS keeps no public getter)
+    if manual_dir is not None and source_lib.holds_source(manual_dir):
       return source_lib.find_in_manual_dir(manual_dir)
-    archive = epath.Path(dl_manager.download(URL))
+    try:
+      archive = epath.Path(dl_manager.download(URL))
+    except Exception as error:  # offline: the download manager raises many types
+      reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+      raise source_lib.SourceError(
+          f"could not download {URL} ({reason}); offline, put {source_lib.ARCHIVE_NAME} or its extracted "
+          f"{source_lib.ROOT}/ folder in the manual dir (kdjax: data.manual_dir; now {manual_dir})") from None
     check_official_archive(archive)
     return archive
 
