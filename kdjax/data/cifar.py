@@ -3,9 +3,10 @@
     --config.data.name=cifar10|cifar100 [--config.data.manual_dir=DIR] [--config.data.data_dir=CACHE]
 
 TFDS's `cifar10`/`cifar100` builders download the official binary archives (checked against TFDS's registered
-checksums) but read them with tf.io and encode images with tf.image. kdjax uses them as they are (same name,
-version, features, download and checksums, so the prepared set sits where TFDS would put it) and replaces only
-`_generate_examples` with a NumPy reader that hands TFDS PIL images (PNG, encoded by PIL). Offline: put
+checksums) but extract and read them with tf.io and encode images with tf.image. kdjax uses them as they are
+(same name, version, features, download and checksums, so the prepared set sits where TFDS would put it) and
+replaces only the generation: the .tar.gz is read in memory with tarfile, the batches with NumPy, and TFDS is
+handed PIL images (PNG, encoded by PIL). Offline: put
 cifar-10-binary.tar.gz / cifar-100-binary.tar.gz in data.manual_dir, or point data.data_dir at a copy already
 prepared as array_record. The TFDS `test` split is our validation split. Examples are in the archive's order
 (ids train_00000, ...). Images are 32x32x3 uint8; data.image_size does not apply (the nets follow 32x32).
@@ -13,6 +14,7 @@ prepared as array_record. The TFDS `test` split is our validation split. Example
 
 import functools
 import os
+import tarfile
 
 import numpy as np
 from PIL import Image
@@ -27,25 +29,40 @@ ARCHIVES = {  # name -> (archive file name, URL), as TFDS's cifar builders downl
 }
 
 
-def read_cifar_binary(path, labels_per_record: int):
-  """Yields (labels uint8 [labels_per_record], image uint8 [32, 32, 3]) from a CIFAR binary batch file.
+def read_cifar_binary(content: bytes, labels_per_record: int, where: str = "CIFAR batch"):
+  """Yields (labels uint8 [labels_per_record], image uint8 [32, 32, 3]) from a CIFAR binary batch file's bytes.
 
   Each record is labels_per_record label bytes, then 3072 bytes: the red, green and blue 32x32 planes.
   """
-  with open(path, "rb") as f:
-    data = np.frombuffer(f.read(), np.uint8)
+  data = np.frombuffer(content, np.uint8)
   record_size = labels_per_record + 3072
   if data.size % record_size:
-    raise data_lib.DataError(f"{path}: {data.size} bytes is not a whole number of {record_size}-byte records")
+    raise data_lib.DataError(f"{where}: {data.size} bytes is not a whole number of {record_size}-byte records")
   records = data.reshape(-1, record_size)
   images = records[:, labels_per_record:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-  for labels, image in zip(records[:, :labels_per_record], images):
-    yield labels, image
+  yield from zip(records[:, :labels_per_record], images)
+
+
+def read_archive(path, prefix: str, names) -> dict[str, bytes]:
+  """The named members of a CIFAR .tar.gz, read in memory (TFDS's extractor needs TensorFlow)."""
+  wanted = {prefix + name: name for name in names}
+  found = {}
+  try:
+    with tarfile.open(os.fspath(path), "r:gz") as archive:
+      for member in archive:
+        if member.name in wanted and member.isfile():
+          found[wanted[member.name]] = archive.extractfile(member).read()
+  except (tarfile.TarError, OSError, EOFError) as error:
+    raise data_lib.DataError(f"{path}: not a readable .tar.gz ({error})") from None
+  missing = sorted(set(names) - set(found))
+  if missing:
+    raise data_lib.DataError(f"{path}: missing {prefix}{missing[0]}")
+  return found
 
 
 @functools.cache
 def builder_class(name: str):
-  """TFDS's builder for `name`, with a TF-free `_generate_examples` (not registered: TFDS's own keeps the name)."""
+  """TFDS's builder for `name` with TF-free generation (not registered: TFDS's own keeps the name)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from tensorflow_datasets.image_classification import cifar  # pylint: disable=g-import-not-at-top
 
@@ -61,17 +78,29 @@ def builder_class(name: str):
   NoTensorFlowCifar.url_infos = parent.url_infos
   NoTensorFlowCifar.code_path = parent.code_path
 
-  def _generate_examples(self, split_prefix, filepaths):
+  def _split_generators(self, dl_manager):
+    info = self._cifar_info
+    archive = dl_manager.download(info.url)   # verified against TFDS's registered checksum
+    members = read_archive(archive, info.prefix, [*info.train_files, *info.test_files, *info.label_files])
+    for label_key, label_file in zip(info.label_keys, info.label_files):
+      self.info.features[label_key].names = [n for n in members[label_file].decode().split("\n") if n]
+    return {
+        "train": self._generate_examples("train_", [(f, members[f]) for f in info.train_files]),
+        "test": self._generate_examples("test_", [(f, members[f]) for f in info.test_files]),
+    }
+
+  def _generate_examples(self, split_prefix, batches):
     label_keys = self._cifar_info.label_keys
     index = 0  # the key, as TFDS's builder uses it
-    for path in filepaths:
-      for labels, image in read_cifar_binary(path, len(label_keys)):
+    for file_name, content in batches:
+      for labels, image in read_cifar_binary(content, len(label_keys), file_name):
         record = {key: int(label) for key, label in zip(label_keys, labels)}
         record["id"] = f"{split_prefix}{index:05d}"
-        record["image"] = Image.fromarray(image)
+        record["image"] = Image.fromarray(image)   # encoded as PNG by PIL, not tf.image
         yield index, record
         index += 1
 
+  NoTensorFlowCifar._split_generators = _split_generators  # pylint: disable=protected-access
   NoTensorFlowCifar._generate_examples = _generate_examples  # pylint: disable=protected-access
   return NoTensorFlowCifar
 

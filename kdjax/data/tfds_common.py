@@ -21,8 +21,10 @@ READ_CHUNK = 4096
 
 
 def builder_kwargs(data_config) -> dict:
-  """data.data_dir, or TFDS's default (~/tensorflow_datasets, or $TFDS_DATA_DIR) when empty."""
-  return {"data_dir": os.path.expanduser(data_config.data_dir) if data_config.data_dir else None}
+  """data.data_dir (TFDS's default, ~/tensorflow_datasets or $TFDS_DATA_DIR, when empty); ArrayRecord files,
+  which TFDS writes and reads without TensorFlow (its default, tfrecord, needs TensorFlow)."""
+  return {"data_dir": os.path.expanduser(data_config.data_dir) if data_config.data_dir else None,
+          "file_format": "array_record"}
 
 
 def check_manual_dir(data_config) -> str | None:
