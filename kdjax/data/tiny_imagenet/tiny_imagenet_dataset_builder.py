@@ -7,7 +7,8 @@ copy may be re-packed, so its layout is validated instead of its checksum).
 
 Layout read (see source.py): wnids.txt (label = line index), words.txt (class names),
 train/<wnid>/images/*.JPEG with <wnid>_boxes.txt, val/images/*.JPEG labelled by val/val_annotations.txt.
-test/ is unlabelled and not a split here.
+test/ is unlabelled and not a split here. Features: image, label (ClassLabel, the words.txt names), wnid,
+file_name, bbox (the annotated box; the whole image when a train image has no line in its boxes file).
 
 Images are stored as the source's JPEG bytes, untouched (no re-encoding): the Image feature is declared
 64x64x3, and TFDS decodes a greyscale JPEG to 3 equal channels, as TensorFlow does. Read it without TF with
@@ -39,11 +40,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   manual dir, the archive is downloaded and checked against its size and md5.
   """
 
-  def __init__(self, *, manual_source=None, **kwargs):
-    """manual_source: a path to the archive or the extracted folder (else taken from the manual dir)."""
-    kwargs.setdefault("file_format", "array_record")
+  def __init__(self, **kwargs):
+    kwargs.setdefault("file_format", "array_record")  # TFDS's default, tfrecord, needs TensorFlow
     super().__init__(**kwargs)
-    self._manual_source = manual_source
 
   def _info(self) -> tfds.core.DatasetInfo:
     # Class names are only known once the source is read; ClassLabel gets them in _split_generators.
@@ -63,8 +62,6 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
   def _locate(self, dl_manager) -> epath.Path:
     """The manual copy when the manual dir holds one (TFDS's default: <data_dir>/downloads/manual), else download."""
-    if self._manual_source is not None:
-      return epath.Path(self._manual_source)
     manual_dir = dl_manager._manual_dir  # pylint: disable=protected-access  (TFDS keeps no public getter)
     if manual_dir is not None and source_lib.holds_source(manual_dir):
       return source_lib.find_in_manual_dir(manual_dir)
@@ -101,4 +98,4 @@ def check_official_archive(path: epath.Path) -> None:
   if size != ARCHIVE_SIZE or digest.hexdigest() != ARCHIVE_MD5:
     raise source_lib.SourceError(
         f"{path}: downloaded {URL} is {size} bytes, md5 {digest.hexdigest()}; expected {ARCHIVE_SIZE} bytes, "
-        f"md5 {ARCHIVE_MD5}")
+        f"md5 {ARCHIVE_MD5}; delete it to download again")
