@@ -23,7 +23,8 @@ READ_CHUNK = 4096
 def builder_kwargs(data_config) -> dict:
   """data.data_dir (TFDS's default, ~/tensorflow_datasets or $TFDS_DATA_DIR, when empty); ArrayRecord files,
   which TFDS writes and reads without TensorFlow (its default, tfrecord, needs TensorFlow)."""
-  return {"data_dir": os.path.expanduser(data_config.data_dir) if data_config.data_dir else None,
+  data_dir = os.path.abspath(os.path.expanduser(data_config.data_dir)) if data_config.data_dir else None
+  return {"data_dir": data_dir,
           "file_format": "array_record"}
 
 
@@ -31,7 +32,7 @@ def check_manual_dir(data_config) -> str | None:
   """data.manual_dir, expanded, checked to exist when given; None when empty."""
   if not data_config.manual_dir:
     return None
-  manual_dir = os.path.expanduser(data_config.manual_dir)
+  manual_dir = os.path.abspath(os.path.expanduser(data_config.manual_dir))
   if not os.path.isdir(manual_dir):
     raise DataError(f"data.manual_dir: {manual_dir} does not exist")
   return manual_dir
