@@ -24,10 +24,11 @@ def default_config() -> ml_collections.ConfigDict:
   config.log_every_epoch = True         # the one-line summary per epoch
 
   config.data = ml_collections.ConfigDict()
-  config.data.name = "digits"           # the embedded set; "tiny_imagenet" for the real study
-  config.data.manual_dir = ""           # where a manually downloaded archive lies
+  config.data.name = "digits"           # the embedded set; "tiny_imagenet" for the real study (docs/data.md)
+  config.data.manual_dir = ""           # where a manually downloaded archive lies; image_folder: its root
   config.data.data_dir = ""             # where prepared data sets are cached ("" = the library's default)
-  config.data.image_size = 64           # the seed's input size (digits are resized to it)
+  config.data.image_size = 64           # the seed's input size (digits, image_folder are resized to it;
+                                        # tiny_imagenet 64 and cifar 32 keep their own)
   config.data.normalization = "standardize"   # (x/255 - mean)/std per channel; or "unit": x/255
   config.data.drop_remainder = False    # keep the last short batch, as PyTorch's DataLoader does
   config.data.max_train_examples = 0    # 0 = all; else a fixed subset (quick runs and tests)

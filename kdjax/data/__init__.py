@@ -1,7 +1,15 @@
 """The data layer: every data set loads into memory as uint8 NHWC images plus int32 labels.
 
 A data set is a module in this package with `load(data_config) -> Dataset`, registered by name in SOURCES;
-a new set is a new file plus one line here. The model input is made explicit by `normalize`:
+a new set is a new file plus one line here. The sets (docs/data.md):
+
+  digits         scikit-learn's 1,797 8x8 digits, resized to data.image_size (embedded: no download)
+  tiny_imagenet  200 classes, 64x64; kdjax's own TFDS builder (tiny_imagenet/), from data.manual_dir or downloaded
+  cifar10/100    32x32; TFDS's builders, generated without TensorFlow (cifar.py)
+  image_folder   data.manual_dir/<train|val>/<class>/*.jpg|png, resized to data.image_size
+
+TFDS sets are prepared once into data.data_dir (TFDS's default when empty) as ArrayRecord and read back without
+TensorFlow (tfds_common.py). The model input is made explicit by `normalize`:
 
   x = (image / 255 - mean) / std       (per channel; mean, std from the training split, "standardize")
   x = image / 255                      ("unit")
@@ -19,6 +27,10 @@ import numpy as np
 # name -> module (imported lazily, so the embedded set never pays for TFDS).
 SOURCES = {
     "digits": "kdjax.data.digits",
+    "tiny_imagenet": "kdjax.data.tiny_imagenet",
+    "cifar10": "kdjax.data.cifar",
+    "cifar100": "kdjax.data.cifar",
+    "image_folder": "kdjax.data.image_folder",
 }
 NORMALIZATIONS = ("standardize", "unit")
 

@@ -1,0 +1,49 @@
+"""Tiny ImageNet (200 classes, 64x64): the TFDS builder in this folder, read into memory without TF.
+
+    --config.data.name=tiny_imagenet [--config.data.manual_dir=DIR] [--config.data.data_dir=CACHE]
+
+data.manual_dir holds tiny-imagenet-200.zip or its extracted tiny-imagenet-200/ folder (offline); empty means
+download the official archive (checked: size and md5). The prepared set (ArrayRecord, the source JPEG bytes) is
+cached in data.data_dir (TFDS's default when empty) and reused by later runs. Examples are in file-name order
+(train: by wnid then image number as text; validation: val_<n>.JPEG as text), whatever order TFDS stored them in.
+Images are 64x64x3 uint8 (greyscale JPEGs decoded to 3 equal channels); data.image_size does not apply.
+"""
+
+
+from kdjax import data as data_lib
+from kdjax.data import tfds_common
+from kdjax.data.tiny_imagenet import source as source_lib
+
+IMAGE_SHAPE = (64, 64, 3)
+
+
+def make_builder(data_config):
+  from kdjax.data.tiny_imagenet.tiny_imagenet_dataset_builder import Builder  # pylint: disable=g-import-not-at-top
+  return Builder(**tfds_common.builder_kwargs(data_config))
+
+
+def prepare(data_config):
+  """The prepared builder (built now if needed) and the seconds building took (0 when cached)."""
+  manual_dir = tfds_common.check_manual_dir(data_config)
+  builder = make_builder(data_config)
+  if manual_dir is not None and not builder.is_prepared():
+    try:  # a manual dir that is given must hold the set: no download behind the user's back
+      source_lib.find_in_manual_dir(manual_dir)
+    except source_lib.SourceError as error:
+      raise data_lib.DataError(f"data.manual_dir: {error}") from None
+  seconds = tfds_common.prepare(builder, manual_dir, source_errors=(source_lib.SourceError,))
+  return builder, seconds
+
+
+def load(data_config) -> data_lib.Dataset:
+  builder, _ = prepare(data_config)
+  splits = {}
+  for split in ("train", "validation"):
+    images, labels, _ = tfds_common.read_split(
+        builder, split, image_key="image", label_key="label", order_key="file_name",
+        image_shape=IMAGE_SHAPE, description="tiny_imagenet")
+    splits[split] = (images, labels)
+  return data_lib.Dataset(
+      name="tiny_imagenet", train_images=splits["train"][0], train_labels=splits["train"][1],
+      val_images=splits["validation"][0], val_labels=splits["validation"][1],
+      class_names=tuple(builder.info.features["label"].names))
