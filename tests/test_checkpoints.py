@@ -15,7 +15,7 @@ import pytest
 from kdjax import checkpoints as ckpt_lib
 from kdjax import config as config_lib
 
-import ckpt_support as support
+from tests import ckpt_support as support
 
 
 def _tree(value: float) -> dict:

@@ -10,7 +10,7 @@ import pytest
 from kdjax import checkpoints as ckpt_lib
 from kdjax import inspect as inspect_lib
 
-import ckpt_support as support
+from tests import ckpt_support as support
 
 TEACHER_ORDER = [f"{layer}.{name}" for layer in [f"conv{i}" for i in range(1, 13)] + ["fc"]
                  for name in ("kernel", "bias")]

@@ -6,7 +6,7 @@ import collections
 
 from kdjax import checkpoints as ckpt_lib
 
-import ckpt_support as support
+from tests import ckpt_support as support
 
 # Runs kdjax.main, but waits to be killed when about to save epoch 2 of student_kd_ema: by then that epoch's
 # metrics rows are in metrics.jsonl, which the resumed run must not duplicate.
