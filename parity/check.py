@@ -47,10 +47,7 @@ def check(config, steps: int, student_decay: float, dtype: str = "float32", twin
   for phase in config.phases:
     start = time.perf_counter()
     run = harness.run_phase(setup, phase, batches, teacher_params=teacher_params, student_decay=decay, twin=twin)
-    starts = {name: setup.initial_params[run.net] for name in run.models}
-    if harness.TEACHER_EMA in starts:
-      starts[harness.TEACHER_EMA] = teacher_params
-    all_rows += compare.rows(run, starts, labels)
+    all_rows += compare.rows(run, labels)
     print(f"  {phase}: {steps} steps in each framework ({time.perf_counter() - start:.1f} s)", file=out,
           flush=True)
     if phase == "teacher":

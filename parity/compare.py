@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 
 from parity import harness
-from parity import tolerances as tol
+from parity import tolerances
 
 
 @dataclasses.dataclass
@@ -36,16 +36,16 @@ def top1_margin(logits: np.ndarray) -> np.ndarray:
   return top2[:, 1] - top2[:, 0]
 
 
-def _loss_failure(jax_losses, torch_losses, twin_losses=None) -> tuple[float, float, str | None]:
+def _loss_failure(tol, jax_losses, torch_losses, twin_losses=None) -> tuple[float, float, str | None]:
   jax_losses, torch_losses = np.asarray(jax_losses, np.float64), np.asarray(torch_losses, np.float64)
   delta = np.abs(jax_losses - torch_losses)
   rel = delta / np.maximum(np.abs(torch_losses), 1e-30)
-  bound = tol.LOSS_ATOL + tol.LOSS_RTOL * np.abs(torch_losses)
+  bound = tol.loss_atol + tol.loss_rtol * np.abs(torch_losses)
   if twin_losses is not None:
     # The twin's largest gap over the run: the framework's rounding enters at every step, the twin's only at the
     # start, so early steps of a chaotic run run ahead of the twin's envelope (tolerances.NOISE_FACTOR).
     floor = np.max(np.abs(jax_losses - np.asarray(twin_losses, np.float64)))
-    bound = np.maximum(bound, tol.NOISE_FACTOR * floor)
+    bound = np.maximum(bound, tol.noise_factor * floor)
   bad = np.flatnonzero(delta > bound)
   failure = None
   if bad.size:
@@ -55,8 +55,9 @@ def _loss_failure(jax_losses, torch_losses, twin_losses=None) -> tuple[float, fl
   return float(delta.max()), float(rel.max()), failure
 
 
-def rows(run: harness.PhaseRun, start_params: dict, labels: np.ndarray) -> list[Row]:
-  """One row per model of the phase. start_params: model -> its params before the phase (Flax layout)."""
+def rows(run: harness.PhaseRun, labels: np.ndarray) -> list[Row]:
+  """One row per model of the phase (labels: the validation labels), checked against the run's dtype's bounds."""
+  tol = tolerances.for_dtype(run.dtype)
   result = []
   steps = sum(len(losses) for losses in run.jax.step_losses)
   flatten = lambda side: [loss for epoch in side.step_losses for loss in epoch]
@@ -66,9 +67,9 @@ def rows(run: harness.PhaseRun, start_params: dict, labels: np.ndarray) -> list[
     logits_init = loss_abs = loss_rel = twin_loss = twin_params = None
     if name == run.phase:
       logits_init = run.initial_logits_delta
-      if logits_init > tol.FORWARD_ATOL:
-        failures.append(f"forward on the same weights: max |Δ logits| {logits_init:.2e} > {tol.FORWARD_ATOL:g}")
-      loss_abs, loss_rel, failure = _loss_failure(flatten(run.jax), flatten(run.torch),
+      if logits_init > tol.forward_atol:
+        failures.append(f"forward on the same weights: max |Δ logits| {logits_init:.2e} > {tol.forward_atol:g}")
+      loss_abs, loss_rel, failure = _loss_failure(tol, flatten(run.jax), flatten(run.torch),
                                                   flatten(twin) if twin else None)
       if twin:
         twin_loss = float(np.max(np.abs(np.subtract(flatten(run.jax), flatten(twin)))))
@@ -76,20 +77,20 @@ def rows(run: harness.PhaseRun, start_params: dict, labels: np.ndarray) -> list[
         failures.append(failure)
     jax_params, torch_params = run.jax.params[name], run.torch.params[name]
     params_abs = harness.max_abs_diff(jax_params, torch_params)
-    moved = harness.max_abs_diff(jax_params, start_params[name])
-    bound = tol.PARAM_ATOL + tol.PARAM_RTOL * moved
+    moved = harness.max_abs_diff(jax_params, run.start[name])
+    bound = tol.param_atol + tol.param_rtol * moved
     if twin:
       twin_params = harness.max_abs_diff(jax_params, twin.params[name])
-      bound = max(bound, tol.NOISE_FACTOR * twin_params)
+      bound = max(bound, tol.noise_factor * twin_params)
     if params_abs > bound:
-      failures.append(f"params: max |Δ| {params_abs:.2e} > {bound:.2e} ({tol.PARAM_RTOL:g} of the "
-                      f"{moved:.2e} they moved, or {tol.NOISE_FACTOR:g}x the twin's)")
+      failures.append(f"params: max |Δ| {params_abs:.2e} > {bound:.2e} ({tol.param_rtol:g} of the "
+                      f"{moved:.2e} they moved, or {tol.noise_factor:g}x the twin's)")
     jax_logits, torch_logits = run.jax.val_logits[name], run.torch.val_logits[name]
     logits_final = float(np.max(np.abs(jax_logits - torch_logits)))
     scale = float(np.max(np.abs(torch_logits)))
-    bound = tol.FORWARD_ATOL + tol.LOGITS_RTOL * scale
+    bound = tol.forward_atol + tol.logits_rtol * scale
     if twin:
-      bound = max(bound, tol.NOISE_FACTOR * float(np.max(np.abs(jax_logits - twin.val_logits[name]))))
+      bound = max(bound, tol.noise_factor * float(np.max(np.abs(jax_logits - twin.val_logits[name]))))
     if logits_final > bound:
       failures.append(f"validation logits: max |Δ| {logits_final:.2e} > {bound:.2e}")
     correct_jax = int((jax_logits.argmax(-1) == labels).sum())

@@ -7,6 +7,7 @@ normalised once by data.normalize and only transposed for PyTorch, so both see b
 """
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -68,7 +69,8 @@ class Setup:
   def torch_inputs(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The whole split as PyTorch sees it: NCHW, exactly kdjax's (float32) model inputs; int64 labels."""
     images, labels = self.dataset.split(split)
-    return (convert.images_to_torch(model_inputs(images, self.mean, self.std)).to(self.torch_dtype),
+    inputs = model_inputs(images, self.mean, self.std, self.dtype)
+    return (torch.from_numpy(np.ascontiguousarray(np.transpose(inputs, (0, 3, 1, 2)))),
             torch.from_numpy(labels.astype(np.int64)))
 
   def predict(self, role: str, params) -> np.ndarray:
@@ -77,14 +79,19 @@ class Setup:
     return evaluate.predict(self.nets[role], params, images, self.mean, self.std, self.config.eval_batch_size)
 
 
-@jax.jit
-def _normalize(images, mean, std):
-  return data_lib.normalize(images, mean, std)
+@functools.partial(jax.jit, static_argnames="dtype")
+def _normalize(images, mean, std, dtype):
+  return data_lib.normalize(images, mean, std).astype(dtype)
 
 
-def model_inputs(images: np.ndarray, mean, std) -> np.ndarray:
-  """float32 NHWC: exactly what kdjax's models see for these uint8 images (data.normalize, jitted as in kdjax)."""
-  return np.asarray(_normalize(images, jnp.asarray(mean), jnp.asarray(std)))
+def model_inputs(images: np.ndarray, mean, std, dtype: str = "float32") -> np.ndarray:
+  """NHWC: what kdjax's models see for these uint8 images: data.normalize, jitted as in kdjax, then `dtype`.
+
+  The cast is inside the jit on purpose: XLA fuses normalize with what follows, and before a float64 conv it
+  computes the normalisation in float64 rather than rounding it to float32 first (measured: up to 2.4e-7 apart),
+  so float64 runs must give PyTorch the fused values to see the same inputs.
+  """
+  return np.asarray(_normalize(images, jnp.asarray(mean), jnp.asarray(std), dtype))
 
 
 def make_setup(config, dtype: str = "float32") -> Setup:
@@ -144,7 +151,9 @@ class PhaseRun:
   initial_logits_delta: float  # max |logit diff| on validation, same (initial) weights
   jax: Side
   torch: Side
-  twin: Side | None = None     # kdjax from a one-ulp-moved start (run_phase(twin=True))
+  twin: Side | None = None     # kdjax with other roundings (run_phase(twin=True))
+  dtype: str = "float32"
+  start: dict = dataclasses.field(default_factory=dict)  # tracked model -> its params before the phase
 
   @property
   def models(self) -> list[str]:
@@ -216,8 +225,8 @@ def run_phase(setup: Setup, phase: str, batches: list[list[np.ndarray]], teacher
 
   teacher_params: the (Flax) teacher the KD phases distil from, given to both frameworks.
   student_decay > 0 keeps the student-weights EMA (student phases only), tracked as "<phase> (EMA weights)".
-  twin: also run kdjax from the start weights moved by one ulp: how far rounding alone carries the trajectory
-  (the noise floor that a framework difference is measured against, see parity/tolerances.py).
+  twin: also run kdjax from the start weights moved by one ulp, on each batch reversed: how far rounding alone
+  carries the trajectory (the noise floor that a framework difference is measured against, parity/tolerances.py).
   """
   net, kind = PHASES[phase]
   config = setup.config
@@ -227,8 +236,13 @@ def run_phase(setup: Setup, phase: str, batches: list[list[np.ndarray]], teacher
   if kind != "ce" and teacher_params is None:
     raise ValueError(f"phase {phase} needs teacher_params")
   jax_side = _jax_side(setup, phase, batches, start_params, teacher_params, student_decay)
-  twin_side = (_jax_side(setup, phase, batches, next_representable(start_params), teacher_params, student_decay)
-               if twin else None)
+  twin_side = None
+  if twin:
+    # The same computation with other roundings: start one ulp away, and each batch in reverse order (the batch
+    # mean and the weight gradients' batch sums then add in another order, at every step).
+    reversed_batches = [[indices[::-1] for indices in epoch] for epoch in batches]
+    twin_side = _jax_side(setup, phase, reversed_batches, next_representable(start_params), teacher_params,
+                          student_decay)
 
   # ---- PyTorch (the seed's loops)
   val_x, val_y = setup.torch_inputs("validation")
@@ -255,7 +269,9 @@ def run_phase(setup: Setup, phase: str, batches: list[list[np.ndarray]], teacher
   torch_side = Side([log.step_losses for log in logs], [log.val_correct for log in logs],
                     {name: convert.params_of(m) for name, m in torch_models.items()},
                     {name: reference.predict(m, val_x).numpy() for name, m in torch_models.items()})
-  return PhaseRun(phase, net, kind, initial_delta, jax_side, torch_side, twin_side)
+  start = {name: teacher_params if name == TEACHER_EMA else start_params for name in jax_side.params}
+  return PhaseRun(phase, net, kind, initial_delta, jax_side, torch_side, twin=twin_side,
+                  start=jax.tree_util.tree_map(np.asarray, start), dtype=setup.dtype)
 
 
 def max_abs_diff(tree_a: dict, tree_b: dict) -> float:
