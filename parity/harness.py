@@ -94,15 +94,15 @@ def model_inputs(images: np.ndarray, mean, std, dtype: str = "float32") -> np.nd
   return np.asarray(_normalize(images, jnp.asarray(mean), jnp.asarray(std), dtype))
 
 
-def make_setup(config, dtype: str = "float32") -> Setup:
-  """dtype "float64" runs both frameworks in double precision (parameters, activations, optimizer state; the
-  inputs stay kdjax's float32 values), which shows how much of a difference is fp32 rounding."""
+def make_setup(config, dtype: str = "float32", dataset: data_lib.Dataset | None = None) -> Setup:
+  """dtype "float64" runs both frameworks in double precision (parameters, activations, optimizer state), which
+  shows how much of a difference is fp32 rounding. `dataset`: an already loaded data.load(config.data)."""
   if dtype not in ("float32", "float64"):
     raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
   if dtype == "float64":
     jax.config.update("jax_enable_x64", True)
   config_lib.validate(config)
-  dataset = data_lib.load(config.data)
+  dataset = dataset or data_lib.load(config.data)
   mean, std = data_lib.normalization_constants(dataset, config.data.normalization)
   nets = {role: factory(dataset.num_classes, config.model.activation, config.model.init)
           for role, factory in models.MODEL_FACTORIES.items()}

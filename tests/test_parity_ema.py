@@ -39,6 +39,15 @@ CASES = {
 }
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+  """Tiny shapes: PyTorch's thread pool only spins against the other processes on a shared 2-core machine."""
+  threads = torch.get_num_threads()
+  torch.set_num_threads(1)
+  yield
+  torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_seed_ema_updates_the_tensors_and_values_pytorch_does(case):
   shapes, expected = CASES[case]

@@ -3,6 +3,7 @@ the same batches: per-step losses within 1e-4 relative, final params within pari
 
 import jax
 import pytest
+import torch
 
 from configs import ema as ema_config
 from parity import compare
@@ -42,17 +43,33 @@ def small_config(overrides: dict):
 
 
 @pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+  """Tiny shapes: PyTorch's thread pool only spins against the other processes on a shared 2-core machine."""
+  threads = torch.get_num_threads()
+  torch.set_num_threads(1)
+  yield
+  torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True, scope="module")
 def _highest_precision():
   with jax.default_matmul_precision("highest"):
     yield
 
 
+@pytest.fixture(scope="module")
+def digits():
+  """The variants differ in optimizer, model and EMA fields only: one data set for all."""
+  from kdjax import data as data_lib
+  return data_lib.load(small_config({}).data)
+
+
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_trajectories(variant):
+def test_trajectories(variant, digits):
   """Each phase from the shared init; the KD phases distil from the teacher the teacher phase trained (in kdjax,
   given to both frameworks), the student-weights EMA (decay 0.9) kept in the student phases. Fixed fp32 bounds
   (parity/tolerances.py FLOAT32), no twin floor."""
-  setup = harness.make_setup(small_config(VARIANTS[variant]))
+  setup = harness.make_setup(small_config(VARIANTS[variant]), dataset=digits)
   batches = harness.first_steps(setup, STEPS)
   teacher = setup.initial_params["teacher"]
   for phase in PHASES[variant]:
