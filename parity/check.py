@@ -6,7 +6,7 @@ Both frameworks start each phase from the same weights and see the same batches 
 data.epoch_order). The KD phases distil from the teacher that kdjax trained in the teacher phase's N steps, given
 to both. The student-weights EMA is kept in every student phase with ema.student_decay, or --student_decay
 when that is 0, so that it is always checked. kdjax also runs each phase a second time from start weights moved
-by one ulp (the "twin", --twin): how far fp32 rounding alone carries the trajectory. Exit status 1 when a value
+by one ulp, each batch reversed (the "twin", --twin): how far fp32 rounding alone carries the trajectory. Exit status 1 when a value
 is past parity/tolerances.py; 2 for bad arguments.
 """
 
@@ -30,7 +30,7 @@ _STUDENT_DECAY = flags.DEFINE_float(
     "student_decay", 0.99, "The student-weights EMA decay checked when the config's ema.student_decay is 0.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "float64"],
                            "Both frameworks' compute dtype; float64 separates rounding from semantics.")
-_TWIN = flags.DEFINE_bool("twin", True, "Also run kdjax from a one-ulp-moved start (the rounding floor).")
+_TWIN = flags.DEFINE_bool("twin", True, "Also run kdjax with other roundings (one ulp away, batches reversed): the floor.")
 flags.mark_flags_as_required(["config"])
 
 

@@ -23,7 +23,7 @@ class Row:
   total: int
   ambiguous: int                # examples whose top-1 margin <= 2 * logits_final (the only ones that may flip)
   failures: list
-  twin_loss_abs: float | None = None    # the same quantities between kdjax and its one-ulp twin: the fp32
+  twin_loss_abs: float | None = None    # the same quantities between kdjax and its twin: the fp32
   twin_params_abs: float | None = None  # rounding floor (None when the run had no twin)
 
   @property
@@ -110,7 +110,7 @@ def _num(value: float | None) -> str:
 
 def table(table_rows: list[Row]) -> str:
   """A markdown table of the rows. Δ = max absolute JAX - PyTorch difference (over steps, tensors, logits);
-  "twin" = the same between kdjax and kdjax started one ulp away (the fp32 rounding floor)."""
+  "twin" = the same between kdjax and kdjax one ulp away, batches reversed (the fp32 rounding floor)."""
   lines = [
       "| model | steps | logits Δ, same weights | loss Δ | loss rel. Δ | loss Δ, twin | params Δ "
       "| params Δ, twin | params moved | val logits Δ | val top-1 JAX | val top-1 PyTorch | ok |",

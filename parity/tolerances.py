@@ -26,14 +26,14 @@ LOGITS_RTOL    validation logits after training, relative to the largest logit: 
 NOISE_FACTOR   the seed's teacher (12 activation-free convs, PyTorch's init) is ill-conditioned: its deep
                activations are mostly bias, the input-dependent part is a small difference of large numbers, and
                Adam's normalised steps amplify rounding by ~2x per step. kdjax against *itself*, started one ulp
-               away (the "twin"), drifts almost as far as kdjax against PyTorch (measured at 64x64, Adam, 20 steps:
-               loss 6.8e-3, params 1.1e-3, against PyTorch's 9.4e-3 and 3.2e-3). So a value also passes within
-               NOISE_FACTOR = 10 times the twin's difference (for losses, the twin's largest gap over the run: the
-               frameworks' rounding enters at every step, the twin's only at the start, so a chaotic run's early
-               steps run ahead of the twin's own curve). This only admits what fp32 does to kdjax itself; in
-               float64 (parity.check --dtype=float64) the same teacher run agrees to ~1e-9, which is what shows
-               that the two compute the same function. The twin cannot hide a semantic error in the forward
-               (FORWARD_ATOL holds alone) or in a well-conditioned phase (its twin gap is ~1e-6).
+               away and fed each batch reversed (the "twin"), drifts nearly as far as kdjax against PyTorch
+               (measured at 64x64, Adam, 20 steps: loss 3.6e-3, params 7.4e-4; PyTorch: 9.4e-3, 3.2e-3). So a
+               value also passes within NOISE_FACTOR = 10 times the twin's difference (for losses, the twin's
+               largest gap over the run: the frameworks differ in every conv's rounding, the twin only in its
+               start and batch sums, so a chaotic run's early steps run ahead of the twin's own curve). This only
+               admits what fp32 does to kdjax itself; in float64 the same teacher run agrees to ~6e-8, which is
+               what shows that the two compute the same function. The twin cannot hide a semantic error in the
+               forward (FORWARD_ATOL holds alone) or in a well-conditioned phase (its twin gap is ~1e-6).
 Accuracy       counts must be identical, except for examples whose top-1 margin is within twice the largest
                logit difference: only those can flip, so they are the only allowed difference (usually 0).
 """
