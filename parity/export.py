@@ -1,0 +1,169 @@
+"""Exports a kdjax run for PyTorch: a model's weights as a state_dict, and a split's exact model inputs.
+
+    python -m parity.export weights --workdir W --model NAME --out NAME.pt [--probe-out PROBE.npz --probe-count 64]
+    python -m parity.export data    --workdir W --split validation --out VAL.npz
+
+weights  reads the Orbax checkpoint of NAME (teacher, student_ce, student_kd, student_kd_ema, teacher_ema) in W
+         and saves a state_dict with the seed's keys, which TeacherNet/StudentNet(num_classes, image_size)
+         .load_state_dict(..., strict=True) accepts (parity.reference). --probe-out also saves `x` (float32 NHWC,
+         seeded N(0, 1) inputs of the model's input shape) and `logits` (what kdjax's Flax model computes on x).
+data     saves `x` (float32 NHWC: exactly the preprocessed inputs kdjax's models see for that split of W's data
+         set, in order) and `y` (int64 labels). Transpose x to NCHW for PyTorch (parity.convert.images_to_torch).
+
+Errors (missing workdir, unknown model, missing checkpoint, unwritable output) are one line on stderr, exit 2.
+"""
+
+import argparse
+import json
+import pathlib
+import sys
+
+import numpy as np
+
+MODELS = ("teacher", "student_ce", "student_kd", "student_kd_ema", "teacher_ema")
+SPLITS = ("train", "validation")
+PROBE_SEED = 0
+
+
+class ExportError(Exception):
+  """A bad argument or workdir; the message is one line naming the path or model."""
+
+
+def net_of(model: str) -> str:
+  return "teacher" if model in ("teacher", "teacher_ema") else "student"
+
+
+def workdir_config(workdir: str):
+  """W/config.json as a ConfigDict (the config the run was started with)."""
+  import ml_collections
+  path = pathlib.Path(workdir)
+  if not path.is_dir():
+    raise ExportError(f"workdir {workdir} does not exist")
+  config_path = path / "config.json"
+  if not config_path.is_file():
+    raise ExportError(f"no config.json in workdir {workdir} (not a kdjax run directory)")
+  try:
+    return ml_collections.ConfigDict(json.loads(config_path.read_text()))
+  except (ValueError, TypeError) as error:
+    raise ExportError(f"{config_path}: unreadable config ({error})") from None
+
+
+def restore_params(workdir: str, model: str) -> dict:
+  """The latest checkpoint's params of `model` in `workdir` (Flax layout, numpy)."""
+  from kdjax import checkpoints as ckpt_lib
+  from parity import convert
+  if model not in MODELS:
+    raise ExportError(f"unknown model {model!r}; known: {', '.join(MODELS)}")
+  directory = pathlib.Path(workdir) / "checkpoints" / model
+  # Checked before Orbax sees the path: its manager would create a missing directory.
+  if not directory.is_dir() or not any(child.name.isdigit() for child in directory.iterdir()):
+    raise ExportError(f"no checkpoint of model {model} in {directory}")
+  manager = ckpt_lib.ModelCheckpoints(directory, keep=1_000_000)  # a large keep: reading never deletes
+  try:
+    if manager.latest_epoch() is None:
+      raise ExportError(f"no checkpoint of model {model} in {directory}")
+    tree, _ = manager.restore()
+  finally:
+    manager.close()
+  if "params" not in tree:
+    raise ExportError(f"checkpoint of model {model} in {directory} has no params")
+  return convert.to_numpy_tree(tree["params"])
+
+
+def _writable(out: str) -> pathlib.Path:
+  path = pathlib.Path(out)
+  if not path.parent.is_dir():
+    raise ExportError(f"cannot write {out}: directory {path.parent} does not exist")
+  return path
+
+
+def export_weights(workdir: str, model: str, out: str, probe_out: str | None = None,
+                   probe_count: int = 64) -> dict:
+  """Writes NAME.pt (and the probe); returns the state_dict."""
+  import jax
+  import torch
+  from kdjax import models
+  from parity import convert
+  from parity import reference
+
+  config = workdir_config(workdir)
+  out_path = _writable(out)
+  probe_path = _writable(probe_out) if probe_out else None
+  if probe_count < 1:
+    raise ExportError(f"--probe-count must be >= 1, got {probe_count}")
+  params = restore_params(workdir, model)
+  net = net_of(model)
+  num_classes = int(params["fc"]["bias"].shape[0])
+  image_size = int(config.data.image_size)
+  activation = config.model.activation
+  state_dict = convert.to_state_dict(params)
+  # The same call a user makes: it must accept the file strictly.
+  reference.NETS[net](num_classes, image_size, activation).load_state_dict(state_dict, strict=True)
+  try:
+    torch.save(state_dict, out_path)
+    if probe_path is not None:
+      jax.config.update("jax_default_matmul_precision", "highest")
+      flax_model = models.MODEL_FACTORIES[net](num_classes, activation)
+      channels = int(params["conv1"]["kernel"].shape[2])
+      x = np.random.default_rng(PROBE_SEED).standard_normal(
+          (probe_count, image_size, image_size, channels)).astype(np.float32)
+      logits = np.asarray(flax_model.apply({"params": params}, x))
+      np.savez(probe_path, x=x, logits=logits)
+  except OSError as error:
+    raise ExportError(f"cannot write {error.filename or out}: {error.strerror or error}") from None
+  return state_dict
+
+
+def export_data(workdir: str, split: str, out: str) -> tuple[np.ndarray, np.ndarray]:
+  """Writes VAL.npz with x (kdjax's exact float32 NHWC model inputs) and y; returns (x, y)."""
+  from kdjax import data as data_lib
+  from parity import harness
+
+  config = workdir_config(workdir)
+  if split not in SPLITS:
+    raise ExportError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
+  out_path = _writable(out)
+  dataset = data_lib.load(config.data)
+  mean, std = data_lib.normalization_constants(dataset, config.data.normalization)
+  images, labels = dataset.split(split)
+  x = harness.model_inputs(images, mean, std)
+  y = labels.astype(np.int64)
+  try:
+    np.savez(out_path, x=x, y=y)
+  except OSError as error:
+    raise ExportError(f"cannot write {out}: {error.strerror or error}") from None
+  return x, y
+
+
+def parser() -> argparse.ArgumentParser:
+  top = argparse.ArgumentParser(prog="python -m parity.export", description=__doc__.split("\n")[0])
+  commands = top.add_subparsers(dest="command", required=True)
+  weights = commands.add_parser("weights", help="a model's checkpoint as a PyTorch state_dict")
+  weights.add_argument("--workdir", required=True)
+  weights.add_argument("--model", required=True, help=", ".join(MODELS))
+  weights.add_argument("--out", required=True, help="NAME.pt")
+  weights.add_argument("--probe-out", dest="probe_out", help="PROBE.npz: seeded inputs x and Flax logits")
+  weights.add_argument("--probe-count", dest="probe_count", type=int, default=64)
+  data = commands.add_parser("data", help="a split's exact model inputs x and labels y")
+  data.add_argument("--workdir", required=True)
+  data.add_argument("--split", default="validation", help=", ".join(SPLITS))
+  data.add_argument("--out", required=True, help="VAL.npz")
+  return top
+
+
+def main(argv=None) -> int:
+  args = parser().parse_args(argv)
+  from kdjax import data as data_lib
+  try:
+    if args.command == "weights":
+      export_weights(args.workdir, args.model, args.out, args.probe_out, args.probe_count)
+    else:
+      export_data(args.workdir, args.split, args.out)
+  except (ExportError, data_lib.DataError) as error:
+    print(f"parity.export: error: {error}", file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
