@@ -58,13 +58,14 @@ def restore_params(workdir: str, model: str) -> dict:
   # Checked before Orbax sees the path: its manager would create a missing directory.
   if not directory.is_dir() or not any(child.name.isdigit() for child in directory.iterdir()):
     raise ExportError(f"no checkpoint of model {model} in {directory}")
-  manager = ckpt_lib.ModelCheckpoints(directory, keep=1_000_000)  # a large keep: reading never deletes
   try:
-    if manager.latest_epoch() is None:
-      raise ExportError(f"no checkpoint of model {model} in {directory}")
-    tree, _ = manager.restore()
-  finally:
-    manager.close()
+    manager = ckpt_lib.ModelCheckpoints(directory, read_only=True)  # reading never creates nor deletes
+    try:
+      tree, _ = manager.restore()
+    finally:
+      manager.close()
+  except ckpt_lib.CheckpointError as error:
+    raise ExportError(str(error)) from None
   if "params" not in tree:
     raise ExportError(f"checkpoint of model {model} in {directory} has no params")
   return convert.to_numpy_tree(tree["params"])
