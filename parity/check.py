@@ -23,15 +23,6 @@ from kdjax import data as data_lib
 from parity import compare
 from parity import harness
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "A kdjax config file, e.g. configs/ema.py.",
-                                          lock_config=True)
-_STEPS = flags.DEFINE_integer("steps", 20, "Training steps per phase, in each framework.")
-_STUDENT_DECAY = flags.DEFINE_float(
-    "student_decay", 0.99, "The student-weights EMA decay checked when the config's ema.student_decay is 0.")
-_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "float64"],
-                           "Both frameworks' compute dtype; float64 separates rounding from semantics.")
-_TWIN = flags.DEFINE_bool("twin", True, "Also run kdjax with other roundings (one ulp away, batches reversed): the floor.")
-flags.mark_flags_as_required(["config"])
 
 
 def check(config, steps: int, student_decay: float, dtype: str = "float32", twin: bool = True,
@@ -84,4 +75,14 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  # Flags are defined only when run as a program, so tests can import this module beside other CLIs.
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "A kdjax config file, e.g. configs/ema.py.",
+                                            lock_config=True)
+  _STEPS = flags.DEFINE_integer("steps", 20, "Training steps per phase, in each framework.")
+  _STUDENT_DECAY = flags.DEFINE_float(
+      "student_decay", 0.99, "The student-weights EMA decay checked when the config's ema.student_decay is 0.")
+  _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "float64"],
+                             "Both frameworks' compute dtype; float64 separates rounding from semantics.")
+  _TWIN = flags.DEFINE_bool("twin", True, "Also run kdjax with other roundings (one ulp away, batches reversed): the floor.")
+  flags.mark_flags_as_required(["config"])
   app.run(main)

@@ -31,3 +31,19 @@ def tiny_config(**overrides):
 @pytest.fixture
 def make_config():
   return tiny_config
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+  """Tiny shapes: PyTorch's thread pool only spins against other processes on a shared 2-core machine."""
+  import torch  # only the parity tests need it
+  threads = torch.get_num_threads()
+  torch.set_num_threads(1)
+  yield
+  torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def highest_matmul_precision():
+  with jax.default_matmul_precision("highest"):
+    yield

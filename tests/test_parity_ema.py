@@ -10,6 +10,8 @@ from kdjax import models
 from parity import convert
 from parity import reference
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 IMAGE_SIZE = 16
 ALPHA = 0.9  # a large (1 - alpha) so that every updated tensor visibly changes
 
@@ -37,15 +39,6 @@ CASES = {
     "mismatch_in_middle": (((12, 8, 12, 12), (1, 2, 3, 4), (12,) * 12, (3, 6, 9, 12)),
                            {"conv1.weight", "conv1.bias", "conv3.bias", "conv4.weight", "conv4.bias"}),
 }
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-  """Tiny shapes: PyTorch's thread pool only spins against the other processes on a shared 2-core machine."""
-  threads = torch.get_num_threads()
-  torch.set_num_threads(1)
-  yield
-  torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

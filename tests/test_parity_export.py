@@ -18,17 +18,10 @@ from parity import export
 from parity import harness
 from parity import reference
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 MODELS = ("teacher", "student_ce", "student_kd", "student_kd_ema", "teacher_ema")
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-  """Tiny shapes: PyTorch's thread pool only spins against the other processes on a shared 2-core machine."""
-  threads = torch.get_num_threads()
-  torch.set_num_threads(1)
-  yield
-  torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

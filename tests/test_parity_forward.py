@@ -9,13 +9,9 @@ from kdjax import models
 from parity import convert
 from parity import reference
 
+pytestmark = pytest.mark.usefixtures("highest_matmul_precision")
+
 FORWARD_ATOL = 1e-5  # the bound for fp32 on CPU (parity/tolerances.py); measured ~1e-7
-
-
-@pytest.fixture(autouse=True)
-def _highest_precision():
-  with jax.default_matmul_precision("highest"):
-    yield
 
 
 @pytest.mark.parametrize("net", ["teacher", "student"])

@@ -17,6 +17,8 @@ from parity import compare
 from parity import harness
 from parity import tolerances
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "highest_matmul_precision")
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -27,21 +29,6 @@ def small_config():
   config.data.max_val_examples = 120
   config.batch_size = 32
   return config
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-  """Tiny shapes: PyTorch's thread pool only spins against the other processes on a shared 2-core machine."""
-  threads = torch.get_num_threads()
-  torch.set_num_threads(1)
-  yield
-  torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _highest_precision():
-  with jax.default_matmul_precision("highest"):
-    yield
 
 
 def test_two_epoch_study_agrees_per_epoch():

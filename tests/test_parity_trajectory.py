@@ -10,6 +10,8 @@ from parity import compare
 from parity import harness
 from parity import tolerances
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "highest_matmul_precision")
+
 STEPS = 20
 
 VARIANTS = {
@@ -40,21 +42,6 @@ def small_config(overrides: dict):
     section, field = path.split(".")
     config[section][field] = value
   return config
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-  """Tiny shapes: PyTorch's thread pool only spins against the other processes on a shared 2-core machine."""
-  threads = torch.get_num_threads()
-  torch.set_num_threads(1)
-  yield
-  torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _highest_precision():
-  with jax.default_matmul_precision("highest"):
-    yield
 
 
 @pytest.fixture(scope="module")

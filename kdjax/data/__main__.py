@@ -23,10 +23,6 @@ from ml_collections import config_flags
 from kdjax import config as config_lib
 from kdjax import data as data_lib
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "A config file, e.g. configs/ema.py.",
-                                          lock_config=True)
-_JSON = flags.DEFINE_bool("json", False, "Print one JSON object.")
-flags.mark_flags_as_required(["config"])
 COMMANDS = ("info",)
 SHOWN_CLASS_NAMES = 10
 
@@ -76,4 +72,9 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  # Flags are defined only when run as a program, so tests can import this module beside other CLIs.
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "A config file, e.g. configs/ema.py.",
+                                            lock_config=True)
+  _JSON = flags.DEFINE_bool("json", False, "Print one JSON object.")
+  flags.mark_flags_as_required(["config"])
   app.run(main)
