@@ -11,6 +11,7 @@ import time
 
 from absl import app
 from absl import flags
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -86,6 +87,7 @@ def run(batch_size: int, image_size: int, num_classes: int, steps: int, eval_bat
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)  # no INFO line about absent TPU backends
   figures = run(_BATCH.value, _IMAGE.value, _CLASSES.value, _STEPS.value, _EVAL_BATCH.value)
   if _JSON.value:
     print(json.dumps(figures, indent=2))
