@@ -6,10 +6,8 @@ import subprocess
 import sys
 import pathlib
 
-import jax
 import numpy as np
 import pytest
-import torch
 
 from configs import ema as ema_config
 from parity import check

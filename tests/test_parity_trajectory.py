@@ -1,9 +1,7 @@
 """20-step trajectories of every kind of step, in kdjax and in the seed's PyTorch loops, from the same weights on
 the same batches: per-step losses within 1e-4 relative, final params within parity/tolerances.py."""
 
-import jax
 import pytest
-import torch
 
 from configs import ema as ema_config
 from parity import compare
