@@ -10,7 +10,6 @@ by one ulp, each batch reversed (the "twin", --twin): how far fp32 rounding alon
 is past parity/tolerances.py; 2 for bad arguments.
 """
 
-import os
 import sys
 import time
 
@@ -67,10 +66,6 @@ def main(argv):
   if not 0 <= _STUDENT_DECAY.value < 1:
     print(f"parity.check: error: --student_decay must be in [0, 1), got {_STUDENT_DECAY.value}", file=sys.stderr)
     sys.exit(2)
-  if _DTYPE.value == "float64" and "xla_allow_excess_precision" not in os.environ.get("XLA_FLAGS", ""):
-    # XLA may otherwise skip kdjax's float32 rounding of the normalised input before a float64 conv, in some
-    # fusions and not others (docs/parity.md). Read when the backend starts, which is after this line.
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_allow_excess_precision=false").strip()
   try:
     rows = check(_CONFIG.value, _STEPS.value, _STUDENT_DECAY.value, _DTYPE.value, _TWIN.value)
   except (config_lib.ConfigError, data_lib.DataError) as error:
