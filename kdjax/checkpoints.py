@@ -24,6 +24,8 @@ import orbax.checkpoint as ocp
 
 # The order in which a run's models are listed (inspection, reports); other folders follow, sorted.
 MODEL_ORDER = ("teacher", "student_ce", "student_kd", "student_kd_ema", "teacher_ema")
+# A phase's student-weights average is reported as "<phase> (EMA weights)" and saved in <phase>'s ema_params.
+EMA_WEIGHTS_SUFFIX = " (EMA weights)"
 _STEP_NAME = re.compile(r"^\d+$")
 
 

@@ -46,7 +46,7 @@ PHASE_SPECS = {
     "student_kd_ema": PhaseSpec("student", "kd_ema"),
 }
 TEACHER_EMA = "teacher_ema"
-EMA_WEIGHTS_SUFFIX = " (EMA weights)"
+EMA_WEIGHTS_SUFFIX = ckpt_lib.EMA_WEIGHTS_SUFFIX
 
 
 @dataclasses.dataclass

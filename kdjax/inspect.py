@@ -22,9 +22,10 @@ import numpy as np
 from absl import logging
 
 from kdjax import checkpoints as ckpt_lib
+from kdjax import ema
 
 PARAM_TREES = ("params", "teacher_params", "ema_params")   # trees of weights (the rest is optimizer state)
-EMA_WEIGHTS_SUFFIX = " (EMA weights)"
+EMA_WEIGHTS_SUFFIX = ckpt_lib.EMA_WEIGHTS_SUFFIX
 
 
 def _natural_key(name: str):
@@ -42,8 +43,8 @@ def ordered_leaves(params: dict, layer_names=None) -> list[tuple[str, np.ndarray
     if not isinstance(tensors, dict):
       leaves.append((layer, np.asarray(tensors)))
       continue
-    names = [n for n in ("kernel", "bias") if n in tensors] + sorted(n for n in tensors
-                                                                      if n not in ("kernel", "bias"))
+    names = [n for n in ema.PARAM_ORDER if n in tensors] + sorted(n for n in tensors
+                                                                   if n not in ema.PARAM_ORDER)
     leaves += [(f"{layer}.{name}", np.asarray(tensors[name])) for name in names]
   return leaves
 
