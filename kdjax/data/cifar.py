@@ -134,13 +134,5 @@ def prepare(data_config):
 
 def load(data_config) -> data_lib.Dataset:
   builder, _ = prepare(data_config)
-  splits = {}
-  for ours, theirs in (("train", "train"), ("validation", "test")):
-    images, labels, _ = tfds_common.read_split(
-        builder, theirs, image_key="image", label_key="label", order_key="id", image_shape=IMAGE_SHAPE,
-        description=data_config.name)
-    splits[ours] = (images, labels)
-  return data_lib.Dataset(
-      name=data_config.name, train_images=splits["train"][0], train_labels=splits["train"][1],
-      val_images=splits["validation"][0], val_labels=splits["validation"][1],
-      class_names=tuple(builder.info.features["label"].names))
+  return tfds_common.read_dataset(builder, data_config.name, splits={"train": "train", "validation": "test"},
+                                  order_key="id", image_shape=IMAGE_SHAPE)

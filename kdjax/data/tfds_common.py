@@ -16,6 +16,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from kdjax.data import DataError
+from kdjax.data import Dataset
 
 READ_CHUNK = 4096
 
@@ -102,3 +103,15 @@ def read_split(builder, split: str, *, image_key: str, label_key: str, order_key
   print(f"{description}: read {split} ({count:,} images) in {seconds:.1f} s "
         f"({count / max(seconds, 1e-9):,.0f} images/s)", file=sys.stderr)
   return images, labels[order], seconds
+
+
+def read_dataset(builder, name: str, *, splits: dict[str, str], order_key: str,
+                 image_shape: tuple[int, int, int]) -> Dataset:
+  """The prepared `builder` as a Dataset: splits maps "train"/"validation" to the builder's split names;
+  images under "image", labels (a ClassLabel, whose names become the class names) under "label"."""
+  read = {ours: read_split(builder, theirs, image_key="image", label_key="label", order_key=order_key,
+                           image_shape=image_shape, description=name)
+          for ours, theirs in splits.items()}
+  return Dataset(name=name, train_images=read["train"][0], train_labels=read["train"][1],
+                 val_images=read["validation"][0], val_labels=read["validation"][1],
+                 class_names=tuple(builder.info.features["label"].names))

@@ -37,13 +37,6 @@ def prepare(data_config):
 
 def load(data_config) -> data_lib.Dataset:
   builder, _ = prepare(data_config)
-  splits = {}
-  for split in ("train", "validation"):
-    images, labels, _ = tfds_common.read_split(
-        builder, split, image_key="image", label_key="label", order_key="file_name",
-        image_shape=IMAGE_SHAPE, description="tiny_imagenet")
-    splits[split] = (images, labels)
-  return data_lib.Dataset(
-      name="tiny_imagenet", train_images=splits["train"][0], train_labels=splits["train"][1],
-      val_images=splits["validation"][0], val_labels=splits["validation"][1],
-      class_names=tuple(builder.info.features["label"].names))
+  return tfds_common.read_dataset(builder, "tiny_imagenet",
+                                  splits={"train": "train", "validation": "validation"},
+                                  order_key="file_name", image_shape=IMAGE_SHAPE)
