@@ -315,7 +315,6 @@ class Study:
         metrics, logits = self._evaluate(net, params_of(state))
         result = results[name]
         result.final, result.val_logits = metrics, logits
-        result.train_seconds += epoch_result.seconds if name == phase else 0.0
         record = {"phase": phase, "model": name, "epoch": epoch,
                   "train_loss": epoch_result.train_loss if name == phase else None,
                   "val_loss": metrics["val_loss"], "val_top1": metrics["val_top1"],
@@ -328,10 +327,11 @@ class Study:
           print(f"[{name}] epoch {epoch}/{config.epochs}  {loss}val_loss {metrics['val_loss']:.4f}  "
                 f"val_top1 {metrics['val_top1']:.2f}%  val_top5 {metrics['val_top5']:.2f}%  "
                 f"({epoch_result.seconds:.1f} s)", flush=True)
-      results[phase].train_images += len(self.train_labels)
-      for name in tracked:
-        results[name].train_seconds = results[phase].train_seconds
-        results[name].train_images = results[phase].train_images
+      trained = results[phase]
+      trained.train_seconds += epoch_result.seconds
+      trained.train_images += len(self.train_labels)
+      for result in results.values():  # the phase's other models were trained by the same steps
+        result.train_seconds, result.train_images = trained.train_seconds, trained.train_images
       if epoch % config.checkpoint.every_epochs == 0 or epoch == config.epochs:
         self._save(saver, state, phase, epoch, step, results, records)
     for manager in saver.values():
