@@ -2,12 +2,11 @@
 order, and collects what the checks compare: per-step losses, per-epoch validation, final params and logits.
 
 The JAX side is kdjax's own public pieces (models, train.make_train_step, optim.make_optimizer, ema.seed_pairs,
-data.epoch_order/batch_indices/normalize, evaluate.predict); the PyTorch side is parity.reference. Inputs are
-normalised once by data.normalize and only transposed for PyTorch, so both see bit-identical numbers.
+data.epoch_order/batch_indices/normalize, evaluate.predict); the PyTorch side is parity.reference. PyTorch gets
+data.normalize's own table lookup, only transposed, so both see bit-identical inputs.
 """
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -79,19 +78,11 @@ class Setup:
     return evaluate.predict(self.nets[role], params, images, self.mean, self.std, self.config.eval_batch_size)
 
 
-@functools.partial(jax.jit, static_argnames="dtype")
-def _normalize(images, mean, std, dtype):
-  return data_lib.normalize(images, mean, std).astype(dtype)
-
-
 def model_inputs(images: np.ndarray, mean, std, dtype: str = "float32") -> np.ndarray:
-  """NHWC: what kdjax's models see for these uint8 images: data.normalize, jitted as in kdjax, then `dtype`.
-
-  The cast is inside the jit on purpose: XLA fuses normalize with what follows, and before a float64 conv it
-  computes the normalisation in float64 rather than rounding it to float32 first (measured: up to 2.4e-7 apart),
-  so float64 runs must give PyTorch the fused values to see the same inputs.
-  """
-  return np.asarray(_normalize(images, jnp.asarray(mean), jnp.asarray(std), dtype))
+  """NHWC: exactly what kdjax's models see for these uint8 images, data.normalize's table lookup (float32), then
+  cast to `dtype` (exact: float64 holds every float32). The lookup has no arithmetic, so the values are the same
+  bits as inside kdjax's jitted step and evaluation, whatever XLA fuses there."""
+  return np.asarray(data_lib.normalize(images, mean, std)).astype(dtype)
 
 
 def make_setup(config, dtype: str = "float32", dataset: data_lib.Dataset | None = None) -> Setup:
