@@ -10,9 +10,10 @@ Real study: --config.data.name=tiny_imagenet --config.data.manual_dir=DIR.
 """
 
 from kdjax import config as config_lib
+from kdjax import phases
 
 
 def get_config():
   config = config_lib.default_config()
-  config.phases = config_lib.PHASES
+  config.phases = phases.PHASE_NAMES
   return config

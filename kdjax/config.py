@@ -9,7 +9,7 @@ import math
 
 import ml_collections
 
-PHASES = ("teacher", "student_ce", "student_kd", "student_kd_ema")
+from kdjax.phases import PHASE_NAMES
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -129,7 +129,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   phases = tuple(config.phases)
   _check(len(phases) > 0, "phases", "must name at least one phase", config.phases)
   for phase in phases:
-    _check(phase in PHASES, "phases", f"must only hold {PHASES}", phase)
+    _check(phase in PHASE_NAMES, "phases", f"must only hold {PHASE_NAMES}", phase)
   _check(len(set(phases)) == len(phases), "phases", "must not repeat a phase", config.phases)
   _check(isinstance(config.teacher.checkpoint, str), "teacher.checkpoint", "must be a path string",
          config.teacher.checkpoint)
