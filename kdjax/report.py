@@ -1,7 +1,13 @@
 """The study's answer: report.json (numbers), report.md (a table and a plain-language answer computed from
-the numbers), curves.png (train loss and validation top-1 per epoch)."""
+the numbers), curves.png (train loss and validation top-1 per epoch).
 
+A ModelResult per report row is filled in while the phases run; `compare_to_teachers` adds each student's
+agreement with and KL to the teacher once every phase is done; `build` makes report.json's content.
+"""
+
+import dataclasses
 import platform
+from typing import Any
 
 import flax
 import jax
@@ -10,8 +16,42 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
 
-TEACHER, BASELINE, KD, KD_EMA, TEACHER_EMA = ("teacher", "student_ce", "student_kd", "student_kd_ema",
-                                              "teacher_ema")
+from kdjax import evaluate
+from kdjax.phases import TEACHER_EMA
+
+TEACHER, BASELINE, KD, KD_EMA = ("teacher", "student_ce", "student_kd", "student_kd_ema")
+
+
+@dataclasses.dataclass
+class ModelResult:
+  """What the report needs of one evaluated model (a row)."""
+
+  name: str
+  net: str
+  phase: str
+  params: int
+  flops_per_image: int
+  epochs: list = dataclasses.field(default_factory=list)
+  final: dict = dataclasses.field(default_factory=dict)
+  val_logits: Any = None
+  train_seconds: float = 0.0
+  train_images: int = 0
+  source: dict | None = None   # provenance of a model loaded from teacher.checkpoint instead of trained
+
+
+def compare_to_teachers(results: dict[str, ModelResult]) -> None:
+  """Adds agreement_with_teacher and kl_to_teacher (T = 1) to every student's final metrics, and the
+  EMA student's agreement with the EMA-updated teacher it was distilled from."""
+  teacher = results.get(TEACHER)
+  if teacher is None:
+    return
+  for result in results.values():
+    if result.net == "student":
+      result.final.update(evaluate.teacher_comparison(result.val_logits, teacher.val_logits))
+  if TEACHER_EMA in results:
+    student = results[KD_EMA]
+    student.final["agreement_with_teacher_ema"] = evaluate.teacher_comparison(
+        student.val_logits, results[TEACHER_EMA].val_logits)["agreement_with_teacher"]
 
 
 def _model_entry(result) -> dict:
@@ -24,7 +64,7 @@ def _model_entry(result) -> dict:
   for key in ("agreement_with_teacher", "kl_to_teacher", "agreement_with_teacher_ema"):
     if key in result.final:
       entry[key] = result.final[key]
-  if getattr(result, "source", None):
+  if result.source:
     entry["source"] = result.source  # loaded from teacher.checkpoint, not trained in this run
   return entry
 
@@ -35,8 +75,9 @@ def environment() -> dict:
           "machine": platform.machine(), "processor": platform.processor() or platform.machine()}
 
 
-def build(config, dataset, results) -> dict:
-  """report.json's content: dataset, models (in phase order), config, environment."""
+def build(config, dataset, results, checkpoints: dict, wall_seconds: float) -> dict:
+  """report.json's content: dataset, models (in phase order), config, environment, what was loaded or
+  resumed from checkpoints, and the run's wall time."""
   return {
       "dataset": {"name": dataset.name, "train_examples": int(len(dataset.train_labels)),
                   "val_examples": int(len(dataset.val_labels)), "num_classes": dataset.num_classes,
@@ -44,6 +85,8 @@ def build(config, dataset, results) -> dict:
       "models": {name: _model_entry(result) for name, result in results.items()},
       "config": config.to_dict(),
       "environment": environment(),
+      "checkpoints": checkpoints,
+      "wall_seconds": wall_seconds,
   }
 
 
