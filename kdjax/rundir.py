@@ -66,8 +66,3 @@ class RunDir:
     trained again appears twice). Nothing is created when there is no file and nothing to write."""
     if records or self.metrics_path.exists():
       self._replace(self.metrics_path, "".join(json.dumps(record) + "\n" for record in records))
-
-  def read_metrics(self) -> list[dict]:
-    if not self.metrics_path.exists():
-      return []
-    return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]

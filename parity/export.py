@@ -61,7 +61,7 @@ def restore_params(workdir: str, model: str) -> dict:
   try:
     manager = ckpt_lib.ModelCheckpoints(directory, read_only=True)  # reading never creates nor deletes
     try:
-      tree, _ = manager.restore()
+      tree, _, _ = manager.restore()
     finally:
       manager.close()
   except ckpt_lib.CheckpointError as error:
