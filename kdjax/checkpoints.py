@@ -127,10 +127,17 @@ class ModelCheckpoints:
     """Deletes the steps after `epoch` (a resumed phase saves them again)."""
     for step in self.epochs():
       if step > epoch:
-        self.manager.delete(step)
+        try:
+          self.manager.delete(step)
+        except Exception as error:  # noqa: BLE001
+          raise CheckpointError(f"cannot delete {self.directory / str(step)} ({_brief(error)})") from None
 
   def close(self) -> None:
-    self.manager.close()
+    """Closes the manager; an error it held back from a save (a full disk) is raised naming the folder."""
+    try:
+      self.manager.close()
+    except Exception as error:  # noqa: BLE001
+      raise CheckpointError(f"{self.directory}: cannot finish writing checkpoints ({_brief(error)})") from None
 
 
 def model_folders(checkpoints_dir: pathlib.Path) -> list[pathlib.Path]:
