@@ -11,6 +11,7 @@ complete, so a kill during a save leaves the earlier steps as they were (the hal
 the next writer). Every failure to read or write is a CheckpointError whose one-line message names the path.
 """
 
+import contextlib
 import pathlib
 import re
 
@@ -116,7 +117,8 @@ class ModelCheckpoints:
                                                                      meta=ocp.args.JsonRestore()))
       state, meta = restored["state"], restored["meta"]
     except Exception as error:  # noqa: BLE001
-      self.close()
+      with contextlib.suppress(Exception):  # the read's error is the one to report
+        self.manager.close()
       raise CheckpointError(f"{self.directory / str(epoch)}: cannot restore: truncated, not an Orbax "
                             f"checkpoint, or saved by another config ({_brief(error)})") from None
     if not isinstance(state, dict) or not isinstance(meta, dict):
