@@ -169,11 +169,17 @@ def train_and_evaluate(config, workdir) -> dict:
   """Runs every phase in config.phases and returns report.json's content (also written to workdir).
 
   A workdir that already holds a run is resumed (resume.py): everything that can be wrong with it or with
-  teacher.checkpoint shows before anything in the workdir is written.
+  teacher.checkpoint shows before anything in the workdir is written. The run holds WORKDIR/.lock throughout:
+  a second run on the same workdir stops with one line.
   """
   start = time.perf_counter()
   config_lib.validate(config)
   run = RunDir(workdir)
+  with run.locked():
+    return _run_locked(config, run, start)
+
+
+def _run_locked(config, run: RunDir, start: float) -> dict:
   config_dict = resume.config_json(config)
   config_changes = resume.check_config(run, config_dict, config.checkpoint.allow_config_change)
   setup = Setup.build(config)
