@@ -16,6 +16,7 @@ def default_config() -> ml_collections.ConfigDict:
   """Every field of a study, with the seed's values where it has them (see configs/default.py)."""
   config = ml_collections.ConfigDict()
   config.seed = 0
+  config.num_seeds = 1                  # > 1: the study once per seed seed, seed+1, ... (seeds.py)
   config.epochs = 10                    # per phase (the seed)
   config.batch_size = 64
   config.eval_batch_size = 500
@@ -121,6 +122,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   from kdjax import models, optim
 
   _check(isinstance(config.seed, int), "seed", "must be an integer", config.seed)
+  _check(isinstance(config.num_seeds, int) and config.num_seeds >= 1, "num_seeds", "must be an integer >= 1",
+         config.num_seeds)
   _check(isinstance(config.epochs, int) and config.epochs >= 1, "epochs", "must be an integer >= 1",
          config.epochs)
   for field in ("batch_size", "eval_batch_size"):

@@ -24,6 +24,7 @@ from kdjax import data as data_lib
 from kdjax import phases
 from kdjax import report as report_lib
 from kdjax import resume
+from kdjax import seeds
 from kdjax import train
 from kdjax.report import ModelResult
 from kdjax.rundir import RunDir
@@ -163,6 +164,8 @@ def train_and_evaluate(config, workdir) -> dict:
   """
   start = time.perf_counter()
   config_lib.validate(config)
+  if config.num_seeds > 1:
+    return seeds.run(config, workdir)
   run = RunDir(workdir)
   config_dict = resume.config_json(config)
   config_changes = resume.check_config(run, config_dict, config.checkpoint.allow_config_change)
@@ -196,5 +199,10 @@ def train_and_evaluate(config, workdir) -> dict:
   checkpoints = {"directory": str(run.checkpoints.absolute()), "loaded": loaded, "resumed": resumed,
                  "config_changes": config_changes}
   report = report_lib.build(config, setup.dataset, results, checkpoints, time.perf_counter() - start)
+  summary = seeds.summarize([report], [config.seed])  # one seed: std None, per_seed of one, comparisons
+  for name, entry in summary["models"].items():
+    report["models"][name].update({key: value for key, value in entry.items()
+                                   if key.endswith("_std") or key == "per_seed"})
+  report["comparisons"] = summary["comparisons"]
   report_lib.write(run, report, results)
   return report
