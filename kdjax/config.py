@@ -59,6 +59,13 @@ def default_config() -> ml_collections.ConfigDict:
   config.ema.decay = 0.999              # the seed's alpha: teacher = alpha*teacher + (1-alpha)*student
   config.ema.student_decay = 0.0        # > 0: also keep an EMA of the student's weights, reported apart
   config.ema.warmup = False             # mean-teacher warm-up: alpha_t = min(1 - 1/(t+1), alpha)
+  # The EMA sweep: one more student_kd_ema phase per (alpha, warm-up) pair, rows "student_kd_ema@<alpha>[+warmup]"
+  # and "teacher_ema@<alpha>[+warmup]", all distilled from the same trained teacher (configs/ema_sweep.py).
+  config.ema.sweep = ()                 # alphas, e.g. (0.9, 0.99, 0.999, 0.9999); () = none
+  config.ema.sweep_warmup = (False,)    # warm-up settings swept with each alpha, e.g. (False, True)
+  # Why the seed's EMA collapses (collapse.py): distances, soft-target entropy, KD loss and top-1 of every
+  # EMA-updated teacher at the end of each epoch and every N steps of the first epoch (0: per epoch only).
+  config.ema.diagnostics_every = 25
 
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.every_epochs = 1    # save each phase's state every N epochs (and at its end)
@@ -178,6 +185,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for field in ("decay", "student_decay"):
     _check(_is_number(config.ema[field]) and 0 <= config.ema[field] <= 1, f"ema.{field}",
            "must be in [0, 1]", config.ema[field])
+  for decay in config.ema.sweep:
+    _check(_is_number(decay) and 0 <= decay <= 1, "ema.sweep", "must hold decays in [0, 1]", decay)
+  _check(len(set(config.ema.sweep)) == len(config.ema.sweep), "ema.sweep", "must not repeat a decay",
+         config.ema.sweep)
+  for warmup in config.ema.sweep_warmup:
+    _check(isinstance(warmup, bool), "ema.sweep_warmup", "must hold True/False", warmup)
+  _check(len(config.ema.sweep_warmup) >= 1 and len(set(config.ema.sweep_warmup)) == len(config.ema.sweep_warmup),
+         "ema.sweep_warmup", "must hold False and/or True once each", config.ema.sweep_warmup)
+  _check(isinstance(config.ema.diagnostics_every, int) and config.ema.diagnostics_every >= 0,
+         "ema.diagnostics_every", "must be an integer >= 0 (0 = per epoch only)", config.ema.diagnostics_every)
+  if config.ema.sweep and not config.teacher.checkpoint:
+    _check("teacher" in phases, "ema.sweep", "needs the 'teacher' phase (or teacher.checkpoint) to distil from",
+           config.phases)
 
   for field in ("every_epochs", "keep"):
     _check(isinstance(config.checkpoint[field], int) and config.checkpoint[field] >= 1,

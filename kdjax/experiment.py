@@ -19,6 +19,7 @@ import dataclasses
 import time
 
 from kdjax import checkpoints as ckpt_lib
+from kdjax import collapse
 from kdjax import config as config_lib
 from kdjax import data as data_lib
 from kdjax import phases
@@ -40,11 +41,12 @@ class PhaseOutcome:
 
 
 def phases_to_run(config, teacher_source) -> tuple[str, ...]:
-  """config.phases, with the teacher first when teacher.checkpoint provides it."""
+  """config.phases, with the teacher first when teacher.checkpoint provides it, and the EMA sweep's variants
+  of student_kd_ema last."""
   names = tuple(config.phases)
   if teacher_source is not None and "teacher" not in names:
     names = ("teacher",) + names
-  return names
+  return names + tuple(variant.name for variant in phases.sweep_phases(config))
 
 
 def new_result(setup: Setup, model: phases.Model) -> ModelResult:
@@ -70,7 +72,8 @@ def save_phase(setup: Setup, savers: dict, state: train.TrainState, phase: str, 
   TrainState, the metrics of every model of the phase so far, the data-order state); teacher_ema its params."""
   step = int(state.step)
   phase_results = {name: {"epochs": result.epochs, "train_seconds": result.train_seconds,
-                          "train_images": result.train_images} for name, result in results.items()}
+                          "train_images": result.train_images, "diagnostics": result.diagnostics}
+                   for name, result in results.items()}
   for model, saver in savers.items():
     tree = (ckpt_lib.state_tree(state) if model.name == phase
             else {"params": getattr(state, model.state_field)})
@@ -83,19 +86,29 @@ def save_phase(setup: Setup, savers: dict, state: train.TrainState, phase: str, 
 def run_phase(setup: Setup, run: RunDir, phase: str, teacher_params, saved: resume.SavedPhase | None,
               config_dict: dict) -> PhaseOutcome:
   """Trains `phase` (or continues it after `saved`, or loads it when `saved` is its last epoch)."""
-  config, spec = setup.config, phases.PHASES[phase]
+  config, spec = setup.config, phases.phase(phase)
   optimizer = setup.optimizer()
   state = setup.fresh_state(phase, optimizer, teacher_params=teacher_params if spec.needs_teacher else None)
   tracked = phases.models_of(phase, config.ema.student_decay)
   results = {model.name: new_result(setup, model) for model in tracked}
   outcome = PhaseOutcome(results, state)
   records: list[dict] = []
+  # kd_ema: how the EMA-updated teacher changes (collapse.py), kept with its row.
+  ema_teacher = results.get(phases.TEACHER_EMA + spec.variant) if spec.step_kind == "kd_ema" else None
 
   def evaluate_all(state) -> dict:
     for model in tracked:
       results[model.name].final, results[model.name].val_logits = setup.evaluate(
           model.net, getattr(state, model.state_field))
     return {model.name: results[model.name].final for model in tracked}
+
+  def diagnose(state, epoch: int, kd_loss, top1: tuple[float, float] | None = None) -> None:
+    if top1 is None:
+      top1 = (setup.evaluate("teacher", state.teacher_params)[0]["val_top1"],
+              setup.evaluate(spec.net, state.params)[0]["val_top1"])
+    ema_teacher.diagnostics.append(collapse.measure(
+        setup, state.teacher_params, teacher_params, epoch=epoch, step=int(state.step),
+        kd_loss=None if kd_loss is None else float(kd_loss), teacher_top1=top1[0], student_top1=top1[1]))
 
   start_epoch = 0
   if saved is not None:
@@ -106,6 +119,7 @@ def run_phase(setup: Setup, run: RunDir, phase: str, teacher_params, saved: resu
       results[name].epochs = list(saved_result["epochs"])
       results[name].train_seconds = saved_result["train_seconds"]
       results[name].train_images = saved_result["train_images"]
+      results[name].diagnostics = list(saved_result.get("diagnostics", []))
     if start_epoch >= config.epochs:
       evaluate_all(state)
       print(f"[{phase}] finished earlier: loaded epoch {start_epoch} from {saved.where}", flush=True)
@@ -120,17 +134,26 @@ def run_phase(setup: Setup, run: RunDir, phase: str, teacher_params, saved: resu
   for saver in savers.values():
     saver.delete_after(start_epoch)  # epochs of an interrupted attempt that the phase's own save lacks
 
+  if ema_teacher is not None and start_epoch == 0:
+    diagnose(state, 0, None)
   for epoch in range(start_epoch + 1, config.epochs + 1):
     order = data_lib.epoch_order(setup.num_train, config.seed, epoch)
     description = f"{phase} epoch {epoch}/{config.epochs}"
+    watch = ema_teacher is not None and epoch == 1 and config.ema.diagnostics_every > 0
     try:
-      state, epoch_result = train.run_epoch(step_fn, state, setup.train_images, setup.train_labels, order,
-                                            config.batch_size, config.data.drop_remainder, description,
-                                            config.progress)
+      state, epoch_result = train.run_epoch(
+          step_fn, state, setup.train_images, setup.train_labels, order, config.batch_size,
+          config.data.drop_remainder, description, config.progress,
+          every=config.ema.diagnostics_every if watch else 0,
+          after_step=(lambda state, loss: diagnose(state, 1, loss)) if watch else None)
     except train.DivergenceError as error:
       raise train.DivergenceError(f"phase {phase}, epoch {epoch}: {error}") from None
     step = int(state.step)
-    for name, metrics in evaluate_all(state).items():
+    evaluated = evaluate_all(state)
+    if ema_teacher is not None:
+      diagnose(state, epoch, epoch_result.train_loss,
+               (evaluated[ema_teacher.name]["val_top1"], evaluated[phase]["val_top1"]))
+    for name, metrics in evaluated.items():
       record = {"phase": phase, "model": name, "epoch": epoch,
                 "train_loss": epoch_result.train_loss if name == phase else None,
                 "val_loss": metrics["val_loss"], "val_top1": metrics["val_top1"],

@@ -21,7 +21,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
 
+from kdjax import report as report_lib  # noqa: E402
 from kdjax import statistics  # noqa: E402
+from kdjax import sweep  # noqa: E402
 
 # Per-model metrics summarised over seeds (those a model has).
 SEED_METRICS = ("val_top1", "val_top5", "val_loss", "agreement_with_teacher", "kl_to_teacher",
@@ -67,7 +69,9 @@ def summarize(reports: list[dict], seeds: list[int]) -> dict:
         summary[field] = statistics.mean(values)
         summary[f"{field}_std"] = statistics.std(values)
     summary["per_seed"] = [dict({field: entry[field] for field in SEED_METRICS if field in entry}, seed=seed,
-                                epochs=entry["epochs"]) for seed, entry in zip(seeds, entries)]
+                                epochs=entry["epochs"], **({"collapse": entry["collapse"]} if "collapse" in entry
+                                                           else {}))
+                           for seed, entry in zip(seeds, entries)]
     models[name] = summary
   comparisons = []
   for a, b in COMPARISONS:
@@ -99,6 +103,7 @@ def build(config, reports: list[dict], seeds: list[int], wall_seconds: float) ->
                  train_seconds=sum(report["models"][name]["train_seconds"] for report in reports))
   return {"dataset": reports[0]["dataset"], "seeds": seeds, "num_seeds": len(seeds),
           "models": summary["models"], "comparisons": summary["comparisons"],
+          "ema_sweep": sweep.points(config, summary["models"]),
           "seed_workdirs": [str(seed_dir(".", seed)) for seed in seeds],
           "config": config.to_dict(), "environment": reports[0]["environment"], "wall_seconds": wall_seconds}
 
@@ -107,17 +112,6 @@ def _pm(entry: dict, field: str, digits: int = 2) -> str:
   spread = entry.get(f"{field}_std")
   text = f"{entry[field]:.{digits}f}"
   return text + (f" ± {spread:.{digits}f}" if spread is not None else "")
-
-
-def comparison_sentence(comparison: dict) -> str:
-  """`a − b: +m points (95 % CI lo to hi, n seeds): distinguishable / not distinguishable from zero`."""
-  text = f"{comparison['a']} − {comparison['b']}: {comparison['mean']:+.2f} points"
-  if comparison["ci95"] is None:
-    return text + f" ({comparison['n']} seed: no interval; run several seeds to tell it from seed noise)"
-  low, high = comparison["ci95"]
-  verdict = ("distinguishable from zero" if comparison["distinguishable_from_zero"]
-             else "not distinguishable from zero")
-  return text + f" (95 % CI {low:+.2f} to {high:+.2f}, {comparison['n']} seeds): {verdict}"
 
 
 def markdown(report: dict) -> str:
@@ -133,8 +127,8 @@ def markdown(report: dict) -> str:
     lines.append(f"| {name} | {entry['params']:,} | {_pm(entry, 'val_top1')} | {_pm(entry, 'val_top5')} "
                  f"| {_pm(entry, 'val_loss', 4)} | {agreement} | {entry['train_seconds']:.1f} |")
   lines += ["", "Paired differences in top-1 (same seed: same initial weights and data order):", ""]
-  lines += [f"- {comparison_sentence(comparison)}" for comparison in report["comparisons"]]
-  lines += ["", "![curves](curves.png)", ""]
+  lines += [f"- {report_lib.comparison_sentence(comparison)}" for comparison in report["comparisons"]]
+  lines += [*report_lib.ema_sections(report), "", "![curves](curves.png)", ""]
   return "\n".join(lines)
 
 
@@ -180,6 +174,7 @@ def run(config, workdir) -> dict:
   text = markdown(report)
   run_dir.file("report.md").write_text(text)
   plot(report, run_dir.file("curves.png"))
+  report_lib.extra_plots(report, run_dir)
   print(text, flush=True)
   return report
 
