@@ -98,8 +98,14 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 
 
 def differences(saved: dict, current: dict, ignore=RESULT_NEUTRAL) -> list[str]:
-  """`field (saved -> current)` for each field that differs between two config dicts (as in config.json)."""
+  """`field (saved -> current)` for each field that differs between two config dicts (as in config.json).
+
+  A field that `saved` lacks but today's default_config has was added to kdjax after that run was started:
+  it compares at its default (the value the older run computed with), so older workdirs still resume.
+  """
+  defaults = flatten(json.loads(default_config().to_json_best_effort()))
   old, new = flatten(saved), flatten(current)
+  old = {**{name: value for name, value in defaults.items() if name not in old}, **old}
   missing = object()
   changes = []
   for name in sorted(set(old) | set(new)):
