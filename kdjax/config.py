@@ -16,6 +16,7 @@ def default_config() -> ml_collections.ConfigDict:
   """Every field of a study, with the seed's values where it has them (see configs/default.py)."""
   config = ml_collections.ConfigDict()
   config.seed = 0
+  config.num_seeds = 1                  # > 1: the study once per seed seed, seed+1, ... (seeds.py)
   config.epochs = 10                    # per phase (the seed)
   config.batch_size = 64
   config.eval_batch_size = 500
@@ -58,6 +59,13 @@ def default_config() -> ml_collections.ConfigDict:
   config.ema.decay = 0.999              # the seed's alpha: teacher = alpha*teacher + (1-alpha)*student
   config.ema.student_decay = 0.0        # > 0: also keep an EMA of the student's weights, reported apart
   config.ema.warmup = False             # mean-teacher warm-up: alpha_t = min(1 - 1/(t+1), alpha)
+  # The EMA sweep: one more student_kd_ema phase per (alpha, warm-up) pair, rows "student_kd_ema@<alpha>[+warmup]"
+  # and "teacher_ema@<alpha>[+warmup]", all distilled from the same trained teacher (configs/ema_sweep.py).
+  config.ema.sweep = ()                 # alphas, e.g. (0.9, 0.99, 0.999, 0.9999); () = none
+  config.ema.sweep_warmup = (False,)    # warm-up settings swept with each alpha, e.g. (False, True)
+  # Why the seed's EMA collapses (collapse.py): distances, soft-target entropy, KD loss and top-1 of every
+  # EMA-updated teacher at the end of each epoch and every N steps of the first epoch (0: per epoch only).
+  config.ema.diagnostics_every = 25
 
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.every_epochs = 1    # save each phase's state every N epochs (and at its end)
@@ -90,8 +98,14 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 
 
 def differences(saved: dict, current: dict, ignore=RESULT_NEUTRAL) -> list[str]:
-  """`field (saved -> current)` for each field that differs between two config dicts (as in config.json)."""
+  """`field (saved -> current)` for each field that differs between two config dicts (as in config.json).
+
+  A field that `saved` lacks but today's default_config has was added to kdjax after that run was started:
+  it compares at its default (the value the older run computed with), so older workdirs still resume.
+  """
+  defaults = flatten(json.loads(default_config().to_json_best_effort()))
   old, new = flatten(saved), flatten(current)
+  old = {**{name: value for name, value in defaults.items() if name not in old}, **old}
   missing = object()
   changes = []
   for name in sorted(set(old) | set(new)):
@@ -124,6 +138,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   # (jax.random.PRNGKey, numpy, torch.manual_seed in parity/).
   _check(isinstance(config.seed, int) and not isinstance(config.seed, bool) and 0 <= config.seed < 2**31,
          "seed", "must be an integer in [0, 2**31 - 1]", config.seed)
+  _check(isinstance(config.num_seeds, int) and config.num_seeds >= 1, "num_seeds", "must be an integer >= 1",
+         config.num_seeds)
+  _check(config.seed + config.num_seeds <= 2**31, "num_seeds",
+         f"must keep the last seed (seed + num_seeds - 1) <= 2**31 - 1 (seed is {config.seed})", config.num_seeds)
   _check(isinstance(config.epochs, int) and config.epochs >= 1, "epochs", "must be an integer >= 1",
          config.epochs)
   for field in ("batch_size", "eval_batch_size"):
@@ -183,6 +201,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for field in ("decay", "student_decay"):
     _check(_is_number(config.ema[field]) and 0 <= config.ema[field] <= 1, f"ema.{field}",
            "must be in [0, 1]", config.ema[field])
+  for decay in config.ema.sweep:
+    _check(_is_number(decay) and 0 <= decay <= 1, "ema.sweep", "must hold decays in [0, 1]", decay)
+  _check(len(set(config.ema.sweep)) == len(config.ema.sweep), "ema.sweep", "must not repeat a decay",
+         config.ema.sweep)
+  for warmup in config.ema.sweep_warmup:
+    _check(isinstance(warmup, bool), "ema.sweep_warmup", "must hold True/False", warmup)
+  _check(len(config.ema.sweep_warmup) >= 1 and len(set(config.ema.sweep_warmup)) == len(config.ema.sweep_warmup),
+         "ema.sweep_warmup", "must hold False and/or True once each", config.ema.sweep_warmup)
+  _check(isinstance(config.ema.diagnostics_every, int) and config.ema.diagnostics_every >= 0,
+         "ema.diagnostics_every", "must be an integer >= 0 (0 = per epoch only)", config.ema.diagnostics_every)
+  if config.ema.sweep and not config.teacher.checkpoint:
+    _check("teacher" in phases, "ema.sweep", "needs the 'teacher' phase (or teacher.checkpoint) to distil from",
+           config.phases)
 
   for field in ("every_epochs", "keep"):
     _check(isinstance(config.checkpoint[field], int) and config.checkpoint[field] >= 1,

@@ -20,11 +20,13 @@ import sys
 import time
 
 from kdjax import checkpoints as ckpt_lib
+from kdjax import collapse
 from kdjax import config as config_lib
 from kdjax import data as data_lib
 from kdjax import phases
 from kdjax import report as report_lib
 from kdjax import resume
+from kdjax import seeds
 from kdjax import train
 from kdjax.report import ModelResult
 from kdjax.rundir import RunDir
@@ -42,15 +44,16 @@ class PhaseOutcome:
 def phases_to_run(config, teacher_source) -> tuple[str, ...]:
   """config.phases in the registry's order (phases.PHASE_NAMES), which is their dependency order: the teacher
   before any KD phase, whatever order the config lists them in; the teacher added when teacher.checkpoint
-  provides it. The report lists its models in this order too."""
+  provides it; the EMA sweep's variants of student_kd_ema last. The report lists its models in this order."""
   names = set(config.phases) | ({"teacher"} if teacher_source is not None else set())
-  return tuple(name for name in phases.PHASE_NAMES if name in names)
+  return (tuple(name for name in phases.PHASE_NAMES if name in names)
+          + tuple(variant.name for variant in phases.sweep_phases(config)))
 
 
 def diverged(config, phase: str, epoch: int, error: train.DivergenceError) -> train.DivergenceError:
   """A non-finite loss, with the fields that set the loss's scale: KD phases name kd.temperature too."""
   fields = f"optimizer.learning_rate={config.optimizer.learning_rate}"
-  if phases.PHASES[phase].needs_teacher:
+  if phases.phase(phase).needs_teacher:
     fields += f", kd.temperature={config.kd.temperature}"
   return train.DivergenceError(f"phase {phase}, epoch {epoch}: {error} (check {fields})")
 
@@ -78,7 +81,8 @@ def save_phase(setup: Setup, savers: dict, state: train.TrainState, phase: str, 
   TrainState, the metrics of every model of the phase so far, the data-order state); teacher_ema its params."""
   step = int(state.step)
   phase_results = {name: {"epochs": result.epochs, "train_seconds": result.train_seconds,
-                          "train_images": result.train_images} for name, result in results.items()}
+                          "train_images": result.train_images, "diagnostics": result.diagnostics}
+                   for name, result in results.items()}
   for model, saver in savers.items():
     tree = (ckpt_lib.state_tree(state) if model.name == phase
             else {"params": getattr(state, model.state_field)})
@@ -91,19 +95,29 @@ def save_phase(setup: Setup, savers: dict, state: train.TrainState, phase: str, 
 def run_phase(setup: Setup, run: RunDir, phase: str, teacher_params, saved: resume.SavedPhase | None,
               config_dict: dict) -> PhaseOutcome:
   """Trains `phase` (or continues it after `saved`, or loads it when `saved` is its last epoch)."""
-  config, spec = setup.config, phases.PHASES[phase]
+  config, spec = setup.config, phases.phase(phase)
   optimizer = setup.optimizer()
   state = setup.fresh_state(phase, optimizer, teacher_params=teacher_params if spec.needs_teacher else None)
   tracked = phases.models_of(phase, config.ema.student_decay)
   results = {model.name: new_result(setup, model) for model in tracked}
   outcome = PhaseOutcome(results, state)
   records: list[dict] = []
+  # kd_ema: how the EMA-updated teacher changes (collapse.py), kept with its row.
+  ema_teacher = results.get(phases.TEACHER_EMA + spec.variant) if spec.step_kind == "kd_ema" else None
 
   def evaluate_all(state) -> dict:
     for model in tracked:
       results[model.name].final, results[model.name].val_logits = setup.evaluate(
           model.net, getattr(state, model.state_field))
     return {model.name: results[model.name].final for model in tracked}
+
+  def diagnose(state, epoch: int, kd_loss, top1: tuple[float, float] | None = None) -> None:
+    if top1 is None:
+      top1 = (setup.evaluate("teacher", state.teacher_params)[0]["val_top1"],
+              setup.evaluate(spec.net, state.params)[0]["val_top1"])
+    ema_teacher.diagnostics.append(collapse.measure(
+        setup, state.teacher_params, teacher_params, epoch=epoch, step=int(state.step),
+        kd_loss=None if kd_loss is None else float(kd_loss), teacher_top1=top1[0], student_top1=top1[1]))
 
   start_epoch = 0
   if saved is not None:
@@ -114,6 +128,7 @@ def run_phase(setup: Setup, run: RunDir, phase: str, teacher_params, saved: resu
       results[name].epochs = list(saved_result["epochs"])
       results[name].train_seconds = saved_result["train_seconds"]
       results[name].train_images = saved_result["train_images"]
+      results[name].diagnostics = list(saved_result.get("diagnostics", []))
     if start_epoch >= config.epochs:   # evaluated (and checked against its record) by read_saved_phases
       for name, (final, logits) in saved.evaluated.items():
         results[name].final, results[name].val_logits = final, logits
@@ -129,17 +144,26 @@ def run_phase(setup: Setup, run: RunDir, phase: str, teacher_params, saved: resu
   for saver in savers.values():
     saver.delete_after(start_epoch)  # epochs of an interrupted attempt that the phase's own save lacks
 
+  if ema_teacher is not None and start_epoch == 0:
+    diagnose(state, 0, None)
   for epoch in range(start_epoch + 1, config.epochs + 1):
     order = data_lib.epoch_order(setup.num_train, config.seed, epoch)
     description = f"{phase} epoch {epoch}/{config.epochs}"
+    watch = ema_teacher is not None and epoch == 1 and config.ema.diagnostics_every > 0
     try:
-      state, epoch_result = train.run_epoch(step_fn, state, setup.train_images, setup.train_labels, order,
-                                            config.batch_size, config.data.drop_remainder, description,
-                                            config.progress)
+      state, epoch_result = train.run_epoch(
+          step_fn, state, setup.train_images, setup.train_labels, order, config.batch_size,
+          config.data.drop_remainder, description, config.progress,
+          every=config.ema.diagnostics_every if watch else 0,
+          after_step=(lambda state, loss: diagnose(state, 1, loss)) if watch else None)
     except train.DivergenceError as error:
       raise diverged(config, phase, epoch, error) from None
     step = int(state.step)
-    for name, metrics in evaluate_all(state).items():
+    evaluated = evaluate_all(state)
+    if ema_teacher is not None:
+      diagnose(state, epoch, epoch_result.train_loss,
+               (evaluated[ema_teacher.name]["val_top1"], evaluated[phase]["val_top1"]))
+    for name, metrics in evaluated.items():
       record = {"phase": phase, "model": name, "epoch": epoch,
                 "train_loss": epoch_result.train_loss if name == phase else None,
                 "val_loss": metrics["val_loss"], "val_top1": metrics["val_top1"],
@@ -176,6 +200,8 @@ def train_and_evaluate(config, workdir) -> dict:
   config_lib.validate(config)
   run = RunDir(workdir)
   with run.locked():
+    if config.num_seeds > 1:   # each seed's run in seed_<s>/ holds a lock of its own
+      return seeds.run(config, workdir)
     return _run_locked(config, run, start)
 
 
@@ -220,5 +246,10 @@ def _run_locked(config, run: RunDir, start: float) -> dict:
   checkpoints = {"directory": str(run.checkpoints.absolute()), "loaded": loaded, "resumed": resumed,
                  "config_changes": config_changes}
   report = report_lib.build(config, setup.dataset, results, checkpoints, time.perf_counter() - start)
+  summary = seeds.summarize([report], [config.seed])  # one seed: std None, per_seed of one, comparisons
+  for name, entry in summary["models"].items():
+    report["models"][name].update({key: value for key, value in entry.items()
+                                   if key.endswith("_std") or key == "per_seed"})
+  report["comparisons"] = summary["comparisons"]
   report_lib.write(run, report, results)
   return report

@@ -16,7 +16,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
 
+from kdjax import collapse
 from kdjax import evaluate
+from kdjax import sweep
 from kdjax.phases import TEACHER_EMA
 
 TEACHER, BASELINE, KD, KD_EMA = ("teacher", "student_ce", "student_kd", "student_kd_ema")
@@ -37,6 +39,7 @@ class ModelResult:
   train_seconds: float = 0.0
   train_images: int = 0
   source: dict | None = None   # provenance of a model loaded from teacher.checkpoint instead of trained
+  diagnostics: list = dataclasses.field(default_factory=list)  # an EMA-updated teacher's collapse.measure points
 
 
 def compare_to_teachers(results: dict[str, ModelResult]) -> None:
@@ -66,6 +69,8 @@ def _model_entry(result) -> dict:
       entry[key] = result.final[key]
   if result.source:
     entry["source"] = result.source  # loaded from teacher.checkpoint, not trained in this run
+  if result.diagnostics:
+    entry["collapse"] = result.diagnostics
   return entry
 
 
@@ -86,6 +91,7 @@ def build(config, dataset, results, checkpoints: dict, wall_seconds: float) -> d
       "config": config.to_dict(),
       "environment": environment(),
       "checkpoints": checkpoints,
+      "ema_sweep": sweep.points(config, {name: _model_entry(result) for name, result in results.items()}),
       "wall_seconds": wall_seconds,
   }
 
@@ -152,10 +158,52 @@ def markdown(report: dict) -> str:
   env = report["environment"]
   sources = [f"{name} was loaded from {entry['source']['checkpoint']}, not trained in this run."
              for name, entry in models.items() if entry.get("source")]
-  lines += ["", answer(models), *(["", *sources] if sources else []), "",
+  comparisons = [f"- {comparison_sentence(comparison)}" for comparison in report.get("comparisons", [])]
+  if comparisons:
+    comparisons = ["", "Paired differences in top-1:", "", *comparisons]
+  lines += ["", answer(models), *(["", *sources] if sources else []), *comparisons, *ema_sections(report), "",
             f"Environment: jax {env['jax']}, flax {env['flax']}, backend {env['backend']}, "
             f"devices {', '.join(env['devices'])}.", ""]
   return "\n".join(lines)
+
+
+def comparison_sentence(comparison: dict) -> str:
+  """`a − b: +m points (95 % CI lo to hi, n seeds): distinguishable / not distinguishable from zero`."""
+  text = f"{comparison['a']} − {comparison['b']}: {comparison['mean']:+.2f} points"
+  if comparison["ci95"] is None:
+    return text + f" ({comparison['n']} seed: no interval; run several seeds to tell it from seed noise)"
+  low, high = comparison["ci95"]
+  verdict = ("distinguishable from zero" if comparison["distinguishable_from_zero"]
+             else "not distinguishable from zero")
+  return text + f" (95 % CI {low:+.2f} to {high:+.2f}, {comparison['n']} seeds): {verdict}"
+
+
+def ema_sections(report: dict) -> list[str]:
+  """report.md's part on the seed's EMA: the sweep's table and, per EMA-updated teacher, what the collapse
+  diagnostics measured (collapse.findings; for several seeds, those of the first seed)."""
+  lines = []
+  table = sweep.markdown(report.get("ema_sweep", []))
+  if table:
+    lines += ["", "The seed's EMA against alpha (ema_sweep.png):", "", *table]
+  for name, entry in report["models"].items():
+    points = entry.get("collapse") or (entry.get("per_seed") or [{}])[0].get("collapse")
+    student = "student_kd_ema" + name[len(TEACHER_EMA):]
+    sentences = collapse.findings(points or [], name, student)
+    if sentences:
+      seed_note = "" if entry.get("collapse") else f" (seed {entry['per_seed'][0]['seed']})"
+      lines += ["", f"**{name}**{seed_note} (ema_collapse.png): " + " ".join(sentences)]
+  return lines
+
+
+def extra_plots(report: dict, run) -> None:
+  """ema_sweep.png when the report holds a sweep; ema_collapse.png when it holds collapse diagnostics."""
+  if len(report.get("ema_sweep", [])) >= 2:
+    sweep.plot(report["ema_sweep"], run.file("ema_sweep.png"))
+  diagnostics = {name: entry.get("collapse") or (entry.get("per_seed") or [{}])[0].get("collapse")
+                 for name, entry in report["models"].items()}
+  diagnostics = {name: points for name, points in diagnostics.items() if points}
+  if diagnostics:
+    collapse.plot(diagnostics, run.file("ema_collapse.png"))
 
 
 def plot_curves(results, path) -> None:
@@ -181,4 +229,5 @@ def write(run, report: dict, results) -> None:
   text = markdown(report)
   run.file("report.md").write_text(text)
   plot_curves(results, run.file("curves.png"))
+  extra_plots(report, run)
   print(text, flush=True)

@@ -25,13 +25,17 @@ from kdjax import phases
 from kdjax import train
 
 
-def step_config(config, kind: str, student_decay: float | None = None) -> train.StepConfig:
-  """The StepConfig of a step `kind` from the study's config (student_decay: override ema.student_decay)."""
+def step_config(config, kind: str, student_decay: float | None = None,
+                phase: phases.Phase | None = None) -> train.StepConfig:
+  """The StepConfig of a step `kind` from the study's config (student_decay: override ema.student_decay;
+  phase: an EMA-sweep variant's own alpha and warm-up)."""
   decay = config.ema.student_decay if student_decay is None else student_decay
+  teacher_decay = config.ema.decay if phase is None or phase.teacher_decay is None else phase.teacher_decay
+  warmup = config.ema.warmup if phase is None or phase.warmup is None else phase.warmup
   return train.StepConfig(kind=kind, temperature=float(config.kd.temperature),
                           kd_weight=float(config.kd.kd_weight), ce_weight=float(config.kd.ce_weight),
-                          teacher_decay=float(config.ema.decay), student_decay=float(decay),
-                          warmup=bool(config.ema.warmup))
+                          teacher_decay=float(teacher_decay), student_decay=float(decay),
+                          warmup=bool(warmup))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +81,7 @@ class Setup:
   def fresh_state(self, phase: str, optimizer, teacher_params=None) -> train.TrainState:
     """The state a phase starts from. A KD phase without `teacher_params` gets the initial teacher as a
     stand-in of the right shapes (a restore target)."""
-    spec = phases.PHASES[phase]
+    spec = phases.phase(phase)
     if spec.needs_teacher and teacher_params is None:
       teacher_params = self.initial_params["teacher"]
     return train.create_state(self.initial_params[spec.net], optimizer,
@@ -86,16 +90,18 @@ class Setup:
 
   def train_step(self, phase: str, optimizer):
     """The jitted `(state, batch) -> (state, metrics)` of `phase`, the state donated."""
-    spec = phases.PHASES[phase]
-    pairs = ()
-    if spec.step_kind == "kd_ema":
-      pairs = ema.seed_pairs(self.initial_params["student"], self.nets["student"].layer_names,
-                             self.initial_params["teacher"], self.nets["teacher"].layer_names)
-    step = train.make_train_step(step_config(self.config, spec.step_kind), self.nets[spec.net], optimizer,
-                                 self.mean, self.std,
+    spec = phases.phase(phase)
+    pairs = self.ema_pairs() if spec.step_kind == "kd_ema" else ()
+    step = train.make_train_step(step_config(self.config, spec.step_kind, phase=spec), self.nets[spec.net],
+                                 optimizer, self.mean, self.std,
                                  teacher=self.nets["teacher"] if spec.needs_teacher else None,
                                  teacher_pairs=pairs)
     return jax.jit(step, donate_argnums=0)
+
+  def ema_pairs(self) -> list:
+    """The (student path, teacher path) pairs the seed's EMA updates (ema.seed_pairs)."""
+    return ema.seed_pairs(self.initial_params["student"], self.nets["student"].layer_names,
+                          self.initial_params["teacher"], self.nets["teacher"].layer_names)
 
   def evaluate(self, net: str, params) -> tuple[dict, np.ndarray]:
     """(metrics, logits) of `net` with `params` on the whole validation split."""

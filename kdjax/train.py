@@ -128,11 +128,14 @@ class EpochResult:
 
 
 def run_epoch(step_fn, state: TrainState, images, labels, order: np.ndarray, batch_size: int,
-              drop_remainder: bool, description: str, progress: bool) -> tuple[TrainState, EpochResult]:
+              drop_remainder: bool, description: str, progress: bool, every: int = 0,
+              after_step: Callable[[TrainState, jax.Array], None] | None = None
+              ) -> tuple[TrainState, EpochResult]:
   """Runs the jitted `step_fn` over the batches of `order`; images/labels are device arrays.
 
   Losses are read back one step late, so the host never waits on the step it just dispatched; a non-finite
-  loss raises DivergenceError naming its step, before any later state is kept.
+  loss raises DivergenceError naming its step, before any later state is kept. `after_step(state, loss)` is
+  called after every `every`-th step of the epoch (diagnostics; it may read the state, not keep it).
   """
   batches = data_lib.batch_indices(order, batch_size, drop_remainder)
   start = time.perf_counter()
@@ -151,12 +154,14 @@ def run_epoch(step_fn, state: TrainState, images, labels, order: np.ndarray, bat
     bar.set_postfix(loss=f"{value:.4f}", refresh=False)
     bar.update(1)
 
-  for indices in batches:
+  for count, indices in enumerate(batches, start=1):
     state, metrics = step_fn(state, _gather(images, labels, jnp.asarray(indices)))
     step_number += 1
     if pending is not None:
       read(*pending)
     pending = (metrics["loss"], step_number)
+    if after_step is not None and every and count % every == 0 and count < len(batches):
+      after_step(state, metrics["loss"])
   if pending is not None:
     read(*pending)
   jax.block_until_ready(state)
