@@ -276,9 +276,10 @@ def read_teacher(path, setup, current_config: dict) -> TeacherSource:
     raise ckpt_lib.CheckpointError(
         f"{where}: its teacher was trained with model.activation={source_activation!r}, this run uses "
         f"{config.model.activation!r}")
-  data_changes = [change for change in config_lib.differences(source_config.get("data", {}),
-                                                              current_config["data"])
-                  if not change.startswith(("data_dir", "manual_dir"))] if source_config else []
+  # Whole configs compared (differences fills fields an older run lacks from today's defaults), data.* kept;
+  # data.data_dir and data.manual_dir are result-neutral: the fingerprint below checks the data behind them.
+  data_changes = [change for change in config_lib.differences(source_config, current_config)
+                  if change.startswith("data.")] if source_config else []
   if "data" not in meta:
     raise ckpt_lib.CheckpointError(f"{where}: its meta has no data fingerprint (saved by an older kdjax), so "
                                    f"the data it was trained on cannot be checked")
