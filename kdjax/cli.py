@@ -86,14 +86,22 @@ def describe(error: BaseException) -> str:
   return str(error)
 
 
+INTERRUPTED = 130   # the shell's code for a process ended by SIGINT (128 + 2)
+
+
 def run_main(prog: str, body) -> int:
   """Runs `body()`; a known error becomes `PROG: error: ONE LINE` on stderr and its exit code.
 
   Known: every error of _error_codes, and OSError (e.g. a full disk while writing report.md), exit 1.
+  Ctrl-C (KeyboardInterrupt) prints `PROG: interrupted; rerun the same command to resume`, exit 130: saves
+  are atomic and the workdir lock goes with the process, so the rerun resumes exactly.
   Exit codes other than 2 end the process at once (exit_now): nothing is left to write by then.
   """
   try:
     body()
+  except KeyboardInterrupt:
+    print(f"{prog}: interrupted; rerun the same command to resume", file=sys.stderr)
+    exit_now(INTERRUPTED)
   except Exception as error:  # noqa: BLE001  (matched against the known kinds below, else re-raised)
     code = next((code for kinds, code in _error_codes() if isinstance(error, kinds)), None)
     if code is None and isinstance(error, OSError):

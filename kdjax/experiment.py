@@ -16,6 +16,7 @@ All students start from the same initial weights and see the same batches in the
 """
 
 import dataclasses
+import sys
 import time
 
 from kdjax import checkpoints as ckpt_lib
@@ -41,12 +42,20 @@ class PhaseOutcome:
 
 
 def phases_to_run(config, teacher_source) -> tuple[str, ...]:
-  """config.phases, with the teacher first when teacher.checkpoint provides it, and the EMA sweep's variants
-  of student_kd_ema last."""
-  names = tuple(config.phases)
-  if teacher_source is not None and "teacher" not in names:
-    names = ("teacher",) + names
-  return names + tuple(variant.name for variant in phases.sweep_phases(config))
+  """config.phases in the registry's order (phases.PHASE_NAMES), which is their dependency order: the teacher
+  before any KD phase, whatever order the config lists them in; the teacher added when teacher.checkpoint
+  provides it; the EMA sweep's variants of student_kd_ema last. The report lists its models in this order."""
+  names = set(config.phases) | ({"teacher"} if teacher_source is not None else set())
+  return (tuple(name for name in phases.PHASE_NAMES if name in names)
+          + tuple(variant.name for variant in phases.sweep_phases(config)))
+
+
+def diverged(config, phase: str, epoch: int, error: train.DivergenceError) -> train.DivergenceError:
+  """A non-finite loss, with the fields that set the loss's scale: KD phases name kd.temperature too."""
+  fields = f"optimizer.learning_rate={config.optimizer.learning_rate}"
+  if phases.phase(phase).needs_teacher:
+    fields += f", kd.temperature={config.kd.temperature}"
+  return train.DivergenceError(f"phase {phase}, epoch {epoch}: {error} (check {fields})")
 
 
 def new_result(setup: Setup, model: phases.Model) -> ModelResult:
@@ -120,8 +129,9 @@ def run_phase(setup: Setup, run: RunDir, phase: str, teacher_params, saved: resu
       results[name].train_seconds = saved_result["train_seconds"]
       results[name].train_images = saved_result["train_images"]
       results[name].diagnostics = list(saved_result.get("diagnostics", []))
-    if start_epoch >= config.epochs:
-      evaluate_all(state)
+    if start_epoch >= config.epochs:   # evaluated (and checked against its record) by read_saved_phases
+      for name, (final, logits) in saved.evaluated.items():
+        results[name].final, results[name].val_logits = final, logits
       print(f"[{phase}] finished earlier: loaded epoch {start_epoch} from {saved.where}", flush=True)
       outcome.state, outcome.loaded_epoch = state, start_epoch
       return outcome
@@ -147,7 +157,7 @@ def run_phase(setup: Setup, run: RunDir, phase: str, teacher_params, saved: resu
           every=config.ema.diagnostics_every if watch else 0,
           after_step=(lambda state, loss: diagnose(state, 1, loss)) if watch else None)
     except train.DivergenceError as error:
-      raise train.DivergenceError(f"phase {phase}, epoch {epoch}: {error}") from None
+      raise diverged(config, phase, epoch, error) from None
     step = int(state.step)
     evaluated = evaluate_all(state)
     if ema_teacher is not None:
@@ -183,21 +193,35 @@ def train_and_evaluate(config, workdir) -> dict:
   """Runs every phase in config.phases and returns report.json's content (also written to workdir).
 
   A workdir that already holds a run is resumed (resume.py): everything that can be wrong with it or with
-  teacher.checkpoint shows before anything in the workdir is written.
+  teacher.checkpoint shows before anything in the workdir is written. The run holds WORKDIR/.lock throughout:
+  a second run on the same workdir stops with one line.
   """
   start = time.perf_counter()
   config_lib.validate(config)
-  if config.num_seeds > 1:
-    return seeds.run(config, workdir)
   run = RunDir(workdir)
+  with run.locked():
+    if config.num_seeds > 1:   # each seed's run in seed_<s>/ holds a lock of its own
+      return seeds.run(config, workdir)
+    return _run_locked(config, run, start)
+
+
+def _run_locked(config, run: RunDir, start: float) -> dict:
   config_dict = resume.config_json(config)
   config_changes = resume.check_config(run, config_dict, config.checkpoint.allow_config_change)
   setup = Setup.build(config)
   teacher_source = (resume.read_teacher(config.teacher.checkpoint, setup, config_dict)
                     if config.teacher.checkpoint else None)
   names = phases_to_run(config, teacher_source)
+  if [name for name in names if name in config.phases] != list(config.phases):
+    print(f"kdjax: note: phases run in dependency order: {', '.join(names)}", flush=True)
   trained_here = [name for name in names if not (name == "teacher" and teacher_source is not None)]
-  saved = resume.read_saved_phases(run, setup, trained_here)
+  saved, saved_changes = resume.read_saved_phases(run, setup, trained_here, config_dict,
+                                                  config.checkpoint.allow_config_change)
+  checkpoint_changes = [change for change in saved_changes if change not in config_changes]
+  if checkpoint_changes:   # allowed (checkpoint.allow_config_change), but config.json did not show them
+    print(f"kdjax: warning: resuming checkpoints saved with another config or data: "
+          f"{'; '.join(checkpoint_changes)}", file=sys.stderr, flush=True)
+  config_changes += checkpoint_changes
   run.write_json("config.json", config_dict)
   run.rewrite_metrics([record for phase_save in saved.values() for record in phase_save.meta["records"]])
 

@@ -10,6 +10,11 @@ what else the state holds (optimizer state, the teacher copy, the student-weight
 stored with the checkpoint, and the config. --json prints the same as one JSON document.
 --evaluate re-evaluates a checkpoint (default: the latest) on the run's validation split, as the report does;
 MODEL may be a row of the report such as "student_kd (EMA weights)". Reads only; writes nothing.
+
+Every checkpoint read is verified as a run verifies it (content hashes, state/_METADATA present; see
+kdjax/checkpoints.py). A workdir with a bad model checkpoint shows the others and marks that one; exit status
+0: all shown, 1: shown, but a model's checkpoint is bad (each named on stderr in one line), 2: nothing could be
+shown (a bad path, epoch or model; the one line says why).
 """
 
 import argparse
@@ -99,21 +104,29 @@ def describe_model(folder: pathlib.Path, epoch: int | None = None) -> dict:
   return description
 
 
+def describe_or_mark(folder: pathlib.Path, epoch: int | None = None) -> dict:
+  """describe_model, or, when the checkpoint is bad, the model's name and path with the one-line `error`."""
+  try:
+    return describe_model(folder, epoch)
+  except ckpt_lib.CheckpointError as error:
+    return {"model": folder.name, "path": str(folder), "error": str(error)}
+
+
 def inspect_path(path, epoch: int | None = None) -> dict:
-  """A workdir (every model under checkpoints/) or one model's checkpoint folder."""
+  """A workdir (every model under checkpoints/; a bad one is marked, see describe_or_mark) or one model's
+  checkpoint folder."""
   path = pathlib.Path(path).absolute()
   if not path.exists():
     raise ckpt_lib.CheckpointError(f"{path}: no such file or directory")
   if (path / "checkpoints").is_dir() or (path / "config.json").is_file():
+    config = resume.read_config_json(path / "config.json") if (path / "config.json").is_file() else None
     folders = ckpt_lib.model_folders(path / "checkpoints")
     if not folders:
       raise ckpt_lib.CheckpointError(f"{path}: a workdir without checkpoints (no model folder in "
                                      f"{path / 'checkpoints'})")
-    config_path = path / "config.json"
-    config = json.loads(config_path.read_text()) if config_path.is_file() else None
-    models = [describe_model(folder, epoch) for folder in folders]
+    models = [describe_or_mark(folder, epoch) for folder in folders]
     for model in models:  # shown once for the run, unless a checkpoint was saved with another config
-      if model["config"] == config:
+      if "config" in model and model["config"] == config:
         model["config"] = "(the run's config)"
     report_path = path / "report.json"
     return {"workdir": str(path), "config": config, "models": models,
@@ -133,7 +146,7 @@ def evaluate_model(workdir, model: str, epoch: int | None = None) -> dict:
   from kdjax import evaluate
 
   run = resume.load_run(workdir)
-  params, _, epoch = run.params(model, epoch)
+  params, meta, epoch = run.params(model, epoch)   # verified against its content hashes
   dataset = run.dataset()
   mean, std = data_lib.normalization_constants(dataset, run.config.data.normalization)
   logits = evaluate.predict(run.net(model, dataset.num_classes), params, dataset.val_images, mean, std,
@@ -142,6 +155,14 @@ def evaluate_model(workdir, model: str, epoch: int | None = None) -> dict:
   folder = run.workdir / "checkpoints" / model.removesuffix(phases.EMA_WEIGHTS_SUFFIX)
   result = {"model": model, "checkpoint": str(folder / str(epoch)), "epoch": epoch,
             "val_examples": int(len(dataset.val_labels)), **metrics}
+  if "data" in meta:   # the data config.json now reads against the data the checkpoint was trained on
+    result["data_differences"] = resume.fingerprint_differences(meta["data"], resume.data_fingerprint(dataset))
+  rows = (meta.get("results", {}).get(model, {}).get("epochs")
+          or (meta.get("epochs", []) if meta.get("model") == model else []))
+  recorded = next((row for row in rows if row.get("epoch") == epoch), None)
+  if recorded is not None:   # the metrics saved with the checkpoint (the second check a resume makes)
+    result["recorded"] = {key: recorded[key] for key in ("val_top1", "val_loss")}
+    result["equals_recorded"] = all(recorded[key] == metrics[key] for key in ("val_top1", "val_loss"))
   report_path = run.workdir / "report.json"
   if report_path.is_file():
     reported = json.loads(report_path.read_text()).get("models", {}).get(model)
@@ -169,6 +190,8 @@ def _config_lines(config: dict, prefix: str = "") -> list[str]:
 
 
 def format_model(model: dict) -> str:
+  if "error" in model:
+    return f"== {model['model']}  ({model['path']})\nBAD CHECKPOINT, not shown: {model['error']}"
   status = "finished" if model.get("finished") else ("not finished" if model.get("finished") is False else "")
   lines = [f"== {model['model']}  ({model['path']})",
            f"saved epochs: {', '.join(map(str, model['saved_epochs']))};  showing epoch {model['epoch']}"
@@ -220,6 +243,13 @@ def format_inspection(inspection: dict) -> str:
 def format_evaluation(result: dict) -> str:
   text = (f"{result['model']} ({result['checkpoint']}), {result['val_examples']} validation examples: "
           f"top-1 {result['val_top1']:.2f} %  top-5 {result['val_top5']:.2f} %  loss {result['val_loss']:.6f}")
+  if result.get("data_differences"):
+    text += (f"\nWARNING: config.json's data settings now read other data than the checkpoint was trained on: "
+             f"{'; '.join(result['data_differences'])}")
+  if "recorded" in result:
+    verdict = "equal to" if result["equals_recorded"] else "DIFFERENT from"
+    text += (f"\nsaved with the checkpoint: top-1 {result['recorded']['val_top1']:.2f} %  loss "
+             f"{result['recorded']['val_loss']:.6f}  ({verdict} the checkpoint's record)")
   if "report" in result:
     verdict = "equal to" if result["equals_report"] else "DIFFERENT from"
     text += (f"\nreport.json: top-1 {result['report']['val_top1']:.2f} %  top-5 {result['report']['val_top5']:.2f} %"
@@ -243,12 +273,19 @@ def main(argv=None) -> int:
       print(json.dumps(result, indent=2) if args.json else format_evaluation(result))
     else:
       inspection = inspect_path(args.path, args.epoch)
-      print(json.dumps(inspection, indent=2) if args.json else format_inspection(inspection))
+      print(json.dumps(inspection, indent=2) if args.json else format_inspection(inspection), flush=True)
+      bad = [model["error"] for model in inspection["models"] if "error" in model]
+      for error in bad:
+        print(f"kdjax.inspect: error: {error}", file=sys.stderr)
+      if bad:
+        return 1
   except ckpt_lib.CheckpointError as error:
     print(f"kdjax.inspect: error: {error}", file=sys.stderr)
     return 2
   except BrokenPipeError:  # the reader went away (| head)
     return 0
+  except KeyboardInterrupt:
+    return cli.INTERRUPTED
   return 0
 
 

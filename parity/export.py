@@ -71,8 +71,15 @@ def restore_params(workdir: str, model: str) -> dict:
   return convert.to_numpy_tree(tree["params"])
 
 
-def _writable(out: str) -> pathlib.Path:
+def _writable(out: str, suffix: str | None = None) -> pathlib.Path:
+  """`out` as a file path to create or replace: not a directory; ending in `suffix` where numpy would
+  otherwise write `out + suffix` beside it."""
   path = pathlib.Path(out)
+  if path.is_dir():
+    raise ExportError(f"cannot write {out}: it is a directory (give a file path, e.g. {path / 'out'}"
+                      f"{suffix or '.pt'})")
+  if suffix and not path.name.endswith(suffix):
+    raise ExportError(f"--out {out} must end in {suffix} (numpy would write {out}{suffix} instead)")
   if not path.parent.is_dir():
     raise ExportError(f"cannot write {out}: directory {path.parent} does not exist")
   return path
@@ -89,7 +96,7 @@ def export_weights(workdir: str, model: str, out: str, probe_out: str | None = N
 
   config = workdir_config(workdir)
   out_path = _writable(out)
-  probe_path = _writable(probe_out) if probe_out else None
+  probe_path = _writable(probe_out, ".npz") if probe_out else None
   if probe_count < 1:
     raise ExportError(f"--probe-count must be >= 1, got {probe_count}")
   params = restore_params(workdir, model)
@@ -123,7 +130,7 @@ def export_data(workdir: str, split: str, out: str) -> tuple[np.ndarray, np.ndar
   config = workdir_config(workdir)
   if split not in SPLITS:
     raise ExportError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
-  out_path = _writable(out)
+  out_path = _writable(out, ".npz")
   dataset = data_lib.load(config.data)
   mean, std = data_lib.normalization_constants(dataset, config.data.normalization)
   images, labels = dataset.split(split)

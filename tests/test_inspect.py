@@ -125,8 +125,10 @@ def test_truncated_arrays_in_the_real_command_give_one_line(tmp_path, tmp_path_f
   step = workdir / "checkpoints" / "teacher" / "3"
   for data in (step / "state").rglob("d/*"):
     data.write_bytes(data.read_bytes()[:10])
-  for argv in ([], ["--evaluate", "teacher"]):
+  # The run: the other models shown, this one marked, exit 1; --evaluate of it: nothing to show, exit 2.
+  for argv, code in (([], 1), (["--evaluate", "teacher"], 2)):
     result = support.kdjax([str(workdir), *argv], None, module="kdjax.inspect")
-    assert result.returncode == 2
+    assert result.returncode == code
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert result.stderr.startswith(f"kdjax.inspect: error: {step}: cannot restore")
+    assert ("== student_kd_ema  (" in result.stdout) == (code == 1)
