@@ -105,7 +105,7 @@ def differences(saved: dict, current: dict, ignore=RESULT_NEUTRAL) -> list[str]:
   """
   defaults = flatten(json.loads(default_config().to_json_best_effort()))
   old, new = flatten(saved), flatten(current)
-  old = {**{name: value for name, value in defaults.items() if name not in old}, **old}
+  old = {**{name: defaults[name] for name in new if name not in old and name in defaults}, **old}
   missing = object()
   changes = []
   for name in sorted(set(old) | set(new)):

@@ -155,9 +155,8 @@ def plot(report: dict, path) -> None:
 def run(config, workdir) -> dict:
   """Runs the study once per seed (train_and_evaluate in seed_<s>/) and writes the summary into workdir."""
   from kdjax import experiment  # experiment dispatches here: imported late to keep the modules acyclic
-  from kdjax.rundir import RunDir
-
   from kdjax import resume
+  from kdjax.rundir import RunDir
 
   start = time.perf_counter()
   run_dir = RunDir(workdir)
