@@ -20,7 +20,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.batch_size = 64
   config.eval_batch_size = 500
   config.phases = ("teacher", "student_ce", "student_kd")
-  config.progress = True                # a tqdm bar per epoch
+  config.progress = True                # a progress bar per epoch (on a terminal; else a line every ~30 s)
   config.log_every_epoch = True         # the one-line summary per epoch
 
   config.data = ml_collections.ConfigDict()

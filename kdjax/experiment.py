@@ -22,6 +22,7 @@ from kdjax import checkpoints as ckpt_lib
 from kdjax import config as config_lib
 from kdjax import data as data_lib
 from kdjax import phases
+from kdjax import progress
 from kdjax import report as report_lib
 from kdjax import resume
 from kdjax import train
@@ -58,8 +59,8 @@ def use_teacher_source(setup: Setup, run: RunDir, source: resume.TeacherSource) 
   result.source = source.provenance
   result.final, result.val_logits = setup.evaluate("teacher", source.params)
   resume.keep_teacher_copy(run, source, setup.config.checkpoint.keep)
-  print(f"[teacher] loaded from {source.provenance['checkpoint']} (epoch {source.epoch}), not trained: "
-        f"val_top1 {result.final['val_top1']:.2f}% on this run's validation split", flush=True)
+  progress.say(f"[teacher] loaded from {source.provenance['checkpoint']} (epoch {source.epoch}), not trained: "
+               f"val_top1 {result.final['val_top1']:.2f}% on this run's validation split")
   return {"teacher": result}
 
 
@@ -107,11 +108,11 @@ def run_phase(setup: Setup, run: RunDir, phase: str, teacher_params, saved: resu
       results[name].train_images = saved_result["train_images"]
     if start_epoch >= config.epochs:
       evaluate_all(state)
-      print(f"[{phase}] finished earlier: loaded epoch {start_epoch} from {saved.where}", flush=True)
+      progress.say(f"[{phase}] finished earlier: loaded epoch {start_epoch} from {saved.where}")
       outcome.state, outcome.loaded_epoch = state, start_epoch
       return outcome
     outcome.resumed_epoch = start_epoch
-    print(f"[{phase}] resuming after epoch {start_epoch} from {saved.where}", flush=True)
+    progress.say(f"[{phase}] resuming after epoch {start_epoch} from {saved.where}")
 
   step_fn = setup.train_step(phase, optimizer)
   savers = {model: ckpt_lib.ModelCheckpoints(run.checkpoints / model.name, config.checkpoint.keep)
@@ -139,9 +140,9 @@ def run_phase(setup: Setup, run: RunDir, phase: str, teacher_params, saved: resu
       run.append_metrics(record)
       if config.log_every_epoch:
         loss = f"train_loss {epoch_result.train_loss:.4f}  " if name == phase else ""
-        print(f"[{name}] epoch {epoch}/{config.epochs}  {loss}val_loss {metrics['val_loss']:.4f}  "
-              f"val_top1 {metrics['val_top1']:.2f}%  val_top5 {metrics['val_top5']:.2f}%  "
-              f"({epoch_result.seconds:.1f} s)", flush=True)
+        progress.say(f"[{name}] epoch {epoch}/{config.epochs}  {loss}val_loss {metrics['val_loss']:.4f}  "
+                     f"val_top1 {metrics['val_top1']:.2f}%  val_top5 {metrics['val_top5']:.2f}%  "
+                     f"({epoch_result.seconds:.1f} s)")
     trained = results[phase]
     trained.train_seconds += epoch_result.seconds
     trained.train_images += setup.num_train

@@ -9,6 +9,7 @@ from ml_collections import config_flags
 
 from kdjax import cli
 from kdjax import experiment
+from kdjax import progress
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A config file, e.g. configs/ema.py.",
                                           lock_config=True)
@@ -21,7 +22,9 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
   cli.quiet_stderr()
-  sys.exit(cli.run_main("kdjax", lambda: experiment.train_and_evaluate(_CONFIG.value, _WORKDIR.value)))
+  with progress.printing(sys.stdout):  # the run's lines (the kdjax logger) on stdout
+    code = cli.run_main("kdjax", lambda: experiment.train_and_evaluate(_CONFIG.value, _WORKDIR.value))
+  sys.exit(code)
 
 
 if __name__ == "__main__":

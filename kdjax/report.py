@@ -17,6 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
 
 from kdjax import evaluate
+from kdjax import progress
 from kdjax.phases import TEACHER_EMA
 
 TEACHER, BASELINE, KD, KD_EMA = ("teacher", "student_ce", "student_kd", "student_kd_ema")
@@ -176,9 +177,9 @@ def plot_curves(results, path) -> None:
 
 
 def write(run, report: dict, results) -> None:
-  """Writes report.json, report.md and curves.png into the run directory and prints the table."""
+  """Writes report.json, report.md and curves.png into the run directory and says the table."""
   run.write_json("report.json", report)
   text = markdown(report)
   run.file("report.md").write_text(text)
   plot_curves(results, run.file("curves.png"))
-  print(text, flush=True)
+  progress.say(text)
