@@ -1,7 +1,7 @@
 """The study's configuration: every field with its default, and the checks that stop a bad value.
 
-Configs in configs/ start from `default_config()` and change a few fields; `validate` raises ConfigError with
-one line naming the field.
+The configs in kdjax/configs/ start from `default_config()` and change a few fields; `validate` raises
+ConfigError with one line naming the field.
 """
 
 import json
