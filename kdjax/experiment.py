@@ -16,6 +16,7 @@ All students start from the same initial weights and see the same batches in the
 """
 
 import dataclasses
+import pathlib
 import time
 
 from kdjax import checkpoints as ckpt_lib
@@ -25,6 +26,7 @@ from kdjax import phases
 from kdjax import progress
 from kdjax import report as report_lib
 from kdjax import resume
+from kdjax import tensorboard
 from kdjax import train
 from kdjax.report import ModelResult
 from kdjax.rundir import RunDir
@@ -81,7 +83,7 @@ def save_phase(setup: Setup, savers: dict, state: train.TrainState, phase: str, 
 
 
 def run_phase(setup: Setup, run: RunDir, phase: str, teacher_params, saved: resume.SavedPhase | None,
-              config_dict: dict) -> PhaseOutcome:
+              config_dict: dict, events: tensorboard.Events) -> PhaseOutcome:
   """Trains `phase` (or continues it after `saved`, or loads it when `saved` is its last epoch)."""
   config, spec = setup.config, phases.PHASES[phase]
   optimizer = setup.optimizer()
@@ -119,6 +121,7 @@ def run_phase(setup: Setup, run: RunDir, phase: str, teacher_params, saved: resu
             for model in tracked if model.own_checkpoint}
   for saver in savers.values():
     saver.delete_after(start_epoch)  # epochs of an interrupted attempt that the phase's own save lacks
+  events.start_phase([model.name for model in tracked], int(state.step))
 
   for epoch in range(start_epoch + 1, config.epochs + 1):
     order = data_lib.epoch_order(setup.num_train, config.seed, epoch)
@@ -130,19 +133,24 @@ def run_phase(setup: Setup, run: RunDir, phase: str, teacher_params, saved: resu
     except train.DivergenceError as error:
       raise train.DivergenceError(f"phase {phase}, epoch {epoch}: {error}") from None
     step = int(state.step)
+    events.step_losses(phase, step - epoch_result.steps + 1, epoch_result.step_losses)
     for name, metrics in evaluate_all(state).items():
       record = {"phase": phase, "model": name, "epoch": epoch,
                 "train_loss": epoch_result.train_loss if name == phase else None,
                 "val_loss": metrics["val_loss"], "val_top1": metrics["val_top1"],
-                "val_top5": metrics["val_top5"], "step": step, "seconds": epoch_result.seconds}
+                "val_top5": metrics["val_top5"], "step": step, "seconds": epoch_result.seconds,
+                "train_top1": epoch_result.train_top1 if name == phase else None}
       results[name].epochs.append({k: record[k] for k in ("epoch", "train_loss", "val_loss", "val_top1")})
       records.append(record)
       run.append_metrics(record)
+      events.epoch(name, step, record)
       if config.log_every_epoch:
-        loss = f"train_loss {epoch_result.train_loss:.4f}  " if name == phase else ""
-        progress.say(f"[{name}] epoch {epoch}/{config.epochs}  {loss}val_loss {metrics['val_loss']:.4f}  "
+        trained = (f"train_loss {epoch_result.train_loss:.4f}  train_top1 {epoch_result.train_top1:.2f}%  "
+                   if name == phase else "")
+        progress.say(f"[{name}] epoch {epoch}/{config.epochs}  {trained}val_loss {metrics['val_loss']:.4f}  "
                      f"val_top1 {metrics['val_top1']:.2f}%  val_top5 {metrics['val_top5']:.2f}%  "
                      f"({epoch_result.seconds:.1f} s)")
+    events.flush()
     trained = results[phase]
     trained.train_seconds += epoch_result.seconds
     trained.train_images += setup.num_train
@@ -152,6 +160,7 @@ def run_phase(setup: Setup, run: RunDir, phase: str, teacher_params, saved: resu
       save_phase(setup, savers, state, phase, epoch, results, records, config_dict)
   for saver in savers.values():
     saver.close()
+  events.close()
   outcome.state = state
   return outcome
 
@@ -164,6 +173,7 @@ def train_and_evaluate(config, workdir) -> dict:
   """
   start = time.perf_counter()
   config_lib.validate(config)
+  events = tensorboard.Events(pathlib.Path(workdir) / "tensorboard", config.log_every_steps)
   run = RunDir(workdir)
   config_dict = resume.config_json(config)
   config_changes = resume.check_config(run, config_dict, config.checkpoint.allow_config_change)
@@ -179,19 +189,22 @@ def train_and_evaluate(config, workdir) -> dict:
   results: dict[str, ModelResult] = {}
   loaded, resumed = {}, {}
   teacher_params = None
-  for phase in names:
-    if phase not in trained_here:
-      results.update(use_teacher_source(setup, run, teacher_source))
-      teacher_params = teacher_source.params
-      continue
-    outcome = run_phase(setup, run, phase, teacher_params, saved.get(phase), config_dict)
-    results.update(outcome.results)
-    if outcome.loaded_epoch is not None:
-      loaded[phase] = outcome.loaded_epoch
-    if outcome.resumed_epoch is not None:
-      resumed[phase] = outcome.resumed_epoch
-    if phase == "teacher":
-      teacher_params = outcome.state.params
+  try:
+    for phase in names:
+      if phase not in trained_here:
+        results.update(use_teacher_source(setup, run, teacher_source))
+        teacher_params = teacher_source.params
+        continue
+      outcome = run_phase(setup, run, phase, teacher_params, saved.get(phase), config_dict, events)
+      results.update(outcome.results)
+      if outcome.loaded_epoch is not None:
+        loaded[phase] = outcome.loaded_epoch
+      if outcome.resumed_epoch is not None:
+        resumed[phase] = outcome.resumed_epoch
+      if phase == "teacher":
+        teacher_params = outcome.state.params
+  finally:
+    events.close()  # what was written stays readable after an error
 
   report_lib.compare_to_teachers(results)
   checkpoints = {"directory": str(run.checkpoints.absolute()), "loaded": loaded, "resumed": resumed,

@@ -1,14 +1,58 @@
-"""Usability of a run: the progress meter (a bar on a terminal, lines without carriage returns elsewhere) and the
-training accuracy that run_epoch reads."""
+"""Usability of a run: TensorBoard event files read back, train_top1, the progress meter (a bar on a terminal,
+lines without carriage returns elsewhere)."""
 
 import io
+import json
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from kdjax import experiment
 from kdjax import progress
+from kdjax import tensorboard
 from kdjax import train
+from kdjax.config import ConfigError
+from tests.conftest import tiny_config
+
+
+# TensorBoard, train_top1 ------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ema_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("tb")
+  config = tiny_config(phases=("teacher", "student_kd_ema"), log_every_steps=3)
+  return workdir, experiment.train_and_evaluate(config, workdir)
+
+
+def test_tensorboard_events_read_back_equal_metrics_jsonl(ema_run):
+  workdir, _ = ema_run
+  events = tensorboard.read(workdir)
+  assert set(events) == {"teacher", "student_kd_ema", "teacher_ema"}
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  for row in rows:
+    series = events[row["model"]]
+    for key, tag in {**tensorboard.TRAIN_TAGS, **tensorboard.VAL_TAGS}.items():
+      if row[key] is None:
+        assert tag not in series
+        continue
+      values = dict(series[tag])
+      assert values[row["step"]] == pytest.approx(row[key], rel=1e-6), (row["model"], tag)
+  for model in ("teacher", "student_kd_ema"):
+    steps = [step for step, _ in events[model]["train/step_loss"]]
+    assert steps == [3, 6, 9, 12, 15]  # 2 epochs of 8 steps, every 3rd
+    assert [step for step, _ in events[model]["val/top1"]] == [8, 16]
+  assert "train/step_loss" not in events["teacher_ema"]
+
+
+def test_train_top1_is_logged(ema_run):
+  workdir, _ = ema_run
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  for row in rows:
+    if row["model"] == row["phase"]:
+      assert 0 <= row["train_top1"] <= 100
+    else:
+      assert row["train_top1"] is None
 
 
 def test_run_epoch_train_top1_counts_images_not_batches():
@@ -25,6 +69,35 @@ def test_run_epoch_train_top1_counts_images_not_batches():
   assert result.train_top1 == pytest.approx(60.0)  # 6 of 10 images; the mean of batch means would be 66.7
   assert result.step_losses == [1.0, 1.0, 1.0]
 
+
+def test_resuming_rewrites_the_phase_events_once_per_step(tmp_path):
+  """A teacher run of 1 epoch, then the same workdir continued to 2 epochs: each step once in the events."""
+  workdir = tmp_path / "w"
+  experiment.train_and_evaluate(tiny_config(phases=("teacher",), epochs=1, log_every_steps=2), workdir)
+  continued = tiny_config(phases=("teacher",), epochs=2, log_every_steps=2,
+                          **{"checkpoint.allow_config_change": True})
+  experiment.train_and_evaluate(continued, workdir)
+  events = tensorboard.read(workdir)["teacher"]
+  assert [step for step, _ in events["val/top1"]] == [8, 16]
+  assert [step for step, _ in events["train/step_loss"]] == [2, 4, 6, 8, 10, 12, 14, 16]
+  assert len(tensorboard.event_files(workdir / "tensorboard" / "teacher")) == 1
+
+
+def test_events_of_an_interrupted_attempt_are_dropped(tmp_path):
+  events = tensorboard.Events(tmp_path, every_steps=1)
+  events.start_phase(["m"], 0)
+  events.step_losses("m", 1, [float(step) for step in range(1, 11)])  # an attempt that reached step 10
+  events.close()
+  events.start_phase(["m"], 4)  # resumed after the save at step 4
+  events.step_losses("m", 5, [50.0, 60.0])
+  events.close()
+  series = {scalar.step: scalar.value for scalar in tensorboard.read_scalars(tmp_path / "m")}
+  assert series == {1: 1.0, 2: 2.0, 3: 3.0, 4: 4.0, 5: 50.0, 6: 60.0}
+
+
+def test_log_every_steps_must_be_a_count(tmp_path):
+  with pytest.raises(ConfigError, match=r"^log_every_steps must be an integer >= 0"):
+    tensorboard.Events(tmp_path, every_steps=-1)
 
 # Progress: a bar on a terminal, lines in a log ------------------------------------------------------------------
 

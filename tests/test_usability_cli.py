@@ -121,7 +121,7 @@ def test_help_says_what_the_study_is_and_lists_the_configs(tmp_path):
 def test_describe_lists_every_field():
   config = configs.get("kd", epochs=4)
   text = configs.describe(config)
-  for field in ("seed", "epochs", "kd.temperature", "optimizer.name", "log_every_epoch", "teacher.checkpoint"):
+  for field in ("seed", "epochs", "kd.temperature", "optimizer.name", "log_every_steps", "teacher.checkpoint"):
     assert re.search(rf"^{re.escape(field)} = ", text, re.MULTILINE), field
   assert re.search(r"^epochs = 4 ", text, re.MULTILINE)
 
@@ -135,4 +135,6 @@ def test_a_run_from_another_folder_logs_without_carriage_returns(tmp_path):
   assert result.returncode == 0, log[-3000:]
   assert "\r" not in log and "\r" not in result.stdout
   assert "[student_kd_ema] epoch 1/1  train_loss" in result.stdout
-  assert (tmp_path / "runs" / "ema" / "report.json").exists()
+  workdir = tmp_path / "runs" / "ema"
+  assert sorted(path.name for path in (workdir / "tensorboard").iterdir()) == [
+      "student_kd_ema", "teacher", "teacher_ema"]
