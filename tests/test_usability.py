@@ -1,15 +1,17 @@
 """Usability of a run: TensorBoard event files read back, train_top1, the progress meter (a bar on a terminal,
-lines without carriage returns elsewhere)."""
+lines without carriage returns elsewhere), curves.png."""
 
 import io
 import json
 
 import jax.numpy as jnp
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
 from kdjax import experiment
 from kdjax import progress
+from kdjax import report as report_lib
 from kdjax import tensorboard
 from kdjax import train
 from kdjax.config import ConfigError
@@ -137,3 +139,31 @@ def test_progress_is_silent_unless_someone_listens_or_when_off():
   with progress.printing(io.StringIO()):
     assert progress.EpochProgress("x", 1, 1, enabled=False, stream=stream).mode is None
   assert stream.getvalue() == ""
+
+
+# curves.png -------------------------------------------------------------------------------------------------------
+
+def _result(name, phase, net, epochs, train_loss=True):
+  rows = [{"epoch": epoch, "train_loss": (1.0 / epoch if train_loss else None), "val_loss": 1.0,
+           "val_top1": 50.0 + epoch} for epoch in range(1, epochs + 1)]
+  return report_lib.ModelResult(name=name, net=net, phase=phase, params=1, flops_per_image=1, epochs=rows,
+                                final=dict(rows[-1]))
+
+
+def test_curves_single_epoch_panels_and_integer_ticks():
+  results = {"teacher": _result("teacher", "teacher", "teacher", 1),
+             "student_kd": _result("student_kd", "student_kd", "student", 1),
+             "student_kd_ema": _result("student_kd_ema", "student_kd_ema", "student", 1),
+             "teacher_ema": _result("teacher_ema", "student_kd_ema", "teacher", 1, train_loss=False)}
+  figure = report_lib.curves_figure(results)
+  panels = {axis.get_title(): axis for axis in figure.axes if axis.get_visible()}
+  assert list(panels) == ["train loss: cross-entropy on labels", "train loss: KD objective",
+                          "validation top-1", "the seed's EMA loop: validation top-1"]
+  legend = lambda title: [text.get_text() for text in panels[title].get_legend().get_texts()]
+  assert legend("train loss: cross-entropy on labels") == ["teacher"]
+  assert legend("train loss: KD objective") == ["student_kd", "student_kd_ema"]
+  assert legend("the seed's EMA loop: validation top-1")[:2] == ["student_kd_ema", "teacher_ema"]
+  for axis in panels.values():
+    ticks = [tick for tick in axis.get_xticks() if axis.get_xlim()[0] <= tick <= axis.get_xlim()[1]]
+    assert ticks == [1.0], axis.get_title()
+  plt.close(figure)

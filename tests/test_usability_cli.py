@@ -136,5 +136,6 @@ def test_a_run_from_another_folder_logs_without_carriage_returns(tmp_path):
   assert "\r" not in log and "\r" not in result.stdout
   assert "[student_kd_ema] epoch 1/1  train_loss" in result.stdout
   workdir = tmp_path / "runs" / "ema"
+  assert "![curves](curves.png)" in (workdir / "report.md").read_text()
   assert sorted(path.name for path in (workdir / "tensorboard").iterdir()) == [
       "student_kd_ema", "teacher", "teacher_ema"]
