@@ -1,14 +1,21 @@
-"""Usability of a run: TensorBoard event files read back, train_top1, the progress meter (a bar on a terminal,
-lines without carriage returns elsewhere), curves.png."""
+"""Usability of a run: the Python API (the README's snippet), TensorBoard event files read back, train_top1,
+the progress meter (a bar on a terminal, lines without carriage returns elsewhere), curves.png."""
 
 import io
 import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
 
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
+import kdjax
+from kdjax import configs
 from kdjax import experiment
 from kdjax import progress
 from kdjax import report as report_lib
@@ -16,6 +23,75 @@ from kdjax import tensorboard
 from kdjax import train
 from kdjax.config import ConfigError
 from tests.conftest import tiny_config
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+# The Python API ---------------------------------------------------------------------------------------------------
+
+def test_configs_get_overrides_and_one_line_errors():
+  config = configs.get("ema", epochs=3, kd={"temperature": 2.0}, **{"data.image_size": 32})
+  assert (config.epochs, config.kd.temperature, config.data.image_size) == (3, 2.0, 32)
+  with pytest.raises(kdjax.ConfigError, match=r"^config\.kd\.temprature: no such config field; did you mean "
+                                              r"kd\.temperature\?"):
+    configs.get("ema", kd={"temprature": 2.0})
+  with pytest.raises(kdjax.ConfigError, match=r"^config\.epochs must be of type int, got 'two'$"):
+    configs.get("ema", epochs="two")
+  with pytest.raises(AttributeError):  # locked: a typo cannot add a field
+    config.kd.temprature = 3.0
+
+
+def test_import_kdjax_loads_no_jax(tmp_path):
+  code = ("import sys, kdjax; kdjax.configs.get('ema'); kdjax.ConfigError; "
+          "print(sorted(m for m in ('jax', 'tensorflow_datasets', 'tensorboardX') if m in sys.modules))")
+  result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                          capture_output=True, text=True, timeout=60)
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.strip() == "[]"
+
+
+def readme_block(marker: str) -> str:
+  text = (ROOT / "README.md").read_text()
+  match = re.search(rf"<!-- {marker} -->\n```python\n(.*?)```", text, re.DOTALL)
+  assert match, f"README.md has no python block after <!-- {marker} -->"
+  return match[1]
+
+
+def test_readme_api_snippet_runs_and_prints_nothing_else(tmp_path, monkeypatch, capfd):
+  """The README's snippet, verbatim, with kdjax.configs.get shrunk to the tiny test data and two phases."""
+  real_get = configs.get
+
+  def tiny_get(name, **overrides):
+    config = real_get(name, **overrides)
+    for field, value in {"data.image_size": 16, "data.max_train_examples": 96, "data.max_val_examples": 48,
+                         "batch_size": 32, "epochs": 1, "phases": ("teacher", "student_kd_ema")}.items():
+      configs.override(config, field, value)
+    return config
+
+  monkeypatch.setattr(configs, "get", tiny_get)
+  monkeypatch.chdir(tmp_path)
+  namespace = {}
+  exec(compile(readme_block("test:api"), "README.md (test:api)", "exec"), namespace)
+  out, err = capfd.readouterr()
+  report = namespace["report"]
+  assert json.loads(json.dumps(report)) == json.loads((tmp_path / "runs/notebook/report.json").read_text())
+  assert out.splitlines() == [f"{name:16} {model['val_top1']:6.2f} %" for name, model in report["models"].items()]
+  assert list(report["models"]) == ["teacher", "student_kd_ema", "teacher_ema"]
+  assert "\r" not in err and "epoch" not in err  # no bar, no lines: the run itself said nothing
+
+
+def test_run_verbose_prints_the_lines_and_raises_one_line_errors(tmp_path, capfd):
+  config = tiny_config(phases=("teacher",), epochs=1)
+  config.log_every_epoch = True
+  kdjax.run(config, tmp_path / "w", verbose=True)
+  out, _ = capfd.readouterr()
+  assert "[teacher] epoch 1/1  train_loss" in out and "| teacher |" in out
+  with pytest.raises(kdjax.ConfigError, match=r"^kd\.temperature must be > 0"):
+    kdjax.run(tiny_config(**{"kd.temperature": -1.0}), tmp_path / "bad")
+  assert not (tmp_path / "bad").exists()
+  missing = tmp_path / "no_images"
+  with pytest.raises(kdjax.DataError, match=rf"^data\.manual_dir: {re.escape(str(missing))} does not exist$"):
+    kdjax.run(tiny_config(**{"data.name": "image_folder", "data.manual_dir": str(missing)}), tmp_path / "w2")
 
 
 # TensorBoard, train_top1 ------------------------------------------------------------------------------------------
