@@ -81,7 +81,10 @@ def main(argv):
   if _SHOW_CONFIG.value:
     changed = list(flags.FLAGS["config"].override_values)
     source = flags.FLAGS["config"].config_filename + (f"; changed: {', '.join(changed)}" if changed else "")
-    print(configs.describe(config, source))
+    try:
+      print(configs.describe(config, source), flush=True)
+    except BrokenPipeError:  # e.g. `--show_config | head`
+      cli.exit_now(0)
     return
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
   cli.quiet_stderr()

@@ -57,16 +57,16 @@ def path(value: str) -> pathlib.Path:
   naming the shipped configs when there is none."""
   if not value:
     raise ConfigError(f"config: empty; give a file or one of the shipped configs ({', '.join(available())})")
-  given = pathlib.Path(value).expanduser()
-  if given.is_file():
-    return given.resolve()
+  candidate = pathlib.Path(value).expanduser()
+  if candidate.is_file():
+    return candidate.resolve()
   name = _shipped_name(value)
   if name is not None:
     return _HERE / f"{name}.py"
   near = difflib.get_close_matches(pathlib.PurePath(value).stem, list(available()), n=1)
   hint = f"; did you mean {near[0]}.py?" if near else ""
   raise ConfigError(f"config {value}: no such file, and not a shipped config "
-                    f"({', '.join(f'{name}.py' for name in available())}){hint}")
+                    f"({', '.join(f'{shipped}.py' for shipped in available())}){hint}")
 
 
 def _module(file: pathlib.Path):
@@ -192,36 +192,34 @@ def describe(config: ml_collections.ConfigDict, source: str = "") -> str:
   return "\n".join(lines)
 
 
+def _flag_values(argv: list[str], flag: str):
+  """(index of the value, the value) of each `--FLAG X` / `--FLAG=X` in argv (None for a value that is missing)."""
+  for index, arg in enumerate(argv):
+    match = re.match(rf"^--?{re.escape(flag)}(=(.*))?$", arg)
+    if match and match[1] is not None:
+      yield index, match[2]
+    elif match:
+      yield index + 1, (argv[index + 1] if index + 1 < len(argv) else None)
+
+
+def given(argv: list[str], flag: str = "config") -> str | None:
+  """The value of --FLAG in argv (the last one), else None."""
+  values = [value for _, value in _flag_values(argv, flag)]
+  return values[-1] if values else None
+
+
 def resolve_flag(argv: list[str], flag: str = "config") -> list[str]:
   """argv with the value of --FLAG (`--config X` or `--config=X`) replaced by the config file's absolute path
   (and its `:ARG`), for a command line that loads it with ml_collections' DEFINE_config_file. ConfigError
   when the value names no config."""
   resolved = list(argv)
-  pattern = re.compile(rf"^--?{re.escape(flag)}(=(.*))?$")
-  for index, arg in enumerate(resolved):
-    match = pattern.match(arg)
-    if match is None:
-      continue
-    if match[1] is None:  # the value is the next argument
-      if index + 1 >= len(resolved):
-        raise ConfigError(f"--{flag} needs a value: a config file or one of {', '.join(available())}")
-      value_index, value = index + 1, resolved[index + 1]
-    else:
-      value_index, value = index, match[2]
+  for index, value in _flag_values(argv, flag):
+    if value is None:
+      raise ConfigError(f"--{flag} needs a value: a config file or one of {', '.join(available())}")
     file_value, argument = split_argument(value)
     resolved_value = str(path(file_value)) + ("" if argument is None else f":{argument}")
-    resolved[value_index] = resolved_value if value_index != index else f"--{flag}={resolved_value}"
+    resolved[index] = resolved_value if argv[index] == value else f"--{flag}={resolved_value}"
   return resolved
-
-
-def given(argv: list[str], flag: str = "config") -> str | None:
-  """The value of --FLAG in argv (the last one), else None."""
-  value = None
-  for index, arg in enumerate(argv):
-    match = re.match(rf"^--?{re.escape(flag)}(=(.*))?$", arg)
-    if match:
-      value = match[2] if match[1] is not None else (argv[index + 1] if index + 1 < len(argv) else None)
-  return value
 
 
 def overridden_fields(argv: list[str], flag: str = "config") -> list[str]:
