@@ -204,7 +204,7 @@ def train_and_evaluate(config, workdir) -> dict:
       if phase == "teacher":
         teacher_params = outcome.state.params
   finally:
-    events.close()  # what was written stays readable after an error
+    events.close()  # what was flushed stays readable after an error
 
   report_lib.compare_to_teachers(results)
   checkpoints = {"directory": str(run.checkpoints.absolute()), "loaded": loaded, "resumed": resumed,

@@ -1,5 +1,5 @@
-"""TensorBoard event files, written with tensorboardX (no TensorFlow): WORKDIR/tensorboard/<model>/, one
-TensorBoard run per report row, so the models' curves share each chart.
+"""TensorBoard event files without TensorFlow (tensorboardX's protobufs and record CRC):
+WORKDIR/tensorboard/<model>/, one TensorBoard run per report row, so the models' curves share each chart.
 
     tensorboard --logdir runs/            (pip install 'kdjax[tensorboard]'; not needed to write the files)
 
@@ -15,10 +15,13 @@ models' files, keeping the events up to the step it starts from and dropping tho
 
 import dataclasses
 import pathlib
+import socket
 import struct
+import time
 import uuid
 
 from kdjax.config import ConfigError
+from kdjax.rundir import WriteError
 
 TRAIN_TAGS = {"train_loss": "train/loss", "train_top1": "train/top1"}
 VAL_TAGS = {"val_loss": "val/loss", "val_top1": "val/top1", "val_top5": "val/top5"}
@@ -33,11 +36,12 @@ class Scalar:
   wall_time: float
 
 
-def _event_pb2():
+def _protos():
   # Imported when first needed: tensorboardX imports torch when it is installed (2 s), which `import kdjax` and
   # --help should not pay.
-  from tensorboardX.proto import event_pb2
-  return event_pb2
+  from tensorboardX.proto import event_pb2, summary_pb2
+  from tensorboardX.record_writer import masked_crc32c
+  return event_pb2, summary_pb2, masked_crc32c
 
 
 def _records(path: pathlib.Path):
@@ -54,13 +58,19 @@ def _records(path: pathlib.Path):
       yield payload
 
 
+def _record(payload: bytes, masked_crc32c) -> bytes:
+  header = struct.pack("<Q", len(payload))
+  return (header + struct.pack("<I", masked_crc32c(header)) + payload
+          + struct.pack("<I", masked_crc32c(payload)))
+
+
 def event_files(folder: pathlib.Path) -> list[pathlib.Path]:
   return sorted(folder.glob("events.out.tfevents.*")) if folder.is_dir() else []
 
 
 def read_scalars(folder) -> list[Scalar]:
   """Every scalar in the event files of one model's folder, in the order written."""
-  event_pb2 = _event_pb2()
+  event_pb2 = _protos()[0]
   scalars = []
   for file in event_files(pathlib.Path(folder)):
     for payload in _records(file):
@@ -82,47 +92,64 @@ def read(workdir) -> dict[str, dict[str, list[tuple[int, float]]]]:
   return runs
 
 
-class _ModelWriter:
-  """One model's folder: the events kept from before `start_step` rewritten into a new file, then appended."""
+class _EventFile:
+  """One model's event file of this attempt. The events kept from before `start_step` are copied into it, then
+  the earlier files removed. Events are appended at each `flush`, the file is never held open in between: no
+  writer thread, and a failing disk is a WriteError here, not a traceback from elsewhere."""
 
   def __init__(self, folder: pathlib.Path, start_step: int):
-    from tensorboardX import SummaryWriter  # see _event_pb2
+    self.event_pb2, self.summary_pb2, self.masked_crc32c = _protos()
     earlier = event_files(folder)
     kept = [scalar for scalar in read_scalars(folder) if scalar.step <= start_step]
-    # A unique suffix: a new file never takes the name of one it replaces (the name holds the second only).
-    self.writer = SummaryWriter(str(folder), flush_secs=60, filename_suffix=f".{uuid.uuid4().hex[:8]}")
+    # The name TensorBoard looks for; the random part keeps a new file from taking the name of one it replaces.
+    self.path = folder / f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{uuid.uuid4().hex[:8]}"
+    self.pending = [self.event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2")]
     for scalar in kept:
-      self.writer.add_scalar(scalar.tag, scalar.value, scalar.step, walltime=scalar.wall_time)
-    self.writer.flush()
-    for file in earlier:  # after the rewrite is on disk
+      self.add(scalar.tag, scalar.value, scalar.step, scalar.wall_time)
+    self.flush()
+    for file in earlier:  # after the copy is on disk
       file.unlink(missing_ok=True)
 
-  def add(self, tag: str, value: float, step: int) -> None:
-    self.writer.add_scalar(tag, float(value), step)
+  def add(self, tag: str, value: float, step: int, wall_time: float | None = None) -> None:
+    summary = self.summary_pb2.Summary(value=[self.summary_pb2.Summary.Value(tag=tag, simple_value=float(value))])
+    self.pending.append(self.event_pb2.Event(wall_time=time.time() if wall_time is None else wall_time, step=step,
+                                             summary=summary))
+
+  def flush(self) -> None:
+    if not self.pending:
+      return
+    data = b"".join(_record(event.SerializeToString(), self.masked_crc32c) for event in self.pending)
+    try:
+      self.path.parent.mkdir(parents=True, exist_ok=True)
+      with self.path.open("ab") as stream:
+        stream.write(data)
+    except OSError as error:
+      raise WriteError(f"cannot write {self.path}: {error.strerror or error}") from None
+    self.pending = []
 
 
 class Events:
-  """The TensorBoard files of one run: `start_phase` when a phase trains, `epoch` and `step_losses` after each
-  epoch, `close` at the end (also after an error: what was written stays)."""
+  """The TensorBoard files of one run: `start_phase` when a phase trains; after each epoch `epoch` and
+  `step_losses`, then `flush` (the epoch's events on disk); `close` at the end, also after an error."""
 
   def __init__(self, folder, every_steps: int):
     if not isinstance(every_steps, int) or isinstance(every_steps, bool) or every_steps < 0:
       raise ConfigError(f"log_every_steps must be an integer >= 0 (0 = no step-level loss), got {every_steps!r}")
     self.folder = pathlib.Path(folder)
     self.every_steps = every_steps
-    self.writers: dict[str, _ModelWriter] = {}
+    self.files: dict[str, _EventFile] = {}
 
   def start_phase(self, models, start_step: int) -> None:
-    """Opens the writers of a phase's models; the phase continues after `start_step` (0 when fresh)."""
+    """Opens the event files of a phase's models; the phase continues after `start_step` (0 when fresh)."""
     self.close()
     for name in models:
-      self.writers[name] = _ModelWriter(self.folder / name, start_step)
+      self.files[name] = _EventFile(self.folder / name, start_step)
 
   def epoch(self, model: str, step: int, record: dict) -> None:
     """The epoch's scalars of `model` from its metrics.jsonl record (None values skipped)."""
     for key, tag in {**TRAIN_TAGS, **VAL_TAGS}.items():
       if record.get(key) is not None:
-        self.writers[model].add(tag, record[key], step)
+        self.files[model].add(tag, record[key], step)
 
   def step_losses(self, model: str, first_step: int, losses) -> None:
     """`losses[i]` is the loss of step first_step + i; every every_steps-th step is written."""
@@ -131,13 +158,13 @@ class Events:
     for offset, loss in enumerate(losses):
       step = first_step + offset
       if step % self.every_steps == 0:
-        self.writers[model].add(STEP_LOSS_TAG, loss, step)
+        self.files[model].add(STEP_LOSS_TAG, loss, step)
 
   def flush(self) -> None:
-    for model_writer in self.writers.values():
-      model_writer.writer.flush()
+    for event_file in self.files.values():
+      event_file.flush()
 
   def close(self) -> None:
-    for model_writer in self.writers.values():
-      model_writer.writer.close()
-    self.writers = {}
+    """Forgets the phase's files. What `flush` wrote stays; events added since are dropped: the epoch they
+    belong to did not finish (and a second write error must not hide the first)."""
+    self.files = {}

@@ -165,9 +165,12 @@ def test_events_of_an_interrupted_attempt_are_dropped(tmp_path):
   events = tensorboard.Events(tmp_path, every_steps=1)
   events.start_phase(["m"], 0)
   events.step_losses("m", 1, [float(step) for step in range(1, 11)])  # an attempt that reached step 10
+  events.flush()
+  events.step_losses("m", 11, [11.0])  # not flushed: its epoch did not finish
   events.close()
   events.start_phase(["m"], 4)  # resumed after the save at step 4
   events.step_losses("m", 5, [50.0, 60.0])
+  events.flush()
   events.close()
   series = {scalar.step: scalar.value for scalar in tensorboard.read_scalars(tmp_path / "m")}
   assert series == {1: 1.0, 2: 2.0, 3: 3.0, 4: 4.0, 5: 50.0, 6: 60.0}
