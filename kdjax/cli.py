@@ -47,6 +47,9 @@ class _DropClosedLoopTracebacks(io.TextIOBase):
   def fileno(self) -> int:
     return self.stream.fileno()
 
+  def isatty(self) -> bool:  # progress bars go to a terminal only
+    return self.stream.isatty()
+
   @property
   def encoding(self):
     return self.stream.encoding

@@ -1,7 +1,7 @@
 """The study's configuration: every field with its default, and the checks that stop a bad value.
 
-Configs in configs/ start from `default_config()` and change a few fields; `validate` raises ConfigError with
-one line naming the field.
+The configs in kdjax/configs/ start from `default_config()` and change a few fields; `validate` raises
+ConfigError with one line naming the field.
 """
 
 import json
@@ -21,8 +21,9 @@ def default_config() -> ml_collections.ConfigDict:
   config.batch_size = 64
   config.eval_batch_size = 500
   config.phases = ("teacher", "student_ce", "student_kd")
-  config.progress = True                # a tqdm bar per epoch
+  config.progress = True                # a progress bar per epoch (on a terminal; else a line every ~30 s)
   config.log_every_epoch = True         # the one-line summary per epoch
+  config.log_every_steps = 10           # TensorBoard: the train loss of every N-th step (0 = none)
 
   config.data = ml_collections.ConfigDict()
   config.data.name = "digits"           # the embedded set; "tiny_imagenet" for the real study (docs/data.md)
@@ -81,7 +82,7 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 # Fields that do not change what a run computes: they may differ when an existing workdir is resumed.
-RESULT_NEUTRAL = ("progress", "log_every_epoch", "checkpoint.keep", "checkpoint.every_epochs",
+RESULT_NEUTRAL = ("progress", "log_every_epoch", "log_every_steps", "checkpoint.keep", "checkpoint.every_epochs",
                   "checkpoint.allow_config_change", "data.data_dir", "data.manual_dir")
 
 

@@ -24,9 +24,11 @@ from kdjax import collapse
 from kdjax import config as config_lib
 from kdjax import data as data_lib
 from kdjax import phases
+from kdjax import progress
 from kdjax import report as report_lib
 from kdjax import resume
 from kdjax import seeds
+from kdjax import tensorboard
 from kdjax import train
 from kdjax.report import ModelResult
 from kdjax.rundir import RunDir
@@ -70,8 +72,8 @@ def use_teacher_source(setup: Setup, run: RunDir, source: resume.TeacherSource) 
   result.source = source.provenance
   result.final, result.val_logits = setup.evaluate("teacher", source.params)
   resume.keep_teacher_copy(run, source, setup.config.checkpoint.keep)
-  print(f"[teacher] loaded from {source.provenance['checkpoint']} (epoch {source.epoch}), not trained: "
-        f"val_top1 {result.final['val_top1']:.2f}% on this run's validation split", flush=True)
+  progress.say(f"[teacher] loaded from {source.provenance['checkpoint']} (epoch {source.epoch}), not trained: "
+               f"val_top1 {result.final['val_top1']:.2f}% on this run's validation split")
   return {"teacher": result}
 
 
@@ -93,7 +95,7 @@ def save_phase(setup: Setup, savers: dict, state: train.TrainState, phase: str, 
 
 
 def run_phase(setup: Setup, run: RunDir, phase: str, teacher_params, saved: resume.SavedPhase | None,
-              config_dict: dict) -> PhaseOutcome:
+              config_dict: dict, events: tensorboard.Events) -> PhaseOutcome:
   """Trains `phase` (or continues it after `saved`, or loads it when `saved` is its last epoch)."""
   config, spec = setup.config, phases.phase(phase)
   optimizer = setup.optimizer()
@@ -132,17 +134,18 @@ def run_phase(setup: Setup, run: RunDir, phase: str, teacher_params, saved: resu
     if start_epoch >= config.epochs:   # evaluated (and checked against its record) by read_saved_phases
       for name, (final, logits) in saved.evaluated.items():
         results[name].final, results[name].val_logits = final, logits
-      print(f"[{phase}] finished earlier: loaded epoch {start_epoch} from {saved.where}", flush=True)
+      progress.say(f"[{phase}] finished earlier: loaded epoch {start_epoch} from {saved.where}")
       outcome.state, outcome.loaded_epoch = state, start_epoch
       return outcome
     outcome.resumed_epoch = start_epoch
-    print(f"[{phase}] resuming after epoch {start_epoch} from {saved.where}", flush=True)
+    progress.say(f"[{phase}] resuming after epoch {start_epoch} from {saved.where}")
 
   step_fn = setup.train_step(phase, optimizer)
   savers = {model: ckpt_lib.ModelCheckpoints(run.checkpoints / model.name, config.checkpoint.keep)
             for model in tracked if model.own_checkpoint}
   for saver in savers.values():
     saver.delete_after(start_epoch)  # epochs of an interrupted attempt that the phase's own save lacks
+  events.start_phase([model.name for model in tracked], int(state.step))
 
   if ema_teacher is not None and start_epoch == 0:
     diagnose(state, 0, None)
@@ -159,6 +162,7 @@ def run_phase(setup: Setup, run: RunDir, phase: str, teacher_params, saved: resu
     except train.DivergenceError as error:
       raise diverged(config, phase, epoch, error) from None
     step = int(state.step)
+    events.step_losses(phase, step - epoch_result.steps + 1, epoch_result.step_losses)
     evaluated = evaluate_all(state)
     if ema_teacher is not None:
       diagnose(state, epoch, epoch_result.train_loss,
@@ -167,15 +171,19 @@ def run_phase(setup: Setup, run: RunDir, phase: str, teacher_params, saved: resu
       record = {"phase": phase, "model": name, "epoch": epoch,
                 "train_loss": epoch_result.train_loss if name == phase else None,
                 "val_loss": metrics["val_loss"], "val_top1": metrics["val_top1"],
-                "val_top5": metrics["val_top5"], "step": step, "seconds": epoch_result.seconds}
+                "val_top5": metrics["val_top5"], "step": step, "seconds": epoch_result.seconds,
+                "train_top1": epoch_result.train_top1 if name == phase else None}
       results[name].epochs.append({k: record[k] for k in ("epoch", "train_loss", "val_loss", "val_top1")})
       records.append(record)
       run.append_metrics(record)
+      events.epoch(name, step, record)
       if config.log_every_epoch:
-        loss = f"train_loss {epoch_result.train_loss:.4f}  " if name == phase else ""
-        print(f"[{name}] epoch {epoch}/{config.epochs}  {loss}val_loss {metrics['val_loss']:.4f}  "
-              f"val_top1 {metrics['val_top1']:.2f}%  val_top5 {metrics['val_top5']:.2f}%  "
-              f"({epoch_result.seconds:.1f} s)", flush=True)
+        trained = (f"train_loss {epoch_result.train_loss:.4f}  train_top1 {epoch_result.train_top1:.2f}%  "
+                   if name == phase else "")
+        progress.say(f"[{name}] epoch {epoch}/{config.epochs}  {trained}val_loss {metrics['val_loss']:.4f}  "
+                     f"val_top1 {metrics['val_top1']:.2f}%  val_top5 {metrics['val_top5']:.2f}%  "
+                     f"({epoch_result.seconds:.1f} s)")
+    events.flush()
     trained = results[phase]
     trained.train_seconds += epoch_result.seconds
     trained.train_images += setup.num_train
@@ -185,6 +193,7 @@ def run_phase(setup: Setup, run: RunDir, phase: str, teacher_params, saved: resu
       save_phase(setup, savers, state, phase, epoch, results, records, config_dict)
   for saver in savers.values():
     saver.close()
+  events.close()
   outcome.state = state
   return outcome
 
@@ -213,7 +222,7 @@ def _run_locked(config, run: RunDir, start: float) -> dict:
                     if config.teacher.checkpoint else None)
   names = phases_to_run(config, teacher_source)
   if [name for name in names if name in config.phases] != list(config.phases):
-    print(f"kdjax: note: phases run in dependency order: {', '.join(names)}", flush=True)
+    progress.say(f"kdjax: note: phases run in dependency order: {', '.join(names)}")
   trained_here = [name for name in names if not (name == "teacher" and teacher_source is not None)]
   saved, saved_changes = resume.read_saved_phases(run, setup, trained_here, config_dict,
                                                   config.checkpoint.allow_config_change)
@@ -228,19 +237,23 @@ def _run_locked(config, run: RunDir, start: float) -> dict:
   results: dict[str, ModelResult] = {}
   loaded, resumed = {}, {}
   teacher_params = None
-  for phase in names:
-    if phase not in trained_here:
-      results.update(use_teacher_source(setup, run, teacher_source))
-      teacher_params = teacher_source.params
-      continue
-    outcome = run_phase(setup, run, phase, teacher_params, saved.get(phase), config_dict)
-    results.update(outcome.results)
-    if outcome.loaded_epoch is not None:
-      loaded[phase] = outcome.loaded_epoch
-    if outcome.resumed_epoch is not None:
-      resumed[phase] = outcome.resumed_epoch
-    if phase == "teacher":
-      teacher_params = outcome.state.params
+  events = tensorboard.Events(run.path / "tensorboard", config.log_every_steps)
+  try:
+    for phase in names:
+      if phase not in trained_here:
+        results.update(use_teacher_source(setup, run, teacher_source))
+        teacher_params = teacher_source.params
+        continue
+      outcome = run_phase(setup, run, phase, teacher_params, saved.get(phase), config_dict, events)
+      results.update(outcome.results)
+      if outcome.loaded_epoch is not None:
+        loaded[phase] = outcome.loaded_epoch
+      if outcome.resumed_epoch is not None:
+        resumed[phase] = outcome.resumed_epoch
+      if phase == "teacher":
+        teacher_params = outcome.state.params
+  finally:
+    events.close()  # what was flushed stays readable after an error
 
   report_lib.compare_to_teachers(results)
   checkpoints = {"directory": str(run.checkpoints.absolute()), "loaded": loaded, "resumed": resumed,

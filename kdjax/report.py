@@ -1,5 +1,6 @@
 """The study's answer: report.json (numbers), report.md (a table and a plain-language answer computed from
-the numbers), curves.png (train loss and validation top-1 per epoch).
+the numbers), curves.png (train losses, CE and KD apart; validation top-1; the EMA-updated teacher beside its
+student).
 
 A ModelResult per report row is filled in while the phases run; `compare_to_teachers` adds each student's
 agreement with and KL to the teacher once every phase is done; `build` makes report.json's content.
@@ -15,11 +16,14 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
+from matplotlib import ticker  # noqa: E402
 
 from kdjax import collapse
 from kdjax import evaluate
+from kdjax import phases
+from kdjax import progress
 from kdjax import sweep
-from kdjax.phases import TEACHER_EMA
+from kdjax.phases import EMA_WEIGHTS_SUFFIX, TEACHER_EMA
 
 TEACHER, BASELINE, KD, KD_EMA = ("teacher", "student_ce", "student_kd", "student_kd_ema")
 
@@ -162,6 +166,7 @@ def markdown(report: dict) -> str:
   if comparisons:
     comparisons = ["", "Paired differences in top-1:", "", *comparisons]
   lines += ["", answer(models), *(["", *sources] if sources else []), *comparisons, *ema_sections(report), "",
+            "![curves](curves.png)", "",
             f"Environment: jax {env['jax']}, flax {env['flax']}, backend {env['backend']}, "
             f"devices {', '.join(env['devices'])}.", ""]
   return "\n".join(lines)
@@ -206,28 +211,67 @@ def extra_plots(report: dict, run) -> None:
     collapse.plot(diagnostics, run.file("ema_collapse.png"))
 
 
-def plot_curves(results, path) -> None:
-  figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(11, 4))
-  for name, result in results.items():
-    epochs = [row["epoch"] for row in result.epochs]
-    if all(row["train_loss"] is not None for row in result.epochs):
-      loss_axis.plot(epochs, [row["train_loss"] for row in result.epochs], marker="o", label=name)
-    accuracy_axis.plot(epochs, [row["val_top1"] for row in result.epochs], marker="o", label=name)
-  loss_axis.set(title="train loss", xlabel="epoch", ylabel="mean loss (CE or KD)")
-  accuracy_axis.set(title="validation top-1", xlabel="epoch", ylabel="%")
-  for axis in (loss_axis, accuracy_axis):
+def _loss_kind(result) -> str | None:
+  """"ce" or "kd" for a model with train losses (its phase's own model), else None."""
+  if result.name != result.phase or not result.epochs:
+    return None
+  if any(row.get("train_loss") is None for row in result.epochs):
+    return None
+  return "ce" if phases.phase(result.phase).step_kind == "ce" else "kd"
+
+
+def curves_figure(results):
+  """curves.png's figure: the train losses, cross-entropy and KD apart (their scales differ by orders of
+  magnitude), validation top-1 of every model, and the seed's EMA loop: the EMA-updated teacher beside its
+  student. Epochs are whole numbers on every x axis."""
+  # A model's "(EMA weights)" row: its model's colour, dashed.
+  base = {name: name.removesuffix(EMA_WEIGHTS_SUFFIX) for name in results}
+  colors = {name: f"C{index % 10}" for index, name in enumerate(dict.fromkeys(base.values()))}
+  panels = []
+  for kind, title in (("ce", "train loss: cross-entropy on labels"),
+                      ("kd", "train loss: KD objective")):
+    names = [name for name, result in results.items() if _loss_kind(result) == kind]
+    if names:
+      panels.append((title, "mean loss", [(name, "train_loss", "-") for name in names], None))
+  panels.append(("validation top-1", "%", [(name, "val_top1", "-" if base[name] == name else "--")
+                                           for name in results], None))
+  if TEACHER_EMA in results and KD_EMA in results:
+    reference = results[TEACHER].final.get("val_top1") if TEACHER in results else None
+    panels.append(("the seed's EMA loop: validation top-1", "%",
+                   [(KD_EMA, "val_top1", "-"), (TEACHER_EMA, "val_top1", "--")], reference))
+
+  columns = 2 if len(panels) > 2 else len(panels)
+  grid_rows = -(-len(panels) // columns)
+  figure, axes = plt.subplots(grid_rows, columns, figsize=(5.5 * columns, 3.8 * grid_rows), squeeze=False)
+  last_epoch = max((row["epoch"] for result in results.values() for row in result.epochs), default=1)
+  for axis, (title, ylabel, lines, reference) in zip(axes.flat, panels):
+    for name, key, style in lines:
+      epochs = results[name].epochs
+      axis.plot([row["epoch"] for row in epochs], [row[key] for row in epochs], style, marker="o",
+                color=colors[base[name]], label=name)
+    if reference is not None:
+      axis.axhline(reference, color=colors[TEACHER], linestyle=":", label=f"{TEACHER} (trained, final)")
+    axis.set(title=title, xlabel="epoch", ylabel=ylabel, xlim=(0.5, last_epoch + 0.5))
+    axis.xaxis.set_major_locator(ticker.MaxNLocator(integer=True, min_n_ticks=1))
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
+  for axis in list(axes.flat)[len(panels):]:
+    axis.set_visible(False)
   figure.tight_layout()
+  return figure
+
+
+def plot_curves(results, path) -> None:
+  figure = curves_figure(results)
   figure.savefig(path, dpi=110)
   plt.close(figure)
 
 
 def write(run, report: dict, results) -> None:
-  """Writes report.json, report.md and curves.png into the run directory and prints the table."""
+  """Writes report.json, report.md and curves.png into the run directory and says the table."""
   run.write_json("report.json", report)
   text = markdown(report)
   run.file("report.md").write_text(text)
   plot_curves(results, run.file("curves.png"))
   extra_plots(report, run)
-  print(text, flush=True)
+  progress.say(text)

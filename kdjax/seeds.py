@@ -21,6 +21,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
 
+from kdjax import progress  # noqa: E402
 from kdjax import report as report_lib  # noqa: E402
 from kdjax import statistics  # noqa: E402
 from kdjax import sweep  # noqa: E402
@@ -166,7 +167,7 @@ def run(config, workdir) -> dict:
   seeds = seed_values(config)
   reports = []
   for seed in seeds:
-    print(f"== seed {seed} ({seeds.index(seed) + 1} of {len(seeds)}) -> {seed_dir(workdir, seed)}", flush=True)
+    progress.say(f"== seed {seed} ({seeds.index(seed) + 1} of {len(seeds)}) -> {seed_dir(workdir, seed)}")
     reports.append(experiment.train_and_evaluate(seed_config(config, seed), seed_dir(workdir, seed)))
   report = build(config, reports, seeds, time.perf_counter() - start)
   run_dir.write_json("report.json", report)
@@ -174,6 +175,6 @@ def run(config, workdir) -> dict:
   run_dir.file("report.md").write_text(text)
   plot(report, run_dir.file("curves.png"))
   report_lib.extra_plots(report, run_dir)
-  print(text, flush=True)
+  progress.say(text)
   return report
 

@@ -13,7 +13,6 @@ without touching the loop.
 
 import dataclasses
 import math
-import sys
 import time
 from typing import Any, Callable
 
@@ -22,11 +21,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
 from kdjax import data as data_lib
 from kdjax import ema
 from kdjax import losses
+from kdjax import progress as progress_lib
 
 STEP_KINDS = ("ce", "kd", "kd_ema")
 
@@ -125,6 +124,8 @@ class EpochResult:
   train_loss: float      # mean of the per-step losses (each a batch mean), as the seed prints
   steps: int
   seconds: float         # wall time of the epoch's steps, evaluation excluded
+  train_top1: float = 0.0   # % of the epoch's training images classified right by the step that trained on them
+  step_losses: list = dataclasses.field(default_factory=list)   # each step's loss, in order
 
 
 def run_epoch(step_fn, state: TrainState, images, labels, order: np.ndarray, batch_size: int,
@@ -133,38 +134,45 @@ def run_epoch(step_fn, state: TrainState, images, labels, order: np.ndarray, bat
               ) -> tuple[TrainState, EpochResult]:
   """Runs the jitted `step_fn` over the batches of `order`; images/labels are device arrays.
 
-  Losses are read back one step late, so the host never waits on the step it just dispatched; a non-finite
-  loss raises DivergenceError naming its step, before any later state is kept. `after_step(state, loss)` is
-  called after every `every`-th step of the epoch (diagnostics; it may read the state, not keep it).
+  Losses (and the step's batch accuracy) are read back one step late, so the host never waits on the step it
+  just dispatched; a non-finite loss raises DivergenceError naming its step, before any later state is kept.
+  progress: show the meter (kdjax.progress: a bar on a terminal, a line every ~30 s otherwise).
+  `after_step(state, loss)` is called after every `every`-th step of the epoch but its last (diagnostics; it
+  may read the state, not keep it).
   """
   batches = data_lib.batch_indices(order, batch_size, drop_remainder)
   start = time.perf_counter()
   losses_seen: list[float] = []
+  correct = 0
   pending = None
   step_number = int(state.step)
-  bar = tqdm(total=len(batches), desc=description, leave=False, disable=not progress, file=sys.stderr,
-             dynamic_ncols=True)
+  meter = progress_lib.EpochProgress(description, len(batches), sum(len(batch) for batch in batches),
+                                     enabled=progress)
 
-  def read(pending_loss, step_number):
-    value = float(pending_loss)
+  def read(pending_metrics, step_number, batch_images):
+    nonlocal correct
+    loss, accuracy = jax.device_get((pending_metrics["loss"], pending_metrics["accuracy"]))
+    value = float(loss)
     if not math.isfinite(value):
-      bar.close()
+      meter.close()
       raise DivergenceError(f"{description}: non-finite training loss ({value}) at step {step_number}")
     losses_seen.append(value)
-    bar.set_postfix(loss=f"{value:.4f}", refresh=False)
-    bar.update(1)
+    correct += round(float(accuracy) * batch_images)  # the batch mean back to a count
+    meter.update(batch_images, value)
 
   for count, indices in enumerate(batches, start=1):
     state, metrics = step_fn(state, _gather(images, labels, jnp.asarray(indices)))
     step_number += 1
     if pending is not None:
       read(*pending)
-    pending = (metrics["loss"], step_number)
+    pending = (metrics, step_number, len(indices))
     if after_step is not None and every and count % every == 0 and count < len(batches):
       after_step(state, metrics["loss"])
   if pending is not None:
     read(*pending)
   jax.block_until_ready(state)
-  bar.close()
+  meter.close()
   seconds = time.perf_counter() - start
-  return state, EpochResult(train_loss=float(np.mean(losses_seen)), steps=len(batches), seconds=seconds)
+  seen = sum(len(batch) for batch in batches)
+  return state, EpochResult(train_loss=float(np.mean(losses_seen)), steps=len(batches), seconds=seconds,
+                            train_top1=100.0 * correct / max(seen, 1), step_losses=losses_seen)
