@@ -232,7 +232,7 @@ def kdjax_step(kind: str, batch: dict, num_classes: int, fast: bool = True) -> R
 
 # ------------------------------------------------------------------------------------------- PyTorch steps
 
-def torch_step(kind: str, batch: dict, num_classes: int, threads: int, channels_last: bool) -> Runner:
+def torch_step(kind: str, batch: dict, num_classes: int, threads: int, to_channels_last: bool) -> Runner:
   """parity/reference.py's loop for `kind` (the seed's code), run `steps` steps at a time on one batch."""
   import torch
   from parity import reference
@@ -245,9 +245,9 @@ def torch_step(kind: str, batch: dict, num_classes: int, threads: int, channels_
   inputs = (batch["image"].astype(np.float32) / 255.0 - np.asarray(MEAN, np.float32)) / np.asarray(STD, np.float32)
   images = torch.from_numpy(np.ascontiguousarray(inputs.transpose(0, 3, 1, 2)))
   labels = torch.from_numpy(batch["label"].astype(np.int64))
-  if channels_last:
-    model = model.to(memory_format=torch.channels_last)
-    teacher = teacher.to(memory_format=torch.channels_last) if teacher is not None else None
+  if to_channels_last:
+    model = channels_last(model)
+    teacher = channels_last(teacher) if teacher is not None else None
     images = images.contiguous(memory_format=torch.channels_last)
   optimizer, _ = reference.make_optimizer(model.parameters(), config_lib.default_config().optimizer, 1000)
   loop = {"ce": reference.train_ce, "kd": reference.train_kd, "kd_ema": reference.train_kd_ema}[step_kind]
@@ -263,6 +263,20 @@ def torch_step(kind: str, batch: dict, num_classes: int, threads: int, channels_
   if step_kind != "ce":
     flops += models.flops_per_image(flax_nets["teacher"], image_shape)
   return Runner(run, flops)
+
+
+def channels_last(net):
+  """`net` (a parity.reference net) in channels_last. The seed's forward flattens with x.view(-1, 12*s*s), which
+  needs a contiguous NCHW tensor: the last pool's output is made so (a forward hook), the one change a
+  channels_last port of the seed needs; every conv and pool before it runs channels_last."""
+  import torch
+
+  def contiguous_at_the_end(module, inputs, output):
+    return output.contiguous() if output.shape[-1] == net.side else output
+
+  net = net.to(memory_format=torch.channels_last)
+  net.pool.register_forward_hook(contiguous_at_the_end)
+  return net
 
 
 # ---------------------------------------------------------------------------------------------- the modes
@@ -520,7 +534,6 @@ def reference_study(config, names, threads: int = 0) -> dict:
   torch.set_num_threads(threads)
   torch.manual_seed(config.seed)
   size, classes = dataset.image_shape[0], dataset.num_classes
-  cl = lambda net: net.to(memory_format=torch.channels_last)
   batches = [data_lib.batch_indices(data_lib.epoch_order(len(train_y), config.seed, epoch), config.batch_size,
                                     config.data.drop_remainder) for epoch in range(1, config.epochs + 1)]
   steps = sum(len(epoch) for epoch in batches)
@@ -531,7 +544,7 @@ def reference_study(config, names, threads: int = 0) -> dict:
 
   train_seconds, eval_seconds = {}, 0.0
   trained_teacher = None
-  student_init = cl(reference.StudentNet(classes, size, config.model.activation))
+  student_init = channels_last(reference.StudentNet(classes, size, config.model.activation))
   for phase in names:
     spec = phases.phase(phase)
     net, kind = spec.net, spec.step_kind
@@ -540,7 +553,7 @@ def reference_study(config, names, threads: int = 0) -> dict:
         ce_weight=float(config.kd.ce_weight),
         teacher_decay=float(config.ema.decay if spec.teacher_decay is None else spec.teacher_decay),
         warmup=bool(config.ema.warmup if spec.warmup is None else spec.warmup))
-    model = (cl(reference.TeacherNet(classes, size, config.model.activation)) if net == "teacher"
+    model = (channels_last(reference.TeacherNet(classes, size, config.model.activation)) if net == "teacher"
              else copy.deepcopy(student_init))
     optimizer, scheduler = reference.make_optimizer(model.parameters(), config.optimizer, steps)
     start = time.perf_counter()

@@ -97,3 +97,15 @@ def test_bad_cli_input_is_one_line_and_exit_2(args, message):
   assert result.returncode == 2
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("kdjax.benchmark: error:") and message in lines[0]
+
+
+def test_channels_last_runs_the_seeds_view_and_computes_the_same(one_torch_thread):
+  import torch
+  from parity import reference
+  torch.manual_seed(0)
+  net = reference.TeacherNet(10, 32)
+  images = torch.randn(2, 3, 32, 32)
+  expected = net(images)
+  converted = benchmark.channels_last(net)
+  logits = converted(images.contiguous(memory_format=torch.channels_last))
+  torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-6)
