@@ -78,12 +78,19 @@ def default_config() -> ml_collections.ConfigDict:
   config.teacher = ml_collections.ConfigDict()
   config.teacher.checkpoint = ""        # a workdir or teacher checkpoint folder: distill from it, no training
 
+  # How fast, not what: each switch turns one speed-up off so that a user can compare (kdjax.benchmark).
+  config.speed = ml_collections.ConfigDict()
+  config.speed.pool = "fast"            # kdjax.pooling's 2x2 max-pool; "reduce_window" = nn.max_pool (same bits)
+  config.speed.cached_teacher_logits = True   # student_kd: the frozen teacher's logits once per split (same bits)
+  config.speed.xla_cpu_options = True   # kdjax.xla.CPU_OPTIONS per compile on CPU (weight grads move ~1 ulp)
+
   return config
 
 
 # Fields that do not change what a run computes: they may differ when an existing workdir is resumed.
 RESULT_NEUTRAL = ("progress", "log_every_epoch", "log_every_steps", "checkpoint.keep", "checkpoint.every_epochs",
-                  "checkpoint.allow_config_change", "data.data_dir", "data.manual_dir")
+                  "checkpoint.allow_config_change", "data.data_dir", "data.manual_dir",
+                  "speed.pool", "speed.cached_teacher_logits")  # bit-identical either way (tests/test_speed.py)
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
@@ -221,3 +228,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
            f"checkpoint.{field}", "must be an integer >= 1", config.checkpoint[field])
   _check(isinstance(config.checkpoint.allow_config_change, bool), "checkpoint.allow_config_change",
          "must be True or False", config.checkpoint.allow_config_change)
+
+  _check(config.speed.pool in models.POOLS, "speed.pool", f"must be one of {tuple(models.POOLS)}",
+         config.speed.pool)
+  for field in ("cached_teacher_logits", "xla_cpu_options"):
+    _check(isinstance(config.speed[field], bool), f"speed.{field}", "must be True or False", config.speed[field])

@@ -141,6 +141,7 @@ def run_phase(setup: Setup, run: RunDir, phase: str, teacher_params, saved: resu
     progress.say(f"[{phase}] resuming after epoch {start_epoch} from {saved.where}")
 
   step_fn = setup.train_step(phase, optimizer)
+  teacher_logits = setup.cached_teacher_logits(phase, state.teacher_params)
   savers = {model: ckpt_lib.ModelCheckpoints(run.checkpoints / model.name, config.checkpoint.keep)
             for model in tracked if model.own_checkpoint}
   for saver in savers.values():
@@ -158,7 +159,8 @@ def run_phase(setup: Setup, run: RunDir, phase: str, teacher_params, saved: resu
           step_fn, state, setup.train_images, setup.train_labels, order, config.batch_size,
           config.data.drop_remainder, description, config.progress,
           every=config.ema.diagnostics_every if watch else 0,
-          after_step=(lambda state, loss: diagnose(state, 1, loss)) if watch else None)
+          after_step=(lambda state, loss: diagnose(state, 1, loss)) if watch else None,
+          teacher_logits=teacher_logits)
     except train.DivergenceError as error:
       raise diverged(config, phase, epoch, error) from None
     step = int(state.step)

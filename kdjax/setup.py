@@ -23,6 +23,7 @@ from kdjax import models
 from kdjax import optim
 from kdjax import phases
 from kdjax import train
+from kdjax import xla
 
 
 def step_config(config, kind: str, student_decay: float | None = None,
@@ -35,7 +36,8 @@ def step_config(config, kind: str, student_decay: float | None = None,
   return train.StepConfig(kind=kind, temperature=float(config.kd.temperature),
                           kd_weight=float(config.kd.kd_weight), ce_weight=float(config.kd.ce_weight),
                           teacher_decay=float(teacher_decay), student_decay=float(decay),
-                          warmup=bool(warmup))
+                          warmup=bool(warmup),
+                          cached_teacher_logits=kind == "kd" and bool(config.speed.cached_teacher_logits))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +60,8 @@ class Setup:
     """Loads config.data (unless `dataset` is given) and initialises both nets from config.seed."""
     dataset = dataset if dataset is not None else data_lib.load(config.data)
     mean, std = data_lib.normalization_constants(dataset, config.data.normalization)
-    nets = {role: factory(dataset.num_classes, config.model.activation, config.model.init)
+    nets = {role: factory(dataset.num_classes, config.model.activation, config.model.init,
+                          pool=config.speed.pool)
             for role, factory in models.MODEL_FACTORIES.items()}
     teacher_key, student_key = jax.random.split(jax.random.PRNGKey(config.seed))
     initial_params = {"teacher": models.init_params(nets["teacher"], teacher_key, dataset.image_shape),
@@ -89,14 +92,26 @@ class Setup:
                               keep_student_ema=spec.net == "student" and self.config.ema.student_decay > 0)
 
   def train_step(self, phase: str, optimizer):
-    """The jitted `(state, batch) -> (state, metrics)` of `phase`, the state donated."""
+    """The jitted `(state, batch) -> (state, metrics)` of `phase`, the state donated, compiled with
+    speed.xla_cpu_options (kdjax/xla.py). A kd step with speed.cached_teacher_logits takes the teacher's
+    logits from the batch (`cached_teacher_logits` computes them)."""
     spec = phases.phase(phase)
     pairs = self.ema_pairs() if spec.step_kind == "kd_ema" else ()
     step = train.make_train_step(step_config(self.config, spec.step_kind, phase=spec), self.nets[spec.net],
                                  optimizer, self.mean, self.std,
                                  teacher=self.nets["teacher"] if spec.needs_teacher else None,
                                  teacher_pairs=pairs)
-    return jax.jit(step, donate_argnums=0)
+    return xla.jit(step, self.config.speed.xla_cpu_options, donate_argnums=0)
+
+  def cached_teacher_logits(self, phase: str, teacher_params) -> jax.Array | None:
+    """The frozen teacher's logits for the whole train split when `phase`'s step takes them from the batch
+    (kd with speed.cached_teacher_logits), else None: the same numbers the step would compute, once."""
+    spec = phases.phase(phase)
+    if not step_config(self.config, spec.step_kind, phase=spec).cached_teacher_logits:
+      return None
+    return train.teacher_logits(self.nets["teacher"], teacher_params, self.train_images, self.mean, self.std,
+                                self.config.batch_size,
+                                compiler_options=xla.compiler_options(self.config.speed.xla_cpu_options))
 
   def ema_pairs(self) -> list:
     """The (student path, teacher path) pairs the seed's EMA updates (ema.seed_pairs)."""
