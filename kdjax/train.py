@@ -146,7 +146,8 @@ def teacher_logits(teacher, teacher_params, images, mean, std, batch_size: int,
   the train step is compiled with (kdjax.xla.compiler_options), so that the teacher's program is the step's.
   Any batch_size >= 2 gives the same rows bit for bit on XLA:CPU (see the module docstring; 1 is run as 2).
   """
-  forward = _teacher_forward(teacher, _freeze(compiler_options))
+  exact = lambda values: tuple(np.asarray(values).reshape(-1).tolist())  # concrete: data.normalize's table
+  forward = _teacher_forward(teacher, exact(mean), exact(std), _freeze(compiler_options))
   batch_size = max(batch_size, 2)  # a 1-row batch's fc dot sums in another order (module docstring)
   count = len(images)
   rows = []
@@ -154,7 +155,7 @@ def teacher_logits(teacher, teacher_params, images, mean, std, batch_size: int,
     chunk = jnp.asarray(images[start:start + batch_size])
     if len(chunk) < batch_size:
       chunk = jnp.concatenate([chunk, jnp.zeros((batch_size - len(chunk), *chunk.shape[1:]), chunk.dtype)])
-    rows.append(forward(teacher_params, chunk, mean, std))
+    rows.append(forward(teacher_params, chunk))
   return jnp.concatenate(rows)[:count]
 
 
@@ -163,9 +164,12 @@ def _freeze(options: dict | None):
 
 
 @functools.lru_cache(maxsize=None)
-def _teacher_forward(teacher, frozen_options) -> Callable:
-  """The same program as the step's inline teacher: data.normalize, then teacher.apply."""
-  def forward(params, images, mean, std):
+def _teacher_forward(teacher, mean: tuple, std: tuple, frozen_options) -> Callable:
+  """The same program as the step's inline teacher: data.normalize (mean, std closed over, as in the step),
+  then teacher.apply."""
+  mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+
+  def forward(params, images):
     return teacher.apply({"params": params}, data_lib.normalize(images, mean, std))
   return jax.jit(forward, compiler_options=None if frozen_options is None else dict(frozen_options))
 

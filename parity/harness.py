@@ -2,12 +2,11 @@
 order, and collects what the checks compare: per-step losses, per-epoch validation, final params and logits.
 
 The JAX side is kdjax's own public pieces (models, train.make_train_step, optim.make_optimizer, ema.seed_pairs,
-data.epoch_order/batch_indices/normalize, evaluate.predict); the PyTorch side is parity.reference. Inputs are
-normalised once by data.normalize and only transposed for PyTorch, so both see bit-identical numbers.
+data.epoch_order/batch_indices/normalize, evaluate.predict); the PyTorch side is parity.reference. PyTorch gets
+data.normalize's own table lookup, only transposed, so both see bit-identical inputs.
 """
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +21,8 @@ from kdjax import models
 from kdjax import optim
 from kdjax import train
 from parity import convert
+from parity import mirror
+from parity import precision
 from parity import reference
 
 # phase -> (net, step kind), as the study runs them (kdjax README).
@@ -33,13 +34,7 @@ PHASES = {
 }
 TEACHER_EMA = "teacher_ema"
 EMA_WEIGHTS = " (EMA weights)"
-
-
-def set_precision() -> None:
-  """fp32 everywhere: JAX would use TF32/bf16 passes for convs and matmuls on GPU/TPU by default."""
-  jax.config.update("jax_default_matmul_precision", "highest")
-  torch.backends.cuda.matmul.allow_tf32 = False
-  torch.backends.cudnn.allow_tf32 = False
+DTYPES = ("float32", "float64")
 
 
 @dataclasses.dataclass
@@ -53,6 +48,7 @@ class Setup:
   nets: dict
   initial_params: dict
   dtype: str = "float32"
+  torch_device: torch.device = torch.device("cpu")
 
   @property
   def image_size(self) -> int:
@@ -62,45 +58,46 @@ class Setup:
   def torch_dtype(self) -> torch.dtype:
     return {"float32": torch.float32, "float64": torch.float64}[self.dtype]
 
-  def torch_net(self, role: str) -> torch.nn.Module:
+  def images(self, split: str, mirrored: bool = False) -> np.ndarray:
+    """uint8 NHWC images of a split, or of the mirrored problem (parity/mirror.py)."""
+    images = self.dataset.split(split)[0]
+    return mirror.mirror_images(images) if mirrored else images
+
+  def torch_net(self, role: str, params) -> torch.nn.Module:
+    """`role`'s reference net in the run's dtype on the torch device, holding the (Flax-layout) params."""
     net = reference.NETS[role](self.dataset.num_classes, self.image_size, self.config.model.activation)
-    return net.to(self.torch_dtype)
+    return convert.load_into(net.to(self.torch_dtype), params).to(self.torch_device)
 
-  def torch_inputs(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The whole split as PyTorch sees it: NCHW, exactly kdjax's (float32) model inputs; int64 labels."""
-    images, labels = self.dataset.split(split)
-    inputs = model_inputs(images, self.mean, self.std, self.dtype)
-    return (torch.from_numpy(np.ascontiguousarray(np.transpose(inputs, (0, 3, 1, 2)))),
-            torch.from_numpy(labels.astype(np.int64)))
+  def torch_inputs(self, split: str, mirrored: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The whole split as PyTorch sees it: NCHW, exactly kdjax's model inputs (data.normalize's lookup) in the
+    run's dtype; int64 labels; on the torch device."""
+    inputs = model_inputs(self.images(split, mirrored), self.mean, self.std, self.dtype)
+    labels = self.dataset.split(split)[1]
+    return (torch.from_numpy(np.ascontiguousarray(np.transpose(inputs, (0, 3, 1, 2)))).to(self.torch_device),
+            torch.from_numpy(labels.astype(np.int64)).to(self.torch_device))
 
-  def predict(self, role: str, params) -> np.ndarray:
-    """kdjax's validation logits (evaluate.predict) of `role`'s net with `params`."""
-    images = self.dataset.val_images
-    return evaluate.predict(self.nets[role], params, images, self.mean, self.std, self.config.eval_batch_size)
-
-
-@functools.partial(jax.jit, static_argnames="dtype")
-def _normalize(images, mean, std, dtype):
-  return data_lib.normalize(images, mean, std).astype(dtype)
+  def predict(self, role: str, params, mirrored: bool = False) -> np.ndarray:
+    """kdjax's validation logits (evaluate.predict) of `role`'s net with `params` (of the mirrored problem when
+    `mirrored`: then on the mirrored images, giving the same logits in the same order)."""
+    with jax.enable_x64(self.dtype == "float64"):
+      return evaluate.predict(self.nets[role], params, self.images("validation", mirrored), self.mean, self.std,
+                              self.config.eval_batch_size)
 
 
 def model_inputs(images: np.ndarray, mean, std, dtype: str = "float32") -> np.ndarray:
-  """NHWC: what kdjax's models see for these uint8 images: data.normalize, jitted as in kdjax, then `dtype`.
-
-  The cast is inside the jit on purpose: XLA fuses normalize with what follows, and before a float64 conv it
-  computes the normalisation in float64 rather than rounding it to float32 first (measured: up to 2.4e-7 apart),
-  so float64 runs must give PyTorch the fused values to see the same inputs.
-  """
-  return np.asarray(_normalize(images, jnp.asarray(mean), jnp.asarray(std), dtype))
+  """NHWC: exactly what kdjax's models see for these uint8 images, data.normalize's table lookup (float32), then
+  cast to `dtype` (exact: float64 holds every float32). The lookup has no arithmetic, so the values are the same
+  bits as inside kdjax's jitted step and evaluation, whatever XLA fuses there."""
+  return np.asarray(data_lib.normalize(images, mean, std)).astype(dtype)
 
 
 def make_setup(config, dtype: str = "float32", dataset: data_lib.Dataset | None = None) -> Setup:
-  """dtype "float64" runs both frameworks in double precision (parameters, activations, optimizer state), which
-  shows how much of a difference is fp32 rounding. `dataset`: an already loaded data.load(config.data)."""
-  if dtype not in ("float32", "float64"):
-    raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
-  if dtype == "float64":
-    jax.config.update("jax_enable_x64", True)
+  """dtype "float64" runs both frameworks in double precision (parameters, activations, optimizer state), where
+  rounding is ~1e-16 and only a semantic difference can be seen. Both dtypes start from the same weights (kdjax's
+  float32 initialisation, exactly representable in float64). `dataset`: an already loaded data.load(config.data).
+  JAX's 64-bit mode is switched on only around this setup's own JAX work (jax.enable_x64), never globally."""
+  if dtype not in DTYPES:
+    raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
   config_lib.validate(config)
   dataset = dataset or data_lib.load(config.data)
   mean, std = data_lib.normalization_constants(dataset, config.data.normalization)
@@ -109,8 +106,8 @@ def make_setup(config, dtype: str = "float32", dataset: data_lib.Dataset | None 
   teacher_key, student_key = jax.random.split(jax.random.PRNGKey(config.seed))
   initial = {"teacher": models.init_params(nets["teacher"], teacher_key, dataset.image_shape),
              "student": models.init_params(nets["student"], student_key, dataset.image_shape)}
-  initial = jax.tree_util.tree_map(lambda a: np.asarray(a, dtype), initial)
-  return Setup(config, dataset, mean, std, nets, initial, dtype)
+  initial = jax.tree_util.tree_map(lambda a: np.asarray(a).astype(dtype), initial)
+  return Setup(config, dataset, mean, std, nets, initial, dtype, precision.torch_device())
 
 
 def epoch_batches(setup: Setup, epochs: int) -> list[list[np.ndarray]]:
@@ -131,33 +128,51 @@ def first_steps(setup: Setup, steps: int) -> list[list[np.ndarray]]:
 
 @dataclasses.dataclass
 class Side:
-  """One framework's run of a phase."""
+  """One framework's run of a phase (of the mirrored problem, mapped back: parity/mirror.py)."""
 
   step_losses: list            # per epoch, per step
   val_correct: list            # per epoch, of the phase's model
   params: dict                 # tracked model -> final params (Flax layout, numpy)
   val_logits: dict             # tracked model -> final validation logits [N, K]
+  initial_logits: np.ndarray   # the phase's model's validation logits at the start weights
 
   @property
   def train_losses(self) -> list[float]:
     return [float(np.mean(losses)) for losses in self.step_losses]
 
+  @property
+  def losses(self) -> np.ndarray:
+    """Every step's loss, in order (float64)."""
+    return np.array([loss for epoch in self.step_losses for loss in epoch], np.float64)
+
 
 @dataclasses.dataclass
 class PhaseRun:
+  """A phase in both frameworks; with floors (run_phase(floors=True)), each framework also on the mirrored problem:
+  what each framework's own rounding does to the same run (parity/mirror.py, parity/tolerances.py)."""
+
   phase: str
   net: str
   kind: str
-  initial_logits_delta: float  # max |logit diff| on validation, same (initial) weights
   jax: Side
   torch: Side
-  twin: Side | None = None     # kdjax with other roundings (run_phase(twin=True))
+  jax_mirror: Side | None = None
+  torch_mirror: Side | None = None
   dtype: str = "float32"
   start: dict = dataclasses.field(default_factory=dict)  # tracked model -> its params before the phase
 
   @property
   def models(self) -> list[str]:
     return list(self.jax.params)
+
+  @property
+  def has_floors(self) -> bool:
+    return self.jax_mirror is not None and self.torch_mirror is not None
+
+  @property
+  def initial_logits_delta(self) -> float:
+    """max |Δ logits| of the two frameworks on validation, same (initial) weights."""
+    return float(np.max(np.abs(self.jax.initial_logits - self.torch.initial_logits)))
 
 
 def step_config(config, kind: str, student_decay: float) -> train.StepConfig:
@@ -173,105 +188,128 @@ def loop_options(config, student_decay: float) -> reference.LoopOptions:
                                student_decay=float(student_decay), warmup=bool(config.ema.warmup))
 
 
-def _jax_side(setup: Setup, phase: str, batches, start_params, teacher_params, student_decay: float) -> "Side":
-  """kdjax's run of `phase`: its own step function, optimizer, EMA pairing and evaluation."""
-  net, kind = PHASES[phase]
-  config = setup.config
-  optimizer = optim.make_optimizer(config.optimizer, sum(len(epoch) for epoch in batches))
-  pairs = ()
-  if kind == "kd_ema":
-    pairs = ema.seed_pairs(start_params, setup.nets["student"].layer_names, teacher_params,
-                           setup.nets["teacher"].layer_names)
-  step_fn = jax.jit(train.make_train_step(step_config(config, kind, student_decay), setup.nets[net], optimizer,
-                                          jnp.asarray(setup.mean), jnp.asarray(setup.std),
-                                          teacher=setup.nets["teacher"] if kind != "ce" else None,
-                                          teacher_pairs=pairs))
-  state = train.create_state(start_params, optimizer, teacher_params=teacher_params if kind != "ce" else None,
-                             keep_student_ema=bool(student_decay))
-  train_images = jax.device_put(setup.dataset.train_images)
-  train_labels = jax.device_put(setup.dataset.train_labels.astype(np.int32))
-  val_images, val_labels = setup.dataset.split("validation")
-  step_losses, val_correct = [], []
-  for epoch in batches:
-    losses = []
-    for indices in epoch:
-      indices = jnp.asarray(indices)
-      state, metrics = step_fn(state, {"image": train_images[indices], "label": train_labels[indices]})
-      losses.append(metrics["loss"])
-    step_losses.append([float(loss) for loss in losses])
-    val_correct.append(int((setup.predict(net, state.params).argmax(-1) == val_labels).sum()))
-  params = {phase: state.params}
-  if kind == "kd_ema":
-    params[TEACHER_EMA] = state.teacher_params
-  if student_decay:
-    params[phase + EMA_WEIGHTS] = state.ema_params
-  params = {name: convert.to_numpy_tree(tree) for name, tree in params.items()}
-  return Side(step_losses, val_correct, params,
-              {name: setup.predict(role_of(name, net), tree) for name, tree in params.items()})
-
-
 def role_of(model: str, net: str) -> str:
   return "teacher" if model == TEACHER_EMA else net
 
 
-def next_representable(params):
-  """Every parameter moved by one ulp (toward +inf): a start as close as the dtype allows."""
-  return jax.tree_util.tree_map(lambda a: np.nextafter(a, np.asarray(np.inf, a.dtype)), params)
+def _tracked(phase: str, kind: str, student_decay: float, student, teacher=None, student_ema=None) -> dict:
+  """tracked model name -> that framework's object for it: the phase's model, the EMA-updated teacher (kd_ema),
+  the student-weights average (student_decay > 0)."""
+  tracked = {phase: student}
+  if kind == "kd_ema":
+    tracked[TEACHER_EMA] = teacher
+  if student_decay:
+    tracked[phase + EMA_WEIGHTS] = student_ema
+  return tracked
+
+
+def jax_step(setup: Setup, phase: str, total_steps: int, start_params, teacher_params=None,
+             student_decay: float = 0.0) -> tuple:
+  """(optimizer, jitted step) of kdjax for `phase`: make_optimizer, ema.seed_pairs, train.make_train_step. The
+  mirrored run reuses them (same shapes, same pairs), so a phase compiles once."""
+  net, kind = PHASES[phase]
+  optimizer = optim.make_optimizer(setup.config.optimizer, total_steps)
+  pairs = ()
+  if kind == "kd_ema":
+    pairs = ema.seed_pairs(start_params, setup.nets["student"].layer_names, teacher_params,
+                           setup.nets["teacher"].layer_names)
+  step_fn = jax.jit(train.make_train_step(step_config(setup.config, kind, student_decay), setup.nets[net],
+                                          optimizer, jnp.asarray(setup.mean), jnp.asarray(setup.std),
+                                          teacher=setup.nets["teacher"] if kind != "ce" else None,
+                                          teacher_pairs=pairs))
+  return optimizer, step_fn
+
+
+def jax_side(setup: Setup, phase: str, batches, start_params, teacher_params=None, student_decay: float = 0.0,
+             mirrored: bool = False, step: tuple | None = None) -> Side:
+  """kdjax's run of `phase`: its own step function, optimizer, EMA pairing and evaluation. mirrored: on the
+  mirrored problem with each batch reversed (results mapped back). step: a jax_step(...) of the same phase."""
+  net, kind = PHASES[phase]
+  optimizer, step_fn = step or jax_step(setup, phase, sum(len(epoch) for epoch in batches), start_params,
+                                        teacher_params, student_decay)
+  if mirrored:
+    start_params, batches = mirror.mirror_params(start_params), mirror.mirror_batches(batches)
+    teacher_params = None if teacher_params is None else mirror.mirror_params(teacher_params)
+  with jax.enable_x64(setup.dtype == "float64"):
+    state = train.create_state(start_params, optimizer, teacher_params=teacher_params if kind != "ce" else None,
+                               keep_student_ema=bool(student_decay))
+    initial_logits = setup.predict(net, start_params, mirrored)
+    train_images = jax.device_put(setup.images("train", mirrored))
+    train_labels = jax.device_put(setup.dataset.train_labels.astype(np.int32))
+    val_labels = setup.dataset.val_labels
+    step_losses, val_correct = [], []
+    for epoch in batches:
+      losses = []
+      for indices in epoch:
+        indices = jnp.asarray(indices)
+        state, metrics = step_fn(state, {"image": train_images[indices], "label": train_labels[indices]})
+        losses.append(metrics["loss"])
+      step_losses.append([float(loss) for loss in losses])
+      val_correct.append(int((setup.predict(net, state.params, mirrored).argmax(-1) == val_labels).sum()))
+    params = _tracked(phase, kind, student_decay, state.params, state.teacher_params, state.ema_params)
+    params = {name: convert.to_numpy_tree(tree) for name, tree in params.items()}
+    val_logits = {name: setup.predict(role_of(name, net), tree, mirrored) for name, tree in params.items()}
+  if mirrored:
+    params = {name: mirror.mirror_params(tree) for name, tree in params.items()}
+  return Side(step_losses, val_correct, params, val_logits, initial_logits)
+
+
+def torch_side(setup: Setup, phase: str, batches, start_params, teacher_params=None, student_decay: float = 0.0,
+               mirrored: bool = False) -> Side:
+  """The seed's PyTorch loop for `phase` (parity.reference), from the same weights on the same batches."""
+  net, kind = PHASES[phase]
+  config = setup.config
+  if mirrored:
+    start_params, batches = mirror.mirror_params(start_params), mirror.mirror_batches(batches)
+    teacher_params = None if teacher_params is None else mirror.mirror_params(teacher_params)
+  val_x, val_y = setup.torch_inputs("validation", mirrored)
+  train_x, train_y = setup.torch_inputs("train", mirrored)
+  model = setup.torch_net(net, start_params)
+  initial_logits = reference.predict(model, val_x).cpu().numpy()
+  torch_optimizer, scheduler = reference.make_optimizer(model.parameters(), config.optimizer,
+                                                        sum(len(epoch) for epoch in batches))
+  student_ema = reference.StudentWeightsEMA(model) if student_decay else None
+  torch_epochs = [[(train_x[torch.from_numpy(idx).to(setup.torch_device)],
+                    train_y[torch.from_numpy(idx).to(setup.torch_device)]) for idx in epoch] for epoch in batches]
+  common = dict(validation=(val_x, val_y), scheduler=scheduler, options=loop_options(config, student_decay),
+                student_ema=student_ema)
+  teacher = None
+  if kind == "ce":
+    logs = reference.train_ce(model, torch_optimizer, torch_epochs, **common)
+  else:
+    teacher = setup.torch_net("teacher", teacher_params)
+    loop = reference.train_kd if kind == "kd" else reference.train_kd_ema
+    logs = loop(model, teacher, torch_optimizer, torch_epochs, **common)
+  models_ = _tracked(phase, kind, student_decay, model, teacher, student_ema.module if student_ema else None)
+  params = {name: convert.params_of(m) for name, m in models_.items()}
+  if mirrored:
+    params = {name: mirror.mirror_params(tree) for name, tree in params.items()}
+  return Side([log.step_losses for log in logs], [log.val_correct for log in logs], params,
+              {name: reference.predict(m, val_x).cpu().numpy() for name, m in models_.items()}, initial_logits)
 
 
 def run_phase(setup: Setup, phase: str, batches: list[list[np.ndarray]], teacher_params=None,
-              student_decay: float = 0.0, twin: bool = False) -> PhaseRun:
+              student_decay: float = 0.0, floors: bool = False, torch_run: Side | None = None) -> PhaseRun:
   """Trains `phase` over `batches` (per epoch) in both frameworks, validating after every epoch.
 
   teacher_params: the (Flax) teacher the KD phases distil from, given to both frameworks.
   student_decay > 0 keeps the student-weights EMA (student phases only), tracked as "<phase> (EMA weights)".
-  twin: also run kdjax from the start weights moved by one ulp, on each batch reversed: how far rounding alone
-  carries the trajectory (the noise floor that a framework difference is measured against, parity/tolerances.py).
+  floors: also run each framework on the mirrored problem (parity/mirror.py): the float32 noise floor that the
+  difference between the frameworks is reported against (parity/tolerances.py).
+  torch_run: a torch_side(...) already computed for the same arguments, reused (tests that vary only kdjax).
   """
   net, kind = PHASES[phase]
-  config = setup.config
   student_decay = student_decay if net == "student" else 0.0
-  total_steps = sum(len(epoch) for epoch in batches)
   start_params = setup.initial_params[net]
   if kind != "ce" and teacher_params is None:
     raise ValueError(f"phase {phase} needs teacher_params")
-  jax_side = _jax_side(setup, phase, batches, start_params, teacher_params, student_decay)
-  twin_side = None
-  if twin:
-    # The same computation with other roundings: start one ulp away, and each batch in reverse order (the batch
-    # mean and the weight gradients' batch sums then add in another order, at every step).
-    reversed_batches = [[indices[::-1] for indices in epoch] for epoch in batches]
-    twin_side = _jax_side(setup, phase, reversed_batches, next_representable(start_params), teacher_params,
-                          student_decay)
-
-  # ---- PyTorch (the seed's loops)
-  val_x, val_y = setup.torch_inputs("validation")
-  train_x, train_y = setup.torch_inputs("train")
-  model = convert.load_into(setup.torch_net(net), start_params)
-  initial_delta = float(np.max(np.abs(reference.predict(model, val_x).numpy() - setup.predict(net, start_params))))
-  torch_optimizer, scheduler = reference.make_optimizer(model.parameters(), config.optimizer, total_steps)
-  student_ema = reference.StudentWeightsEMA(model) if student_decay else None
-  torch_epochs = [[(train_x[idx], train_y[idx]) for idx in epoch] for epoch in batches]
-  common = dict(validation=(val_x, val_y), scheduler=scheduler, options=loop_options(config, student_decay),
-                student_ema=student_ema)
-  torch_teacher = None
-  if kind == "ce":
-    logs = reference.train_ce(model, torch_optimizer, torch_epochs, **common)
-  else:
-    torch_teacher = convert.load_into(setup.torch_net("teacher"), teacher_params)
-    loop = reference.train_kd if kind == "kd" else reference.train_kd_ema
-    logs = loop(model, torch_teacher, torch_optimizer, torch_epochs, **common)
-  torch_models = {phase: model}
-  if kind == "kd_ema":
-    torch_models[TEACHER_EMA] = torch_teacher
-  if student_decay:
-    torch_models[phase + EMA_WEIGHTS] = student_ema.module
-  torch_side = Side([log.step_losses for log in logs], [log.val_correct for log in logs],
-                    {name: convert.params_of(m) for name, m in torch_models.items()},
-                    {name: reference.predict(m, val_x).numpy() for name, m in torch_models.items()})
-  start = {name: teacher_params if name == TEACHER_EMA else start_params for name in jax_side.params}
-  return PhaseRun(phase, net, kind, initial_delta, jax_side, torch_side, twin=twin_side,
-                  start=jax.tree_util.tree_map(np.asarray, start), dtype=setup.dtype)
+  args = (setup, phase, batches, start_params, teacher_params, student_decay)
+  step = jax_step(setup, phase, sum(len(epoch) for epoch in batches), start_params, teacher_params, student_decay)
+  sides = {"jax": jax_side(*args, step=step), "torch": torch_run or torch_side(*args)}
+  if floors:
+    sides.update(jax_mirror=jax_side(*args, mirrored=True, step=step), torch_mirror=torch_side(*args, mirrored=True))
+  start = {name: teacher_params if name == TEACHER_EMA else start_params for name in sides["jax"].params}
+  return PhaseRun(phase, net, kind, dtype=setup.dtype, start=jax.tree_util.tree_map(np.asarray, start), **sides)
 
 
 def max_abs_diff(tree_a: dict, tree_b: dict) -> float:
@@ -280,7 +318,3 @@ def max_abs_diff(tree_a: dict, tree_b: dict) -> float:
     raise ValueError("param trees differ in structure")
   return max(float(np.max(np.abs(tree_a[layer][name] - tree_b[layer][name])))
              for layer in tree_a for name in tree_a[layer])
-
-
-def max_abs(tree: dict) -> float:
-  return max(float(np.max(np.abs(value))) for tensors in tree.values() for value in tensors.values())

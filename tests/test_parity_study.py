@@ -1,5 +1,5 @@
 """A 2-epoch study on the embedded data set in both frameworks (every phase, the study's batches, per-epoch
-validation), and parity.check end to end."""
+validation), decided in float64, and parity.check end to end."""
 
 import io
 import subprocess
@@ -30,12 +30,12 @@ def small_config():
 
 
 def test_two_epoch_study_agrees_per_epoch():
-  """Per-epoch mean train loss within 1e-4 relative (LOSS_ATOL near 0); per-epoch validation counts equal, bar
-  examples whose top-1 margin is within the final logits' difference (FLOAT32 in parity/tolerances.py)."""
+  """float64: per-epoch mean train loss within FLOAT64's loss bound; per-epoch validation counts equal, bar
+  examples whose top-1 margin is within the final logits' difference (parity/tolerances.py)."""
   config = small_config()
-  setup = harness.make_setup(config)
+  setup = harness.make_setup(config, "float64")
   batches = harness.epoch_batches(setup, 2)
-  tol = tolerances.FLOAT32
+  tol = tolerances.FLOAT64
   teacher = None
   for phase in config.phases:
     run = harness.run_phase(setup, phase, batches, teacher_params=teacher)
@@ -52,30 +52,42 @@ def test_two_epoch_study_agrees_per_epoch():
       teacher = run.jax.params["teacher"]
 
 
-def test_check_prints_one_table_and_passes():
+def test_check_prints_both_tables_and_passes():
   out = io.StringIO()
   config = small_config()
   config.phases = ("teacher", "student_kd_ema")
-  rows = check.check(config, steps=3, student_decay=0.9, twin=False, out=out)
+  rows = check.check(config, steps=3, student_decay=0.9, out=out)
   text = out.getvalue()
   assert all(row.ok for row in rows), text
-  assert [row.model for row in rows] == ["teacher", "student_kd_ema", "teacher_ema", "student_kd_ema (EMA weights)"]
-  assert text.count("| model |") == 1 and "all within tolerances" in text
+  models = ["teacher", "student_kd_ema", "teacher_ema", "student_kd_ema (EMA weights)"]
+  assert [(row.dtype, row.model) for row in rows] == [("float32", m) for m in models] + [("float64", m) for m in models]
+  assert text.count("| model |") == 2 and "all within tolerances" in text
+  assert "float64: decides semantics" in text and "JAX highest" in text  # the precision both sides ran at
+  float32 = rows[:4]
+  assert all(row.floor_params is not None for row in float32)  # the mirrored runs measured a floor
+  assert float32[0].loss_steps_decided >= 1 and float32[0].floor_logits_init > 0
 
 
 def test_check_fails_past_the_tolerances(monkeypatch):
-  """With zero tolerances (and no twin) nothing can pass: the rows carry failures, main exits 1."""
-  zero = tolerances.Tolerances(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
-  monkeypatch.setattr(tolerances, "FLOAT32", zero)
+  """With zero float64 tolerances nothing can pass: the rows carry failures, and they are printed."""
+  zero = tolerances.Tolerances(0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+  monkeypatch.setattr(tolerances, "FLOAT64", zero)
   config = small_config()
   config.phases = ("teacher",)
   out = io.StringIO()
-  rows = check.check(config, steps=2, student_decay=0.9, twin=False, out=out)
-  assert not rows[0].ok and "FAIL teacher" in out.getvalue()
+  rows = check.check(config, steps=2, student_decay=0.9, dtypes=("float64",), out=out)
+  assert not rows[0].ok and "FAIL float64 teacher" in out.getvalue()
 
 
-def test_check_command_line_errors():
+@pytest.mark.parametrize("arguments,message", [
+    (["--config.kd.temperature=-1"], "kd.temperature"),
+    (["--dtype=float16"], "flag --dtype=float16"),
+    (["--steps=0"], "--steps must be >= 1"),
+    (["extra"], "unexpected arguments: extra"),
+])
+def test_check_command_line_errors(arguments, message):
   done = subprocess.run([sys.executable, "-m", "parity.check", "--config", "configs/ema.py", "--steps", "2",
-                         "--config.kd.temperature=-1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                         *arguments], cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert done.returncode == 2
-  assert done.stderr.strip().splitlines()[-1].startswith("parity.check: error: kd.temperature")
+  lines = done.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("parity.check: error: ") and message in lines[0], done.stderr

@@ -14,6 +14,10 @@ TensorFlow (tfds_common.py). The model input is made explicit by `normalize`:
   x = (image / 255 - mean) / std       (per channel; mean, std from the training split, "standardize")
   x = image / 255                      ("unit")
 
+computed once on the host for all 256 pixel values in float64 and rounded once to float32
+(`normalization_table`), then looked up inside the jitted step: a gather has no arithmetic for XLA to fuse or
+rewrite, so every program (eager, jitted, float32 or float64, and PyTorch in parity/) sees the same inputs.
+
 and the training order by `epoch_order`: a permutation drawn from (seed, epoch) alone, so every phase and
 every framework (see parity/) sees the same batches in the same order.
 """
@@ -21,6 +25,7 @@ every framework (see parity/) sees the same batches in the same order.
 import dataclasses
 import importlib
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -109,9 +114,39 @@ def normalization_constants(dataset: Dataset, normalization: str) -> tuple[np.nd
   raise DataError(f"data.normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
 
 
+def normalization_table(mean, std) -> np.ndarray:
+  """The model input of every pixel value, per channel: float32 [256, C] with
+
+    table[v, c] = float32((v / 255 - mean[c]) / std[c])     (computed in float64, rounded once)
+
+  mean, std: [C], concrete (numpy, or jax arrays known at trace time), not values traced by jit.
+  """
+  for name, value in (("mean", mean), ("std", std)):
+    if isinstance(value, jax.core.Tracer):
+      raise TypeError(f"normalize: {name} is a traced value; the normalisation table is built on the host, so "
+                      f"pass mean and std as concrete arrays (close over them), not as jit arguments")
+  mean = np.asarray(mean, np.float64).reshape(-1)
+  std = np.asarray(std, np.float64).reshape(-1)
+  if mean.shape != std.shape:
+    raise ValueError(f"normalize: mean {mean.shape} and std {std.shape} differ in shape")
+  values = np.arange(256, dtype=np.float64)[:, None] / 255.0
+  return ((values - mean) / std).astype(np.float32)
+
+
 def normalize(images, mean, std):
-  """uint8 [N, H, W, C] -> float32 model input (image/255 - mean)/std."""
-  return (jnp.asarray(images, jnp.float32) / 255.0 - mean) / std
+  """uint8 [N, H, W, C] -> float32 model input (image/255 - mean)/std, as table[image, channel].
+
+  The table (normalization_table) is built from the concrete mean and std when this is traced; inside a jit it
+  is a constant and the lookup a gather, which XLA cannot round differently from one program to the next (the
+  formula itself it would: a division by a constant becomes a multiply by its reciprocal, a fusion keeps
+  float64 intermediates before a float64 conv, ...). Equal to the float64 formula rounded once to float32.
+  """
+  table = jnp.asarray(normalization_table(mean, std))
+  images = jnp.asarray(images)
+  if images.dtype != jnp.uint8:
+    raise TypeError(f"normalize: images must be uint8 pixel values, got {images.dtype}")
+  channels = jnp.arange(table.shape[1])
+  return table[images.astype(jnp.int32), channels]
 
 
 def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
