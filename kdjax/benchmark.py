@@ -199,7 +199,7 @@ def kdjax_step(kind: str, batch: dict, num_classes: int, fast: bool = True) -> R
   optimizer = optim.make_optimizer(config_lib.default_config().optimizer, 1000)
   pairs = ()
   if step_kind == "kd_ema":
-    pairs = ema.seed_pairs(params, nets["student"].layer_names, teacher_params, nets["teacher"].layer_names)
+    pairs = ema.torch_zip_pairs(params, nets["student"].layer_names, teacher_params, nets["teacher"].layer_names)
   step = train.make_train_step(train.StepConfig(step_kind, cached_teacher_logits=cached), nets[net], optimizer,
                                mean, std, teacher=nets["teacher"] if step_kind != "ce" and not cached else None,
                                teacher_pairs=pairs)

@@ -24,7 +24,7 @@ FLAT = 0.9         # entropy / log K above which the soft targets carry almost n
 
 
 def relative_distance(params, reference, pairs) -> float:
-  """‖params − reference‖ / ‖reference‖ over the teacher tensors of `pairs` (ema.seed_pairs), in float64."""
+  """‖params − reference‖ / ‖reference‖ over the teacher tensors of `pairs` (ema.torch_zip_pairs), in float64."""
   moved = total = 0.0
   for _, (layer, name) in pairs:
     ref = np.asarray(reference[layer][name], np.float64)

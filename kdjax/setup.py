@@ -114,8 +114,8 @@ class Setup:
                                 compiler_options=xla.compiler_options(self.config.speed.xla_cpu_options))
 
   def ema_pairs(self) -> list:
-    """The (student path, teacher path) pairs the seed's EMA updates (ema.seed_pairs)."""
-    return ema.seed_pairs(self.initial_params["student"], self.nets["student"].layer_names,
+    """The (student path, teacher path) pairs the seed's EMA updates (ema.torch_zip_pairs)."""
+    return ema.torch_zip_pairs(self.initial_params["student"], self.nets["student"].layer_names,
                           self.initial_params["teacher"], self.nets["teacher"].layer_names)
 
   def evaluate(self, net: str, params) -> tuple[dict, np.ndarray]:

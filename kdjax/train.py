@@ -88,7 +88,7 @@ def make_train_step(step_config: StepConfig, student, optimizer: optax.GradientT
   """The pure step `(state, batch) -> (state, metrics)` for one kind; batch = {"image": uint8, "label"}, plus
   "teacher_logits" float32 [N, K] when step_config.cached_teacher_logits (then `teacher` is not used).
 
-  teacher_pairs: the seed's (student path, teacher path) EMA pairs from `ema.seed_pairs` (kd_ema only).
+  teacher_pairs: the seed's (student path, teacher path) EMA pairs from `ema.torch_zip_pairs` (kd_ema only).
   """
   cfg = step_config
   if cfg.kind not in STEP_KINDS:
@@ -120,7 +120,7 @@ def make_train_step(step_config: StepConfig, student, optimizer: optax.GradientT
     elif cfg.kind != "ce":
       teacher_logits = jax.lax.stop_gradient(teacher.apply({"params": teacher_params}, images))
     if cfg.kind == "kd_ema":
-      teacher_params = ema.seed_teacher_update(teacher_params, state.params, teacher_pairs,
+      teacher_params = ema.pull_teacher_toward_student(teacher_params, state.params, teacher_pairs,
                                                decay_at(cfg.teacher_decay, update_count))
     (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params, images, labels, teacher_logits)

@@ -14,13 +14,14 @@ Errors (missing workdir, unknown model, missing checkpoint, unwritable output) a
 """
 
 import argparse
-import json
 import pathlib
 import sys
 
 import numpy as np
 
-MODELS = ("teacher", "student_ce", "student_kd", "student_kd_ema", "teacher_ema")
+from kdjax.phases import MODEL_ORDER
+
+MODELS = MODEL_ORDER   # the models with a checkpoint folder, from kdjax's one table
 SPLITS = ("train", "validation")
 PROBE_SEED = 0
 
@@ -30,45 +31,37 @@ class ExportError(Exception):
 
 
 def net_of(model: str) -> str:
-  return "teacher" if model in ("teacher", "teacher_ema") else "student"
+  from kdjax import phases
+  return phases.model(model).net
+
+
+def _run(workdir: str):
+  """kdjax's own reading of a workdir (resume.load_run), its errors as ExportError."""
+  from kdjax import checkpoints as ckpt_lib
+  from kdjax import resume
+  try:
+    return resume.load_run(workdir)
+  except ckpt_lib.CheckpointError as error:
+    raise ExportError(str(error)) from None
 
 
 def workdir_config(workdir: str):
   """W/config.json as a ConfigDict (the config the run was started with)."""
-  import ml_collections
-  path = pathlib.Path(workdir)
-  if not path.is_dir():
-    raise ExportError(f"workdir {workdir} does not exist")
-  config_path = path / "config.json"
-  if not config_path.is_file():
-    raise ExportError(f"no config.json in workdir {workdir} (not a kdjax run directory)")
-  try:
-    return ml_collections.ConfigDict(json.loads(config_path.read_text()))
-  except (ValueError, TypeError) as error:
-    raise ExportError(f"{config_path}: unreadable config ({error})") from None
+  return _run(workdir).config
 
 
 def restore_params(workdir: str, model: str) -> dict:
-  """The latest checkpoint's params of `model` in `workdir` (Flax layout, numpy)."""
+  """The latest checkpoint's params of `model` in `workdir` (Flax layout, numpy), read and verified as kdjax
+  reads them (resume.Run.params: its hashes checked; nothing created or deleted)."""
   from kdjax import checkpoints as ckpt_lib
   from parity import convert
   if model not in MODELS:
     raise ExportError(f"unknown model {model!r}; known: {', '.join(MODELS)}")
-  directory = pathlib.Path(workdir) / "checkpoints" / model
-  # Checked before Orbax sees the path: its manager would create a missing directory.
-  if not directory.is_dir() or not any(child.name.isdigit() for child in directory.iterdir()):
-    raise ExportError(f"no checkpoint of model {model} in {directory}")
   try:
-    manager = ckpt_lib.ModelCheckpoints(directory, read_only=True)  # reading never creates nor deletes
-    try:
-      tree, _, _ = manager.restore()
-    finally:
-      manager.close()
+    params, _, _ = _run(workdir).params(model)
   except ckpt_lib.CheckpointError as error:
     raise ExportError(str(error)) from None
-  if "params" not in tree:
-    raise ExportError(f"checkpoint of model {model} in {directory} has no params")
-  return convert.to_numpy_tree(tree["params"])
+  return convert.to_numpy_tree(params)
 
 
 def _writable(out: str, suffix: str | None = None) -> pathlib.Path:
