@@ -11,9 +11,12 @@ from kdjax import phases
 
 def points(config, models: dict) -> list[dict]:
   """[{alpha, warmup, student, student_std, teacher, teacher_std}] for every EMA phase of the report, plus
-  plain KD at alpha = 1 (teacher = the trained teacher), sorted by warm-up then alpha."""
+  plain KD at alpha = 1 (teacher = the trained teacher), sorted by warm-up then alpha; [] without ema.sweep."""
+  variants = phases.sweep_phases(config)
+  if not variants:   # no sweep configured: the plain EMA phase alone is no curve
+    return []
   rows = []
-  names = ["student_kd_ema"] + [variant.name for variant in phases.sweep_phases(config)]
+  names = ["student_kd_ema"] + [variant.name for variant in variants]
   for name in names:
     spec = phases.phase(name)
     student, teacher = models.get(name), models.get(phases.TEACHER_EMA + spec.variant)
