@@ -184,7 +184,7 @@ def gather_batch(arrays: dict, indices) -> dict:
 class EpochResult:
   train_loss: float      # mean of the per-step losses (each a batch mean), as the seed prints
   steps: int
-  seconds: float         # wall time of the epoch's steps, evaluation excluded
+  seconds: float         # wall time of the epoch's steps, evaluation and after_step diagnostics excluded
   train_top1: float = 0.0   # % of the epoch's training images classified right by the step that trained on them
   step_losses: list = dataclasses.field(default_factory=list)   # each step's loss, in order
 
@@ -206,6 +206,7 @@ def run_epoch(step_fn, state: TrainState, images, labels, order: np.ndarray, bat
   """
   batches = data_lib.batch_indices(order, batch_size, drop_remainder)
   start = time.perf_counter()
+  diagnostics_seconds = 0.0
   losses_seen: list[float] = []
   correct = 0
   pending = None
@@ -234,12 +235,14 @@ def run_epoch(step_fn, state: TrainState, images, labels, order: np.ndarray, bat
       read(*pending)
     pending = (metrics, step_number, len(indices))
     if after_step is not None and every and count % every == 0 and count < len(batches):
+      aside = time.perf_counter()
       after_step(state, metrics["loss"])
+      diagnostics_seconds += time.perf_counter() - aside
   if pending is not None:
     read(*pending)
   jax.block_until_ready(state)
   meter.close()
-  seconds = time.perf_counter() - start
+  seconds = time.perf_counter() - start - diagnostics_seconds   # the steps' time, not after_step's
   seen = sum(len(batch) for batch in batches)
   return state, EpochResult(train_loss=float(np.mean(losses_seen)), steps=len(batches), seconds=seconds,
                             train_top1=100.0 * correct / max(seen, 1), step_losses=losses_seen)
