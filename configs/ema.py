@@ -1,18 +1,1 @@
-"""The whole study: teacher, student on labels, student by KD, and student by KD with the seed's EMA.
-
-    python -m kdjax.main --config configs/ema.py --workdir runs/ema
-
-Five report rows: teacher, student_ce, student_kd, student_kd_ema, and teacher_ema (the teacher copy that the
-seed's EMA pulled toward the student every step, alpha = ema.decay). About 3 minutes (measured: 160 s) on a 2-core CPU on the
-embedded digits; --config.epochs=2 for a quick look. Add --config.ema.student_decay=0.99 for rows of the
-students' averaged weights ("... (EMA weights)").
-Real study: --config.data.name=tiny_imagenet --config.data.manual_dir=DIR.
-"""
-
-from kdjax import config as config_lib
-
-
-def get_config():
-  config = config_lib.default_config()
-  config.phases = config_lib.PHASES
-  return config
+../kdjax/configs/ema.py

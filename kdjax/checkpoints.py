@@ -3,34 +3,100 @@
 Models: teacher, student_ce, student_kd, student_kd_ema (each the whole TrainState as a dict: params,
 opt_state, step, teacher_params = the frozen or EMA-updated teacher, ema_params = the student-weights average)
 and teacher_ema (the EMA-updated teacher, {"params"} only). The meta of a save holds the phase, the epoch, the
-step, the data-order state, the metrics so far and the run's config (see experiment.Study._save), so a
+step, the data-order state, the metrics so far and the run's config (see resume.phase_meta), so a
 checkpoint folder copied elsewhere still says what it is.
 
 Saves are Orbax's atomic commits: a step is written into `<epoch>.orbax-checkpoint-tmp-*` and renamed when
 complete, so a kill during a save leaves the earlier steps as they were (the half-written folder is removed by
 the next writer). Every failure to read or write is a CheckpointError whose one-line message names the path.
+
+Integrity: Orbax and TensorStore do not notice a flipped byte in an uncompressed chunk (measured: a flipped
+byte in a teacher save restored as a conv7 kernel of 1e26). So `save` writes into the meta, under "integrity",
+the sha256 of every array (its dtype, shape and bytes, keyed by its path in the tree, e.g. "params/fc/kernel")
+and of the rest of the meta, and `restore` recomputes them and raises CorruptCheckpointError naming the first
+array (or the meta) that differs. A step without state/_METADATA (Orbax's description of the tree) is
+incomplete and refused by every reader, so the run and `inspect` follow one rule. A step saved without hashes
+(before kdjax checksummed its checkpoints) cannot be verified and is refused.
 """
 
-import io
-import os
+import contextlib
+import hashlib
+import json
 import pathlib
 import re
-import sys
-import threading
 
 import flax.serialization
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
-# The order in which a run's models are listed (inspection, reports); other folders follow, sorted.
-MODEL_ORDER = ("teacher", "student_ce", "student_kd", "student_kd_ema", "teacher_ema")
-# A phase's student-weights average is reported as "<phase> (EMA weights)" and saved in <phase>'s ema_params.
-EMA_WEIGHTS_SUFFIX = " (EMA weights)"
+from kdjax.phases import MODEL_ORDER
+
 _STEP_NAME = re.compile(r"^\d+$")
 
 
 class CheckpointError(RuntimeError):
   """A checkpoint that cannot be found, read or written; the message is one line naming the path."""
+
+
+class CorruptCheckpointError(CheckpointError):
+  """A saved step whose content is not what was saved (a hash differs, a file is missing or truncated): an
+  earlier intact step, where one exists, can stand in for it (resume.read_saved_phases)."""
+
+
+INTEGRITY = "integrity"   # the meta key that holds the hashes written at save
+
+
+def _leaf_name(path) -> str:
+  """A tree path as "params/conv1/kernel" (dict keys, sequence indices, attribute names)."""
+  parts = []
+  for key in path:
+    for attribute in ("key", "idx", "name"):
+      if hasattr(key, attribute):
+        parts.append(str(getattr(key, attribute)))
+        break
+  return "/".join(parts)
+
+
+def array_sha256(array) -> str:
+  """sha256 of an array's dtype, shape and bytes (C order): equal digests mean equal arrays."""
+  array = np.ascontiguousarray(np.asarray(array))
+  digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
+  digest.update(array.reshape(-1).view(np.uint8))
+  return digest.hexdigest()
+
+
+def content_sha256(tree) -> dict[str, str]:
+  """{path in the tree: array_sha256} for every array of `tree`."""
+  return {_leaf_name(path): array_sha256(leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def meta_sha256(meta: dict) -> str:
+  """sha256 of the meta as JSON with sorted keys (the integrity entry left out)."""
+  body = {key: value for key, value in meta.items() if key != INTEGRITY}
+  return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def verify(where: pathlib.Path, tree: dict, meta: dict) -> dict:
+  """The meta without its integrity entry, once `tree` and the meta match the hashes written at save;
+  CorruptCheckpointError naming `where` and the first array that differs otherwise."""
+  integrity = meta.get(INTEGRITY)
+  if not isinstance(integrity, dict) or not isinstance(integrity.get("arrays"), dict):
+    raise CheckpointError(f"{where}: holds no content hashes (saved before kdjax checksummed its checkpoints), "
+                          f"so it cannot be verified; train it again in a new workdir")
+  if meta_sha256(meta) != integrity.get("meta_sha256"):
+    raise CorruptCheckpointError(f"{where}: corrupt: its meta does not match the sha256 written at save")
+  saved, restored = integrity["arrays"], content_sha256(tree)
+  if set(saved) != set(restored):
+    missing = sorted(set(saved) ^ set(restored))
+    raise CorruptCheckpointError(f"{where}: corrupt: the arrays read are not those saved ({missing[0]}"
+                                 f"{f' and {len(missing) - 1} more' if len(missing) > 1 else ''})")
+  differing = [name for name in saved if saved[name] != restored[name]]
+  if differing:
+    more = f" (and {len(differing) - 1} more)" if len(differing) > 1 else ""
+    raise CorruptCheckpointError(f"{where}: corrupt: array {differing[0]}{more} does not match the sha256 "
+                                 f"written at save")
+  return {key: value for key, value in meta.items() if key != INTEGRITY}
 
 
 def _brief(error: BaseException) -> str:
@@ -39,64 +105,6 @@ def _brief(error: BaseException) -> str:
   if len(text) > 240:
     text = text[:237] + "..."
   return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
-
-class _DropClosedLoopTracebacks(io.TextIOBase):
-  """sys.stderr, less the tracebacks "RuntimeError: Event loop is closed" that TensorStore prints from its
-  own threads when a read finishes after Orbax gave up on a broken checkpoint (its asyncio loop is closed
-  by then). They say nothing the one-line CheckpointError does not, and they would bury it."""
-
-  _START = "Traceback (most recent call last):"
-
-  def __init__(self, stream):
-    self.stream = stream
-    self.pending: dict[int, str] = {}
-    self.lock = threading.Lock()
-
-  def write(self, text: str) -> int:
-    if threading.current_thread() is threading.main_thread():
-      return self.stream.write(text)
-    with self.lock:
-      ident = threading.get_ident()
-      buffered = self.pending.pop(ident, "") + text
-      if not buffered.startswith(self._START[:len(buffered)]) or (
-          not buffered.startswith(self._START) and "\n" in buffered):
-        return self.stream.write(buffered)
-      last = buffered.splitlines()[-1] if buffered.endswith("\n") else ""
-      if last and not last.startswith((" ", "Traceback")):   # the traceback's final "Kind: message" line
-        if last.strip() != "RuntimeError: Event loop is closed":
-          self.stream.write(buffered)
-        return len(text)
-      self.pending[ident] = buffered
-      return len(text)
-
-  def flush(self) -> None:
-    self.stream.flush()
-
-  def fileno(self) -> int:
-    return self.stream.fileno()
-
-  @property
-  def encoding(self):
-    return self.stream.encoding
-
-
-def quiet_stderr() -> None:
-  """For the command-line entry points: see _DropClosedLoopTracebacks."""
-  if not isinstance(sys.stderr, _DropClosedLoopTracebacks):
-    sys.stderr = _DropClosedLoopTracebacks(sys.stderr)
-
-
-def exit_now(code: int) -> None:
-  """Ends the process after a one-line error, skipping the interpreter's teardown: after a failed read,
-  TensorStore can leave callbacks for Orbax's closed asyncio loop that print tracebacks at exit, which would
-  bury the one line. Nothing is left to write when this is called."""
-  for stream in (sys.stdout, sys.stderr):
-    try:
-      stream.flush()
-    except (OSError, ValueError):  # a closed pipe: nothing more can be said
-      pass
-  os._exit(code)
 
 
 def state_tree(state) -> dict:
@@ -112,8 +120,9 @@ def state_from_tree(template, tree: dict):
   return flax.serialization.from_state_dict(template, restored)
 
 
-def step_names(directory: pathlib.Path) -> list[int]:
-  """The committed steps in a folder, read from its entries (Orbax's tmp folders are not steps)."""
+def saved_epochs(directory: pathlib.Path) -> list[int]:
+  """The epochs saved in a model's folder (Orbax's steps), read from its entries (its tmp folders are not
+  steps)."""
   if not directory.is_dir():
     return []
   return sorted(int(child.name) for child in directory.iterdir()
@@ -134,7 +143,7 @@ class ModelCheckpoints:
         raise CheckpointError(f"{self.directory}: no such checkpoint folder")
       if not self.directory.is_dir():
         raise CheckpointError(f"{self.directory}: not a folder, so not an Orbax checkpoint")
-      if not step_names(self.directory):
+      if not saved_epochs(self.directory):
         raise CheckpointError(f"{self.directory}: not an Orbax checkpoint folder (no saved step in it)")
     options = ocp.CheckpointManagerOptions(
         max_to_keep=None if read_only else keep, create=not read_only,
@@ -145,7 +154,12 @@ class ModelCheckpoints:
       raise CheckpointError(f"{self.directory}: cannot open checkpoints ({_brief(error)})") from None
 
   def save(self, epoch: int, tree: dict, meta: dict) -> None:
-    """Saves `epoch` atomically; on failure (disk full, unwritable) the earlier steps are left intact."""
+    """Saves `epoch` atomically, with the hashes `restore` verifies; on failure (disk full, unwritable) the
+    earlier steps are left intact."""
+    meta = {key: value for key, value in meta.items() if key != INTEGRITY}
+    meta[INTEGRITY] = {"arrays": content_sha256(tree), "meta_sha256": meta_sha256(meta),
+                       "rule": "sha256(dtype.str + str(shape) + C-order bytes) per array; sha256 of the "
+                               "meta as sorted-key JSON, this entry left out"}
     try:
       self.manager.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
                                                        meta=ocp.args.JsonSave(meta)), force=True)
@@ -156,9 +170,6 @@ class ModelCheckpoints:
 
   def epochs(self) -> list[int]:
     return sorted(self.manager.all_steps())
-
-  def latest_epoch(self) -> int | None:
-    return self.manager.latest_step()
 
   def _checked_epoch(self, epoch: int | None) -> int:
     saved = self.epochs()
@@ -171,9 +182,14 @@ class ModelCheckpoints:
                             f"{', '.join(map(str, saved))}")
     return epoch
 
-  def restore(self, epoch: int | None = None, target: dict | None = None) -> tuple[dict, dict]:
-    """(state tree, meta) of `epoch` (default: the latest); `target` gives the structure and dtypes."""
+  def restore(self, epoch: int | None = None, target: dict | None = None) -> tuple[dict, dict, int]:
+    """(state tree, meta, epoch read) of `epoch` (default: the latest), verified against the hashes written
+    at save (the meta is returned without them); `target` gives the structure and dtypes."""
     epoch = self._checked_epoch(epoch)
+    where = self.directory / str(epoch)
+    if not (where / "state" / "_METADATA").is_file():
+      raise CorruptCheckpointError(f"{where}: incomplete: state/_METADATA (Orbax's description of the saved "
+                                   f"tree) is missing")
     state_args = (ocp.args.StandardRestore(jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target))
                   if target is not None else ocp.args.StandardRestore())
     try:
@@ -181,32 +197,29 @@ class ModelCheckpoints:
                                                                      meta=ocp.args.JsonRestore()))
       state, meta = restored["state"], restored["meta"]
     except Exception as error:  # noqa: BLE001
-      self.close()
-      raise CheckpointError(f"{self.directory / str(epoch)}: cannot restore: truncated, not an Orbax "
-                            f"checkpoint, or saved by another config ({_brief(error)})") from None
+      with contextlib.suppress(Exception):  # the read's error is the one to report
+        self.manager.close()
+      raise CorruptCheckpointError(f"{where}: cannot restore: truncated, not an Orbax checkpoint, or saved "
+                                   f"by another config ({_brief(error)})") from None
     if not isinstance(state, dict) or not isinstance(meta, dict):
-      raise CheckpointError(f"{self.directory / str(epoch)}: not a kdjax checkpoint (no state/meta items)")
-    return state, meta
-
-  def restore_meta(self, epoch: int | None = None) -> dict:
-    """The meta of `epoch` (default: the latest) alone, without reading the arrays."""
-    epoch = self._checked_epoch(epoch)
-    try:
-      meta = self.manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    except Exception as error:  # noqa: BLE001
-      raise CheckpointError(f"{self.directory / str(epoch)}: cannot read its meta ({_brief(error)})") from None
-    if not isinstance(meta, dict):
-      raise CheckpointError(f"{self.directory / str(epoch)}: not a kdjax checkpoint (no meta item)")
-    return meta
+      raise CheckpointError(f"{where}: not a kdjax checkpoint (no state/meta items)")
+    return state, verify(where, state, meta), epoch
 
   def delete_after(self, epoch: int) -> None:
     """Deletes the steps after `epoch` (a resumed phase saves them again)."""
     for step in self.epochs():
       if step > epoch:
-        self.manager.delete(step)
+        try:
+          self.manager.delete(step)
+        except Exception as error:  # noqa: BLE001
+          raise CheckpointError(f"cannot delete {self.directory / str(step)} ({_brief(error)})") from None
 
   def close(self) -> None:
-    self.manager.close()
+    """Closes the manager; an error it held back from a save (a full disk) is raised naming the folder."""
+    try:
+      self.manager.close()
+    except Exception as error:  # noqa: BLE001
+      raise CheckpointError(f"{self.directory}: cannot finish writing checkpoints ({_brief(error)})") from None
 
 
 def model_folders(checkpoints_dir: pathlib.Path) -> list[pathlib.Path]:
@@ -231,8 +244,8 @@ def resolve(path, model: str) -> tuple[pathlib.Path, int | None]:
     if not folder.is_dir():
       raise CheckpointError(f"{path}: a workdir without a {model} checkpoint (no {folder})")
     return folder, None
-  if step_names(path):
+  if saved_epochs(path):
     return path, None
-  if _STEP_NAME.match(path.name) and path.is_dir() and int(path.name) in step_names(path.parent):
+  if _STEP_NAME.match(path.name) and path.is_dir() and int(path.name) in saved_epochs(path.parent):
     return path.parent, int(path.name)
   raise CheckpointError(f"{path}: neither a workdir with checkpoints/{model} nor an Orbax checkpoint folder")

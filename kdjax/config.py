@@ -1,7 +1,7 @@
 """The study's configuration: every field with its default, and the checks that stop a bad value.
 
-Configs in configs/ start from `default_config()` and change a few fields; `validate` raises ConfigError with
-one line naming the field.
+The configs in kdjax/configs/ start from `default_config()` and change a few fields; `validate` raises
+ConfigError with one line naming the field.
 """
 
 import json
@@ -9,19 +9,21 @@ import math
 
 import ml_collections
 
-PHASES = ("teacher", "student_ce", "student_kd", "student_kd_ema")
+from kdjax.phases import PHASE_NAMES
 
 
 def default_config() -> ml_collections.ConfigDict:
   """Every field of a study, with the seed's values where it has them (see configs/default.py)."""
   config = ml_collections.ConfigDict()
   config.seed = 0
+  config.num_seeds = 1                  # > 1: the study once per seed seed, seed+1, ... (seeds.py)
   config.epochs = 10                    # per phase (the seed)
   config.batch_size = 64
   config.eval_batch_size = 500
   config.phases = ("teacher", "student_ce", "student_kd")
-  config.progress = True                # a tqdm bar per epoch
+  config.progress = True                # a progress bar per epoch (on a terminal; else a line every ~30 s)
   config.log_every_epoch = True         # the one-line summary per epoch
+  config.log_every_steps = 10           # TensorBoard: the train loss of every N-th step (0 = none)
 
   config.data = ml_collections.ConfigDict()
   config.data.name = "digits"           # the embedded set; "tiny_imagenet" for the real study (docs/data.md)
@@ -58,6 +60,13 @@ def default_config() -> ml_collections.ConfigDict:
   config.ema.decay = 0.999              # the seed's alpha: teacher = alpha*teacher + (1-alpha)*student
   config.ema.student_decay = 0.0        # > 0: also keep an EMA of the student's weights, reported apart
   config.ema.warmup = False             # mean-teacher warm-up: alpha_t = min(1 - 1/(t+1), alpha)
+  # The EMA sweep: one more student_kd_ema phase per (alpha, warm-up) pair, rows "student_kd_ema@<alpha>[+warmup]"
+  # and "teacher_ema@<alpha>[+warmup]", all distilled from the same trained teacher (configs/ema_sweep.py).
+  config.ema.sweep = ()                 # alphas, e.g. (0.9, 0.99, 0.999, 0.9999); () = none
+  config.ema.sweep_warmup = (False,)    # warm-up settings swept with each alpha, e.g. (False, True)
+  # Why the seed's EMA collapses (collapse.py): distances, soft-target entropy, KD loss and top-1 of every
+  # EMA-updated teacher at the end of each epoch and every N steps of the first epoch (0: per epoch only).
+  config.ema.diagnostics_every = 25
 
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.every_epochs = 1    # save each phase's state every N epochs (and at its end)
@@ -69,12 +78,19 @@ def default_config() -> ml_collections.ConfigDict:
   config.teacher = ml_collections.ConfigDict()
   config.teacher.checkpoint = ""        # a workdir or teacher checkpoint folder: distill from it, no training
 
+  # How fast, not what: each switch turns one speed-up off so that a user can compare (kdjax.benchmark).
+  config.speed = ml_collections.ConfigDict()
+  config.speed.pool = "fast"            # kdjax.pooling's 2x2 max-pool; "reduce_window" = nn.max_pool (same bits)
+  config.speed.cached_teacher_logits = True   # student_kd: the frozen teacher's logits once per split (same bits)
+  config.speed.xla_cpu_options = True   # kdjax.xla.CPU_OPTIONS per compile on CPU (weight grads move ~1 ulp)
+
   return config
 
 
 # Fields that do not change what a run computes: they may differ when an existing workdir is resumed.
-RESULT_NEUTRAL = ("progress", "log_every_epoch", "checkpoint.keep", "checkpoint.every_epochs",
-                  "checkpoint.allow_config_change", "data.data_dir", "data.manual_dir")
+RESULT_NEUTRAL = ("progress", "log_every_epoch", "log_every_steps", "checkpoint.keep", "checkpoint.every_epochs",
+                  "checkpoint.allow_config_change", "data.data_dir", "data.manual_dir",
+                  "speed.pool", "speed.cached_teacher_logits")  # bit-identical either way (tests/test_speed.py)
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
@@ -90,8 +106,14 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 
 
 def differences(saved: dict, current: dict, ignore=RESULT_NEUTRAL) -> list[str]:
-  """`field (saved -> current)` for each field that differs between two config dicts (as in config.json)."""
+  """`field (saved -> current)` for each field that differs between two config dicts (as in config.json).
+
+  A field that `saved` lacks but today's default_config has was added to kdjax after that run was started:
+  it compares at its default (the value the older run computed with), so older workdirs still resume.
+  """
+  defaults = flatten(json.loads(default_config().to_json_best_effort()))
   old, new = flatten(saved), flatten(current)
+  old = {**{name: defaults[name] for name in new if name not in old and name in defaults}, **old}
   missing = object()
   changes = []
   for name in sorted(set(old) | set(new)):
@@ -120,7 +142,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
   from kdjax import data as data_lib  # the data registry; imported here to keep config import-light
   from kdjax import models, optim
 
-  _check(isinstance(config.seed, int), "seed", "must be an integer", config.seed)
+  # numpy's default_rng([seed, epoch]) (the data order) needs seed >= 0; 32 bits suit every RNG that takes it
+  # (jax.random.PRNGKey, numpy, torch.manual_seed in parity/).
+  _check(isinstance(config.seed, int) and not isinstance(config.seed, bool) and 0 <= config.seed < 2**31,
+         "seed", "must be an integer in [0, 2**31 - 1]", config.seed)
+  _check(isinstance(config.num_seeds, int) and config.num_seeds >= 1, "num_seeds", "must be an integer >= 1",
+         config.num_seeds)
+  _check(config.seed + config.num_seeds <= 2**31, "num_seeds",
+         f"must keep the last seed (seed + num_seeds - 1) <= 2**31 - 1 (seed is {config.seed})", config.num_seeds)
   _check(isinstance(config.epochs, int) and config.epochs >= 1, "epochs", "must be an integer >= 1",
          config.epochs)
   for field in ("batch_size", "eval_batch_size"):
@@ -129,7 +158,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   phases = tuple(config.phases)
   _check(len(phases) > 0, "phases", "must name at least one phase", config.phases)
   for phase in phases:
-    _check(phase in PHASES, "phases", f"must only hold {PHASES}", phase)
+    _check(phase in PHASE_NAMES, "phases", f"must only hold {PHASE_NAMES}", phase)
   _check(len(set(phases)) == len(phases), "phases", "must not repeat a phase", config.phases)
   _check(isinstance(config.teacher.checkpoint, str), "teacher.checkpoint", "must be a path string",
          config.teacher.checkpoint)
@@ -165,8 +194,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
            opt[field])
   _check(_is_number(opt.eps) and opt.eps > 0, "optimizer.eps", "must be > 0", opt.eps)
 
+  # Bounds where the float32 KD loss still means distillation: above 1e3 it drifts from its float64 value
+  # (0.2 % at T=1e3, 7 % at 1e4: softmax(z/T) is uniform to float32 rounding); below 1e-2 softmax(t/T) is the
+  # teacher's one-hot argmax and the T^2 factor shrinks the gradients 100-fold or more.
   _check(_is_number(config.kd.temperature) and config.kd.temperature > 0, "kd.temperature",
          "must be > 0", config.kd.temperature)
+  _check(1e-2 <= config.kd.temperature <= 1e3, "kd.temperature",
+         "must be in [0.01, 1000] (float32 KD loses its meaning outside)", config.kd.temperature)
   for field in ("kd_weight", "ce_weight"):
     _check(_is_number(config.kd[field]) and config.kd[field] >= 0, f"kd.{field}", "must be >= 0",
            config.kd[field])
@@ -175,9 +209,27 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for field in ("decay", "student_decay"):
     _check(_is_number(config.ema[field]) and 0 <= config.ema[field] <= 1, f"ema.{field}",
            "must be in [0, 1]", config.ema[field])
+  for decay in config.ema.sweep:
+    _check(_is_number(decay) and 0 <= decay <= 1, "ema.sweep", "must hold decays in [0, 1]", decay)
+  _check(len(set(config.ema.sweep)) == len(config.ema.sweep), "ema.sweep", "must not repeat a decay",
+         config.ema.sweep)
+  for warmup in config.ema.sweep_warmup:
+    _check(isinstance(warmup, bool), "ema.sweep_warmup", "must hold True/False", warmup)
+  _check(len(config.ema.sweep_warmup) >= 1 and len(set(config.ema.sweep_warmup)) == len(config.ema.sweep_warmup),
+         "ema.sweep_warmup", "must hold False and/or True once each", config.ema.sweep_warmup)
+  _check(isinstance(config.ema.diagnostics_every, int) and config.ema.diagnostics_every >= 0,
+         "ema.diagnostics_every", "must be an integer >= 0 (0 = per epoch only)", config.ema.diagnostics_every)
+  if config.ema.sweep and not config.teacher.checkpoint:
+    _check("teacher" in phases, "ema.sweep", "needs the 'teacher' phase (or teacher.checkpoint) to distil from",
+           config.phases)
 
   for field in ("every_epochs", "keep"):
     _check(isinstance(config.checkpoint[field], int) and config.checkpoint[field] >= 1,
            f"checkpoint.{field}", "must be an integer >= 1", config.checkpoint[field])
   _check(isinstance(config.checkpoint.allow_config_change, bool), "checkpoint.allow_config_change",
          "must be True or False", config.checkpoint.allow_config_change)
+
+  _check(config.speed.pool in models.POOLS, "speed.pool", f"must be one of {tuple(models.POOLS)}",
+         config.speed.pool)
+  for field in ("cached_teacher_logits", "xla_cpu_options"):
+    _check(isinstance(config.speed[field], bool), f"speed.{field}", "must be True or False", config.speed[field])

@@ -30,7 +30,7 @@ def torch_order(params, layer_names: Sequence[str]) -> list[tuple[str, str]]:
   return [(layer, name) for layer in layer_names for name in PARAM_ORDER if name in params[layer]]
 
 
-def seed_pairs(student_params, student_layers: Sequence[str], teacher_params,
+def torch_zip_pairs(student_params, student_layers: Sequence[str], teacher_params,
                teacher_layers: Sequence[str]) -> list[tuple[tuple[str, str], tuple[str, str]]]:
   """(student path, teacher path) pairs the seed's EMA updates: zip in torch order, equal shapes only."""
   pairs = []
@@ -46,10 +46,10 @@ def warmup_decay(decay: float, update_count: jax.Array) -> jax.Array:
   return jnp.minimum(1.0 - 1.0 / (update_count + 1.0), decay)
 
 
-def seed_teacher_update(teacher_params, student_params, pairs, decay) -> dict:
+def pull_teacher_toward_student(teacher_params, student_params, pairs, decay) -> dict:
   """The seed's EMA: teacher = decay*teacher + (1-decay)*student on each paired tensor; others unchanged.
 
-  `pairs` comes from `seed_pairs` (static, computed once from shapes); `decay` may be a traced scalar.
+  `pairs` comes from `torch_zip_pairs` (static, computed once from shapes); `decay` may be a traced scalar.
   """
   updated = {layer: dict(tensors) for layer, tensors in teacher_params.items()}
   for (s_layer, s_name), (t_layer, t_name) in pairs:

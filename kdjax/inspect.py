@@ -1,15 +1,20 @@
 """Looks inside a run's checkpoints without writing code.
 
     python -m kdjax.inspect WORKDIR                          # every model of the run
-    python -m kdjax.inspect WORKDIR/checkpoints/teacher [--step N] [--json]
-    python -m kdjax.inspect WORKDIR --evaluate MODEL [--step N]
+    python -m kdjax.inspect WORKDIR/checkpoints/teacher [--epoch N] [--json]
+    python -m kdjax.inspect WORKDIR --evaluate MODEL [--epoch N]
 
-Per model: the saved steps (one per saved epoch), a parameter table in layer order (conv1, conv2, ..., fc;
+Per model: the saved epochs, a parameter table in layer order (conv1, conv2, ..., fc;
 kernel before bias, as PyTorch registers them) with shape, dtype, count, L2 norm, min and max, the totals,
 what else the state holds (optimizer state, the teacher copy, the student-weights average), the metrics
 stored with the checkpoint, and the config. --json prints the same as one JSON document.
 --evaluate re-evaluates a checkpoint (default: the latest) on the run's validation split, as the report does;
 MODEL may be a row of the report such as "student_kd (EMA weights)". Reads only; writes nothing.
+
+Every checkpoint read is verified as a run verifies it (content hashes, state/_METADATA present; see
+kdjax/checkpoints.py). A workdir with a bad model checkpoint shows the others and marks that one; exit status
+0: all shown, 1: shown, but a model's checkpoint is bad (each named on stderr in one line), 2: nothing could be
+shown (a bad path, epoch or model; the one line says why).
 """
 
 import argparse
@@ -22,10 +27,10 @@ import numpy as np
 from absl import logging
 
 from kdjax import checkpoints as ckpt_lib
+from kdjax import cli
 from kdjax import ema
-
-PARAM_TREES = ("params", "teacher_params", "ema_params")   # trees of weights (the rest is optimizer state)
-EMA_WEIGHTS_SUFFIX = ckpt_lib.EMA_WEIGHTS_SUFFIX
+from kdjax import phases
+from kdjax import resume
 
 
 def _natural_key(name: str):
@@ -70,13 +75,12 @@ def parameter_table(params: dict, layer_names=None) -> dict:
   return {"parameters": rows, "total": total}
 
 
-def describe_model(folder: pathlib.Path, step: int | None = None) -> dict:
+def describe_model(folder: pathlib.Path, epoch: int | None = None) -> dict:
   """Everything `inspect` shows about one model's checkpoint folder, as JSON-ready data."""
   reader = ckpt_lib.ModelCheckpoints(folder, read_only=True)
-  tree, meta = reader.restore(step)
+  tree, meta, shown = reader.restore(epoch)
   saved = reader.epochs()
   reader.close()
-  shown = step if step is not None else saved[-1]
   layer_names = meta.get("layer_names")
   description = {
       "model": meta.get("model", folder.name), "path": str(folder), "saved_epochs": saved, "epoch": shown,
@@ -100,73 +104,66 @@ def describe_model(folder: pathlib.Path, step: int | None = None) -> dict:
   return description
 
 
-def inspect_path(path, step: int | None = None) -> dict:
-  """A workdir (every model under checkpoints/) or one model's checkpoint folder."""
+def describe_or_mark(folder: pathlib.Path, epoch: int | None = None) -> dict:
+  """describe_model, or, when the checkpoint is bad, the model's name and path with the one-line `error`."""
+  try:
+    return describe_model(folder, epoch)
+  except ckpt_lib.CheckpointError as error:
+    return {"model": folder.name, "path": str(folder), "error": str(error)}
+
+
+def inspect_path(path, epoch: int | None = None) -> dict:
+  """A workdir (every model under checkpoints/; a bad one is marked, see describe_or_mark) or one model's
+  checkpoint folder."""
   path = pathlib.Path(path).absolute()
   if not path.exists():
     raise ckpt_lib.CheckpointError(f"{path}: no such file or directory")
   if (path / "checkpoints").is_dir() or (path / "config.json").is_file():
+    config = resume.read_config_json(path / "config.json") if (path / "config.json").is_file() else None
     folders = ckpt_lib.model_folders(path / "checkpoints")
     if not folders:
       raise ckpt_lib.CheckpointError(f"{path}: a workdir without checkpoints (no model folder in "
                                      f"{path / 'checkpoints'})")
-    config_path = path / "config.json"
-    config = json.loads(config_path.read_text()) if config_path.is_file() else None
-    models = [describe_model(folder, step) for folder in folders]
+    models = [describe_or_mark(folder, epoch) for folder in folders]
     for model in models:  # shown once for the run, unless a checkpoint was saved with another config
-      if model["config"] == config:
+      if "config" in model and model["config"] == config:
         model["config"] = "(the run's config)"
     report_path = path / "report.json"
     return {"workdir": str(path), "config": config, "models": models,
             "report": str(report_path) if report_path.is_file() else None}
-  if not ckpt_lib.step_names(path) and not ckpt_lib.step_names(path.parent):
+  if not ckpt_lib.saved_epochs(path) and not ckpt_lib.saved_epochs(path.parent):
     raise ckpt_lib.CheckpointError(f"{path}: neither a kdjax workdir nor an Orbax checkpoint folder")
-  folder, step_in_path = ckpt_lib.resolve(path, "teacher")
-  return {"workdir": None, "config": None, "models": [describe_model(folder, step if step is not None
-                                                                      else step_in_path)]}
+  folder, epoch_in_path = ckpt_lib.resolve(path, "teacher")
+  return {"workdir": None, "config": None, "models": [describe_model(folder, epoch if epoch is not None
+                                                                      else epoch_in_path)]}
 
 
 # --- evaluation ------------------------------------------------------------------------------------------
 
-def evaluate_model(workdir, model: str, step: int | None = None) -> dict:
+def evaluate_model(workdir, model: str, epoch: int | None = None) -> dict:
   """Re-evaluates `model` (a report row) on the run's validation split with the run's config.json."""
-  import jax.numpy as jnp
-  import ml_collections
-
   from kdjax import data as data_lib
   from kdjax import evaluate
-  from kdjax import models as models_lib
 
-  workdir = pathlib.Path(workdir).absolute()
-  config_path = workdir / "config.json"
-  if not config_path.is_file():
-    raise ckpt_lib.CheckpointError(f"{workdir}: not a workdir (no config.json), so no validation split "
-                                   f"to evaluate on")
-  config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
-  folder_name, tree_key = model, "params"
-  if model.endswith(EMA_WEIGHTS_SUFFIX):
-    folder_name, tree_key = model[:-len(EMA_WEIGHTS_SUFFIX)], "ema_params"
-  folder = workdir / "checkpoints" / folder_name
-  if not folder.is_dir():
-    known = [f.name for f in ckpt_lib.model_folders(workdir / "checkpoints")]
-    raise ckpt_lib.CheckpointError(f"{folder}: no such model checkpoint (saved models: "
-                                   f"{', '.join(known) or 'none'})")
-  reader = ckpt_lib.ModelCheckpoints(folder, read_only=True)
-  tree, meta = reader.restore(step)
-  epoch = step if step is not None else reader.latest_epoch()
-  reader.close()
-  if tree_key not in tree:
-    raise ckpt_lib.CheckpointError(f"{folder / str(epoch)}: holds no {tree_key} for {model!r}")
-  net_name = meta.get("net") or ("teacher" if "teacher" in folder_name else "student")
-  dataset = data_lib.load(config.data)
-  mean, std = data_lib.normalization_constants(dataset, config.data.normalization)
-  net = models_lib.MODEL_FACTORIES[net_name](dataset.num_classes, config.model.activation, config.model.init)
-  logits = evaluate.predict(net, tree[tree_key], dataset.val_images, jnp.asarray(mean), jnp.asarray(std),
-                            config.eval_batch_size)
+  run = resume.load_run(workdir)
+  params, meta, epoch = run.params(model, epoch)   # verified against its content hashes
+  dataset = run.dataset()
+  mean, std = data_lib.normalization_constants(dataset, run.config.data.normalization)
+  logits = evaluate.predict(run.net(model, dataset.num_classes), params, dataset.val_images, mean, std,
+                            run.config.eval_batch_size)
   metrics = evaluate.classification_metrics(logits, dataset.val_labels)
+  folder = run.workdir / "checkpoints" / model.removesuffix(phases.EMA_WEIGHTS_SUFFIX)
   result = {"model": model, "checkpoint": str(folder / str(epoch)), "epoch": epoch,
             "val_examples": int(len(dataset.val_labels)), **metrics}
-  report_path = workdir / "report.json"
+  if "data" in meta:   # the data config.json now reads against the data the checkpoint was trained on
+    result["data_differences"] = resume.fingerprint_differences(meta["data"], resume.data_fingerprint(dataset))
+  rows = (meta.get("results", {}).get(model, {}).get("epochs")
+          or (meta.get("epochs", []) if meta.get("model") == model else []))
+  recorded = next((row for row in rows if row.get("epoch") == epoch), None)
+  if recorded is not None:   # the metrics saved with the checkpoint (the second check a resume makes)
+    result["recorded"] = {key: recorded[key] for key in ("val_top1", "val_loss")}
+    result["equals_recorded"] = all(recorded[key] == metrics[key] for key in ("val_top1", "val_loss"))
+  report_path = run.workdir / "report.json"
   if report_path.is_file():
     reported = json.loads(report_path.read_text()).get("models", {}).get(model)
     if reported is not None:
@@ -193,6 +190,8 @@ def _config_lines(config: dict, prefix: str = "") -> list[str]:
 
 
 def format_model(model: dict) -> str:
+  if "error" in model:
+    return f"== {model['model']}  ({model['path']})\nBAD CHECKPOINT, not shown: {model['error']}"
   status = "finished" if model.get("finished") else ("not finished" if model.get("finished") is False else "")
   lines = [f"== {model['model']}  ({model['path']})",
            f"saved epochs: {', '.join(map(str, model['saved_epochs']))};  showing epoch {model['epoch']}"
@@ -244,6 +243,13 @@ def format_inspection(inspection: dict) -> str:
 def format_evaluation(result: dict) -> str:
   text = (f"{result['model']} ({result['checkpoint']}), {result['val_examples']} validation examples: "
           f"top-1 {result['val_top1']:.2f} %  top-5 {result['val_top5']:.2f} %  loss {result['val_loss']:.6f}")
+  if result.get("data_differences"):
+    text += (f"\nWARNING: config.json's data settings now read other data than the checkpoint was trained on: "
+             f"{'; '.join(result['data_differences'])}")
+  if "recorded" in result:
+    verdict = "equal to" if result["equals_recorded"] else "DIFFERENT from"
+    text += (f"\nsaved with the checkpoint: top-1 {result['recorded']['val_top1']:.2f} %  loss "
+             f"{result['recorded']['val_loss']:.6f}  ({verdict} the checkpoint's record)")
   if "report" in result:
     verdict = "equal to" if result["equals_report"] else "DIFFERENT from"
     text += (f"\nreport.json: top-1 {result['report']['val_top1']:.2f} %  top-5 {result['report']['val_top5']:.2f} %"
@@ -254,27 +260,34 @@ def format_evaluation(result: dict) -> str:
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog="python -m kdjax.inspect", description=__doc__.split("\n\n")[0])
   parser.add_argument("path", help="a workdir, or a model's checkpoint folder (WORKDIR/checkpoints/MODEL)")
-  parser.add_argument("--step", type=int, default=None, help="the saved epoch to show (default: the latest)")
+  parser.add_argument("--epoch", type=int, default=None, help="the saved epoch to show (default: the latest)")
   parser.add_argument("--json", action="store_true", help="print JSON instead of text")
   parser.add_argument("--evaluate", metavar="MODEL", default=None,
                       help="re-evaluate MODEL of the workdir on its validation split")
   args = parser.parse_args(argv)
   logging.set_verbosity(logging.ERROR)  # Orbax warns about what the one-line error says anyway
-  ckpt_lib.quiet_stderr()
+  cli.quiet_stderr()
   try:
     if args.evaluate is not None:
-      result = evaluate_model(args.path, args.evaluate, args.step)
+      result = evaluate_model(args.path, args.evaluate, args.epoch)
       print(json.dumps(result, indent=2) if args.json else format_evaluation(result))
     else:
-      inspection = inspect_path(args.path, args.step)
-      print(json.dumps(inspection, indent=2) if args.json else format_inspection(inspection))
+      inspection = inspect_path(args.path, args.epoch)
+      print(json.dumps(inspection, indent=2) if args.json else format_inspection(inspection), flush=True)
+      bad = [model["error"] for model in inspection["models"] if "error" in model]
+      for error in bad:
+        print(f"kdjax.inspect: error: {error}", file=sys.stderr)
+      if bad:
+        return 1
   except ckpt_lib.CheckpointError as error:
     print(f"kdjax.inspect: error: {error}", file=sys.stderr)
     return 2
   except BrokenPipeError:  # the reader went away (| head)
     return 0
+  except KeyboardInterrupt:
+    return cli.INTERRUPTED
   return 0
 
 
 if __name__ == "__main__":
-  ckpt_lib.exit_now(main())
+  cli.exit_now(main())

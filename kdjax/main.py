@@ -1,4 +1,15 @@
-"""Runs a kdjax study: python -m kdjax.main --config configs/ema.py --workdir runs/ema [--config.x=...]."""
+"""kdjax: the seed's teacher/student knowledge-distillation study, in JAX/Flax.
+
+How does a student perform against its teacher, with and without the seed's EMA updates? A run trains the
+teacher, a student on labels (the baseline), a student by KD from the frozen teacher and (ema.py) a student by KD
+from a copy of the teacher that the seed's EMA pulls toward the student every step. It evaluates every model on
+the whole validation split after every epoch and writes to WORKDIR: report.md (the table and the answer),
+report.json, curves.png, metrics.jsonl, checkpoints/ (a rerun resumes) and tensorboard/.
+
+usage:
+  python -m kdjax.main --config ema.py --workdir runs/ema [--config.FIELD=VALUE ...]
+  python -m kdjax.main --config ema.py --show_config [--config.FIELD=VALUE ...]
+"""
 
 import sys
 
@@ -7,36 +18,85 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from kdjax import checkpoints
-from kdjax import config as config_lib
-from kdjax import data as data_lib
-from kdjax import experiment
-from kdjax import rundir
-from kdjax import train
+from kdjax import cli
+from kdjax import configs
+from kdjax import progress
+from kdjax.config import ConfigError
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "A config file, e.g. configs/ema.py.",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where the run writes its files.")
-flags.mark_flags_as_required(["config", "workdir"])
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "A shipped config (ema.py, ema, configs/ema.py) or a config file's path.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where the run writes its files (an existing run is resumed).")
+_SHOW_CONFIG = flags.DEFINE_bool("show_config", False,
+                                 "Print every field of the config, overrides applied, and exit (no --workdir).")
+
+_HELP_ARGS = {"-h", "-help", "--help", "-helpshort", "--helpshort", "-?"}
+
+
+class _UsageError(Exception):
+  """A command line that cannot run; the message is one line."""
+
+
+def usage() -> str:
+  """--help: what the study is, the shipped configs, how to see and change every field, the flags."""
+  shipped = "\n".join(f"  {name + '.py':<12}{purpose}" for name, purpose in configs.available().items())
+  flag_lines = "\n".join(f"  --{holder.name}: {flags.FLAGS[holder.name].help}"
+                         for holder in (_CONFIG, _WORKDIR, _SHOW_CONFIG))
+  return (f"{__doc__.strip()}\n\n"
+          f"configs (--config NAME.py, NAME or configs/NAME.py; or the path of your own config file):\n"
+          f"{shipped}\n\n"
+          f"Every config field can be changed on the command line, e.g. --config.epochs=2 "
+          f"--config.kd.temperature=2;\n"
+          f"--config ema.py --show_config lists every field with its value (and what it means).\n\n"
+          f"flags:\n{flag_lines}")
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """app.run's flags parser: the config named or found (kdjax.configs), its overridden fields checked; any
+  mistake on the command line is `kdjax: error: ONE LINE` and exit 2. --help prints `usage()`, exit 0."""
+  if any(arg in _HELP_ARGS for arg in argv[1:]):
+    print(usage())
+    sys.exit(0)
+  try:
+    if configs.given(argv) is None:
+      raise _UsageError(f"--config is required: one of {', '.join(f'{n}.py' for n in configs.available())} "
+                        f"or a config file (see --help)")
+    config = configs.load(configs.given(argv))  # ml_collections loads it again; checked here for one line
+    argv = configs.resolve_flag(argv)
+    for field in configs.overridden_fields(argv):
+      configs.check_field(config, field, where="--config", listing="--show_config lists them all")
+    rest = flags.FLAGS(argv)
+    if len(rest) > 1:
+      raise _UsageError(f"unexpected arguments: {' '.join(rest[1:])}")
+    if not _SHOW_CONFIG.value and not _WORKDIR.value:
+      raise _UsageError("--workdir is required: the folder the run writes to (or --show_config)")
+    return rest
+  except (_UsageError, ConfigError, flags.Error) as error:
+    print(f"kdjax: error: {' '.join(str(error).split())}", file=sys.stderr)
+    sys.exit(2)
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  del argv  # parse_flags refused anything but flags
+  config = _CONFIG.value
+  if _SHOW_CONFIG.value:
+    changed = list(flags.FLAGS["config"].override_values)
+    source = flags.FLAGS["config"].config_filename + (f"; changed: {', '.join(changed)}" if changed else "")
+    try:
+      print(configs.describe(config, source), flush=True)
+    except BrokenPipeError:  # e.g. `--show_config | head`
+      cli.exit_now(0)
+    return
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
-  checkpoints.quiet_stderr()
-  try:
-    experiment.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (config_lib.ConfigError, data_lib.DataError) as error:
-    print(f"kdjax: error: {error}", file=sys.stderr)
-    sys.exit(2)
-  except (train.DivergenceError, checkpoints.CheckpointError, rundir.WriteError) as error:
-    print(f"kdjax: error: {error}", file=sys.stderr)
-    checkpoints.exit_now(1)  # no teardown noise from a failed Orbax read after the one line
-  except OSError as error:  # e.g. a full disk while writing report.md or curves.png
-    print(f"kdjax: error: {error.filename or ''}: {error.strerror or error}", file=sys.stderr)
-    checkpoints.exit_now(1)
+  cli.quiet_stderr()
+  from kdjax import experiment  # here, so that --help and --show_config do not wait for JAX
+  with progress.printing(sys.stdout):
+    code = cli.run_main("kdjax", lambda: experiment.train_and_evaluate(config, _WORKDIR.value))
+  sys.exit(code)
+
+
+def run() -> None:
+  app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  run()

@@ -5,6 +5,10 @@ conv3, conv6, conv9, conv12; flatten (H*W*C order in Flax); Dense `fc` -> num_cl
 StudentNet: conv1..conv4, each 3x3 SAME with bias and each followed by a 2x2 max-pool; flatten; `fc`.
 For 64x64 inputs both flatten 12*4*4 = 192 features.
 
+`pool="fast"` (the default) is kdjax.pooling.max_pool_2x2, whose values and gradients equal
+`pool="reduce_window"` (`nn.max_pool`) bit for bit and whose backward is ~10x cheaper on XLA:CPU; the
+choice is kept so that a user can compare (config speed.pool).
+
 `init="pytorch"` reproduces PyTorch's default Conv2d/Linear initialisation (weights and biases from
 U(-1/sqrt(fan_in), +1/sqrt(fan_in)), fan_in = in_channels*kh*kw or in_features), the seed's;
 `init="lecun_normal"` is Flax's default (LeCun-normal kernels, zero biases).
@@ -17,11 +21,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kdjax import pooling
+
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "none": lambda x: x,
     "relu": nn.relu,
 }
 INITS = ("pytorch", "lecun_normal")
+POOLS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "fast": pooling.max_pool_2x2,
+    "reduce_window": lambda x: nn.max_pool(x, window_shape=(2, 2), strides=(2, 2)),
+}
 KERNEL_SIZE = (3, 3)
 
 
@@ -43,10 +53,6 @@ def _layer_inits(init: str, fan_in: int) -> dict:
   raise ValueError(f"model.init must be one of {INITS}, got {init!r}")
 
 
-def _max_pool(x):
-  return nn.max_pool(x, window_shape=(2, 2), strides=(2, 2))
-
-
 class ConvNet(nn.Module):
   """A stack of 3x3 SAME convs (optional activation), 2x2 max-pools after the listed convs, and a head.
 
@@ -56,6 +62,8 @@ class ConvNet(nn.Module):
     num_classes: width of the `fc` head.
     activation: "none" (the seed) or "relu", applied after every conv.
     init_scheme: config model.init, "pytorch" (the seed) or "lecun_normal".
+    pool: how the 2x2 max-pool is computed, a key of POOLS; "fast" and "reduce_window" give the same
+      values and gradients bit for bit, at different speeds.
   """
 
   conv_features: Sequence[int]
@@ -63,6 +71,7 @@ class ConvNet(nn.Module):
   num_classes: int
   activation: str = "none"
   init_scheme: str = "pytorch"  # `init` would shadow Module.init
+  pool: str = "fast"
 
   @property
   def layer_names(self) -> tuple[str, ...]:
@@ -73,6 +82,9 @@ class ConvNet(nn.Module):
   def __call__(self, images: jax.Array) -> jax.Array:
     """images: float32 [N, H, W, C] (normalised); returns logits float32 [N, num_classes]."""
     act = ACTIVATIONS[self.activation]
+    if self.pool not in POOLS:
+      raise ValueError(f"pool must be one of {tuple(POOLS)}, got {self.pool!r}")
+    max_pool = POOLS[self.pool]
     x = images
     kh, kw = KERNEL_SIZE
     for index, features in enumerate(self.conv_features, start=1):
@@ -80,23 +92,26 @@ class ConvNet(nn.Module):
                   **_layer_inits(self.init_scheme, x.shape[-1] * kh * kw))(x)
       x = act(x)
       if index in self.pool_after:
-        x = _max_pool(x)
+        x = max_pool(x)
     x = x.reshape((x.shape[0], -1))  # H*W*C order; PyTorch's is C*H*W (see parity/convert.py).
     return nn.Dense(self.num_classes, name="fc", **_layer_inits(self.init_scheme, x.shape[-1]))(x)
 
 
-def teacher_net(num_classes: int, activation: str = "none", init: str = "pytorch") -> ConvNet:
+def teacher_net(num_classes: int, activation: str = "none", init: str = "pytorch",
+                pool: str = "fast") -> ConvNet:
   """The seed's TeacherNet: 12 convs of 12 channels, pools after conv3, conv6, conv9, conv12."""
   return ConvNet(conv_features=(12,) * 12, pool_after=(3, 6, 9, 12), num_classes=num_classes,
-                 activation=activation, init_scheme=init)
+                 activation=activation, init_scheme=init, pool=pool)
 
 
-def student_net(num_classes: int, activation: str = "none", init: str = "pytorch") -> ConvNet:
+def student_net(num_classes: int, activation: str = "none", init: str = "pytorch",
+                pool: str = "fast") -> ConvNet:
   """Our StudentNet: 4 convs of 12 channels, each followed by a 2x2 max-pool."""
   return ConvNet(conv_features=(12,) * 4, pool_after=(1, 2, 3, 4), num_classes=num_classes,
-                 activation=activation, init_scheme=init)
+                 activation=activation, init_scheme=init, pool=pool)
 
 
+# Called as factory(num_classes, activation, init) or with pool=... as well.
 MODEL_FACTORIES = {"teacher": teacher_net, "student": student_net}
 
 

@@ -1,6 +1,10 @@
 """A run's directory: config.json at start, one JSON line per model and epoch in metrics.jsonl, and the
-paths of everything else a run writes (checkpoints/, report.json, report.md, curves.png)."""
+paths of everything else a run writes (checkpoints/, report.json, report.md, curves.png), and .lock, which a
+running study holds (an fcntl lock: the OS releases it when the process ends, however it ends)."""
 
+import contextlib
+import errno
+import fcntl
 import json
 import os
 import pathlib
@@ -20,14 +24,46 @@ class RunDir:
   """WORKDIR, checked writable on creation (ConfigError naming `workdir` otherwise)."""
 
   def __init__(self, path: str | os.PathLike):
+    if not str(path).strip():   # Path("") is the current directory: an unset shell variable would write there
+      raise ConfigError(f"workdir: empty ({str(path)!r}; an unset shell variable?): give the run's directory, "
+                        f"e.g. --workdir=runs/kd")
     self.path = pathlib.Path(path)
     try:
       self.path.mkdir(parents=True, exist_ok=True)
-      probe = self.path / ".write_probe"
+      probe = self.path / f".write_probe.{os.getpid()}"
       probe.write_text("")
       probe.unlink()
     except OSError as error:
       raise ConfigError(f"workdir: cannot write to {self.path}: {error.strerror or error}") from None
+
+  @contextlib.contextmanager
+  def locked(self):
+    """Holds WORKDIR/.lock exclusively while the block runs, so two runs never share a workdir. A second
+    run gets ConfigError naming the workdir and the holder's PID; a killed holder (even kill -9) leaves no
+    stale lock, since the OS drops an flock with the process."""
+    lock_path = self.path / ".lock"
+    try:
+      # Held through a read-only descriptor (flock needs no write access), so that a filesystem can still be
+      # remounted read-only under a run; the PID is written through a short-lived one.
+      descriptor = os.open(lock_path, os.O_RDONLY | os.O_CREAT, 0o644)
+    except OSError as error:
+      raise ConfigError(f"workdir: cannot write to {self.path}: {error.strerror or error}") from None
+    try:
+      try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except OSError as error:
+        if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+          raise ConfigError(f"workdir: cannot lock {lock_path}: {error.strerror or error}") from None
+        holder = lock_path.read_text().strip() or "unknown"
+        raise ConfigError(f"workdir {self.path.absolute()} is in use by another kdjax run (PID {holder}); "
+                          f"wait for it to end, or use another workdir") from None
+      try:
+        lock_path.write_text(f"{os.getpid()}\n")
+      except OSError as error:
+        raise ConfigError(f"workdir: cannot write to {self.path}: {error.strerror or error}") from None
+      yield self
+    finally:
+      os.close(descriptor)   # releases the lock
 
   @property
   def checkpoints(self) -> pathlib.Path:
@@ -66,8 +102,3 @@ class RunDir:
     trained again appears twice). Nothing is created when there is no file and nothing to write."""
     if records or self.metrics_path.exists():
       self._replace(self.metrics_path, "".join(json.dumps(record) + "\n" for record in records))
-
-  def read_metrics(self) -> list[dict]:
-    if not self.metrics_path.exists():
-      return []
-    return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]

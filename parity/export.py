@@ -14,13 +14,14 @@ Errors (missing workdir, unknown model, missing checkpoint, unwritable output) a
 """
 
 import argparse
-import json
 import pathlib
 import sys
 
 import numpy as np
 
-MODELS = ("teacher", "student_ce", "student_kd", "student_kd_ema", "teacher_ema")
+from kdjax.phases import MODEL_ORDER
+
+MODELS = MODEL_ORDER   # the models with a checkpoint folder, from kdjax's one table
 SPLITS = ("train", "validation")
 PROBE_SEED = 0
 
@@ -30,49 +31,48 @@ class ExportError(Exception):
 
 
 def net_of(model: str) -> str:
-  return "teacher" if model in ("teacher", "teacher_ema") else "student"
+  from kdjax import phases
+  return phases.model(model).net
+
+
+def _run(workdir: str):
+  """kdjax's own reading of a workdir (resume.load_run), its errors as ExportError."""
+  from kdjax import checkpoints as ckpt_lib
+  from kdjax import resume
+  try:
+    return resume.load_run(workdir)
+  except ckpt_lib.CheckpointError as error:
+    raise ExportError(str(error)) from None
 
 
 def workdir_config(workdir: str):
   """W/config.json as a ConfigDict (the config the run was started with)."""
-  import ml_collections
-  path = pathlib.Path(workdir)
-  if not path.is_dir():
-    raise ExportError(f"workdir {workdir} does not exist")
-  config_path = path / "config.json"
-  if not config_path.is_file():
-    raise ExportError(f"no config.json in workdir {workdir} (not a kdjax run directory)")
-  try:
-    return ml_collections.ConfigDict(json.loads(config_path.read_text()))
-  except (ValueError, TypeError) as error:
-    raise ExportError(f"{config_path}: unreadable config ({error})") from None
+  return _run(workdir).config
 
 
 def restore_params(workdir: str, model: str) -> dict:
-  """The latest checkpoint's params of `model` in `workdir` (Flax layout, numpy)."""
+  """The latest checkpoint's params of `model` in `workdir` (Flax layout, numpy), read and verified as kdjax
+  reads them (resume.Run.params: its hashes checked; nothing created or deleted)."""
   from kdjax import checkpoints as ckpt_lib
   from parity import convert
   if model not in MODELS:
     raise ExportError(f"unknown model {model!r}; known: {', '.join(MODELS)}")
-  directory = pathlib.Path(workdir) / "checkpoints" / model
-  # Checked before Orbax sees the path: its manager would create a missing directory.
-  if not directory.is_dir() or not any(child.name.isdigit() for child in directory.iterdir()):
-    raise ExportError(f"no checkpoint of model {model} in {directory}")
   try:
-    manager = ckpt_lib.ModelCheckpoints(directory, read_only=True)  # reading never creates nor deletes
-    try:
-      tree, _ = manager.restore()
-    finally:
-      manager.close()
+    params, _, _ = _run(workdir).params(model)
   except ckpt_lib.CheckpointError as error:
     raise ExportError(str(error)) from None
-  if "params" not in tree:
-    raise ExportError(f"checkpoint of model {model} in {directory} has no params")
-  return convert.to_numpy_tree(tree["params"])
+  return convert.to_numpy_tree(params)
 
 
-def _writable(out: str) -> pathlib.Path:
+def _writable(out: str, suffix: str | None = None) -> pathlib.Path:
+  """`out` as a file path to create or replace: not a directory; ending in `suffix` where numpy would
+  otherwise write `out + suffix` beside it."""
   path = pathlib.Path(out)
+  if path.is_dir():
+    raise ExportError(f"cannot write {out}: it is a directory (give a file path, e.g. {path / 'out'}"
+                      f"{suffix or '.pt'})")
+  if suffix and not path.name.endswith(suffix):
+    raise ExportError(f"--out {out} must end in {suffix} (numpy would write {out}{suffix} instead)")
   if not path.parent.is_dir():
     raise ExportError(f"cannot write {out}: directory {path.parent} does not exist")
   return path
@@ -89,7 +89,7 @@ def export_weights(workdir: str, model: str, out: str, probe_out: str | None = N
 
   config = workdir_config(workdir)
   out_path = _writable(out)
-  probe_path = _writable(probe_out) if probe_out else None
+  probe_path = _writable(probe_out, ".npz") if probe_out else None
   if probe_count < 1:
     raise ExportError(f"--probe-count must be >= 1, got {probe_count}")
   params = restore_params(workdir, model)
@@ -123,7 +123,7 @@ def export_data(workdir: str, split: str, out: str) -> tuple[np.ndarray, np.ndar
   config = workdir_config(workdir)
   if split not in SPLITS:
     raise ExportError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
-  out_path = _writable(out)
+  out_path = _writable(out, ".npz")
   dataset = data_lib.load(config.data)
   mean, std = data_lib.normalization_constants(dataset, config.data.normalization)
   images, labels = dataset.split(split)

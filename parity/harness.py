@@ -1,7 +1,7 @@
 """Runs a phase of the study in both frameworks from the same initial weights, on the same batches in the same
 order, and collects what the checks compare: per-step losses, per-epoch validation, final params and logits.
 
-The JAX side is kdjax's own public pieces (models, train.make_train_step, optim.make_optimizer, ema.seed_pairs,
+The JAX side is kdjax's own public pieces (models, train.make_train_step, optim.make_optimizer, ema.torch_zip_pairs,
 data.epoch_order/batch_indices/normalize, evaluate.predict); the PyTorch side is parity.reference. PyTorch gets
 data.normalize's own table lookup, only transposed, so both see bit-identical inputs.
 """
@@ -17,23 +17,19 @@ from kdjax import config as config_lib
 from kdjax import data as data_lib
 from kdjax import ema
 from kdjax import evaluate
-from kdjax import models
 from kdjax import optim
+from kdjax import phases as phases_lib
+from kdjax import setup as setup_lib
 from kdjax import train
 from parity import convert
 from parity import mirror
 from parity import precision
 from parity import reference
 
-# phase -> (net, step kind), as the study runs them (kdjax README).
-PHASES = {
-    "teacher": ("teacher", "ce"),
-    "student_ce": ("student", "ce"),
-    "student_kd": ("student", "kd"),
-    "student_kd_ema": ("student", "kd_ema"),
-}
-TEACHER_EMA = "teacher_ema"
-EMA_WEIGHTS = " (EMA weights)"
+# phase -> (net, step kind), as the study runs them: kdjax's own table (kdjax/phases.py).
+PHASES = {name: (phase.net, phase.step_kind) for name, phase in phases_lib.PHASES.items()}
+TEACHER_EMA = phases_lib.TEACHER_EMA
+EMA_WEIGHTS = phases_lib.EMA_WEIGHTS_SUFFIX
 DTYPES = ("float32", "float64")
 
 
@@ -99,15 +95,10 @@ def make_setup(config, dtype: str = "float32", dataset: data_lib.Dataset | None 
   if dtype not in DTYPES:
     raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
   config_lib.validate(config)
-  dataset = dataset or data_lib.load(config.data)
-  mean, std = data_lib.normalization_constants(dataset, config.data.normalization)
-  nets = {role: factory(dataset.num_classes, config.model.activation, config.model.init)
-          for role, factory in models.MODEL_FACTORIES.items()}
-  teacher_key, student_key = jax.random.split(jax.random.PRNGKey(config.seed))
-  initial = {"teacher": models.init_params(nets["teacher"], teacher_key, dataset.image_shape),
-             "student": models.init_params(nets["student"], student_key, dataset.image_shape)}
-  initial = jax.tree_util.tree_map(lambda a: np.asarray(a).astype(dtype), initial)
-  return Setup(config, dataset, mean, std, nets, initial, dtype, precision.torch_device())
+  study = setup_lib.Setup.build(config, dataset)   # the study's own data, nets and initial weights
+  initial = jax.tree_util.tree_map(lambda a: np.asarray(a).astype(dtype), study.initial_params)
+  return Setup(config, study.dataset, np.asarray(study.mean), np.asarray(study.std), study.nets, initial, dtype,
+               precision.torch_device())
 
 
 def epoch_batches(setup: Setup, epochs: int) -> list[list[np.ndarray]]:
@@ -175,13 +166,6 @@ class PhaseRun:
     return float(np.max(np.abs(self.jax.initial_logits - self.torch.initial_logits)))
 
 
-def step_config(config, kind: str, student_decay: float) -> train.StepConfig:
-  return train.StepConfig(kind=kind, temperature=float(config.kd.temperature),
-                          kd_weight=float(config.kd.kd_weight), ce_weight=float(config.kd.ce_weight),
-                          teacher_decay=float(config.ema.decay), student_decay=float(student_decay),
-                          warmup=bool(config.ema.warmup))
-
-
 def loop_options(config, student_decay: float) -> reference.LoopOptions:
   return reference.LoopOptions(temperature=float(config.kd.temperature), kd_weight=float(config.kd.kd_weight),
                                ce_weight=float(config.kd.ce_weight), teacher_decay=float(config.ema.decay),
@@ -205,16 +189,19 @@ def _tracked(phase: str, kind: str, student_decay: float, student, teacher=None,
 
 def jax_step(setup: Setup, phase: str, total_steps: int, start_params, teacher_params=None,
              student_decay: float = 0.0) -> tuple:
-  """(optimizer, jitted step) of kdjax for `phase`: make_optimizer, ema.seed_pairs, train.make_train_step. The
-  mirrored run reuses them (same shapes, same pairs), so a phase compiles once."""
+  """(optimizer, jitted step) of kdjax for `phase`: make_optimizer, ema.torch_zip_pairs, train.make_train_step.
+  The mirrored run reuses them (same shapes, same pairs), so a phase compiles once."""
   net, kind = PHASES[phase]
   optimizer = optim.make_optimizer(setup.config.optimizer, total_steps)
   pairs = ()
   if kind == "kd_ema":
-    pairs = ema.seed_pairs(start_params, setup.nets["student"].layer_names, teacher_params,
-                           setup.nets["teacher"].layer_names)
-  step_fn = jax.jit(train.make_train_step(step_config(setup.config, kind, student_decay), setup.nets[net],
-                                          optimizer, jnp.asarray(setup.mean), jnp.asarray(setup.std),
+    pairs = ema.torch_zip_pairs(start_params, setup.nets["student"].layer_names, teacher_params,
+                                setup.nets["teacher"].layer_names)
+  # The teacher inline, as the seed computes it (the cached-logit KD step equals it bit for bit: test_speed.py).
+  step_config = dataclasses.replace(setup_lib.step_config(setup.config, kind, student_decay),
+                                    cached_teacher_logits=False)
+  step_fn = jax.jit(train.make_train_step(step_config, setup.nets[net], optimizer,
+                                          jnp.asarray(setup.mean), jnp.asarray(setup.std),
                                           teacher=setup.nets["teacher"] if kind != "ce" else None,
                                           teacher_pairs=pairs))
   return optimizer, step_fn

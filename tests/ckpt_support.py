@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -94,7 +95,43 @@ def read_metrics(workdir) -> list[dict]:
 
 
 def snapshot(directory) -> dict:
-  """{relative path: (size, mtime_ns)} of every file under `directory`: to show nothing was touched."""
+  """{relative path: (size, mtime_ns)} of every file under `directory`: to show nothing was touched. The
+  workdir lock (.lock, which a refused run takes and writes its PID into) is left out."""
   directory = pathlib.Path(directory)
   return {str(path.relative_to(directory)): (path.stat().st_size, path.stat().st_mtime_ns)
-          for path in sorted(directory.rglob("*")) if path.is_file()}
+          for path in sorted(directory.rglob("*")) if path.is_file() and path.name != ".lock"}
+
+
+def study_config(**overrides):
+  """EMA_STUDY's config, in process (config.json of finished_run equals its config_json)."""
+  from kdjax import config as config_lib
+  config = config_lib.default_config()
+  config.update_from_flattened_dict({"phases": ("teacher", "student_kd_ema"), "ema.student_decay": 0.5,
+                                     "data.image_size": 16, "data.max_train_examples": 200,
+                                     "data.max_val_examples": 100, "epochs": 3, "progress": False,
+                                     **overrides})
+  return config
+
+
+def copy_of_finished_run(tmp_path, tmp_path_factory) -> pathlib.Path:
+  workdir = pathlib.Path(tmp_path) / "run"
+  shutil.copytree(finished_run(tmp_path_factory), workdir)
+  return workdir
+
+
+def corrupt_an_array(step: pathlib.Path) -> str:
+  """Flips one byte (xor 0x40) in the largest data file of a saved step, where it lands in an array's
+  uncompressed bytes (which Orbax/TensorStore then read without complaint); returns the verifier's message."""
+  from kdjax import checkpoints as ckpt_lib
+  data = max((step / "state" / "ocdbt.process_0" / "d").iterdir(), key=lambda path: path.stat().st_size)
+  original = data.read_bytes()
+  for fraction in (0.7, 0.9, 0.1, 0.3, 0.8, 0.6):
+    flipped = bytearray(original)
+    flipped[int(len(flipped) * fraction)] ^= 0x40
+    data.write_bytes(bytes(flipped))
+    try:
+      ckpt_lib.ModelCheckpoints(step.parent, read_only=True).restore(int(step.name))
+    except ckpt_lib.CorruptCheckpointError as error:
+      if ": corrupt: array " in str(error):
+        return str(error)
+  raise AssertionError(f"no flipped byte of {data} landed in an array")

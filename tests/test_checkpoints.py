@@ -31,14 +31,15 @@ def test_save_restore_keep_and_times(tmp_path):
   save_seconds = (time.perf_counter() - started) / 3
   assert manager.epochs() == [2, 3]                       # keep = 2
   started = time.perf_counter()
-  tree, meta = manager.restore(target=_tree(0))
+  tree, meta, epoch = manager.restore(target=_tree(0))
   restore_seconds = time.perf_counter() - started
   manager.close()
-  assert meta == {"epoch": 3} and int(tree["step"]) == 3
+  assert meta == {"epoch": 3} and epoch == 3 and int(tree["step"]) == 3
   np.testing.assert_array_equal(tree["params"]["conv1"]["kernel"], np.full((3, 3, 3, 12), 3.0))
   print(f"tiny tree: save {save_seconds * 1000:.0f} ms, restore {restore_seconds * 1000:.0f} ms")
-  # The parity suite's contract: ModelCheckpoints(dir, keep).restore() -> (tree, meta), tree["params"].
-  tree, _ = ckpt_lib.ModelCheckpoints(tmp_path / "model", 3).restore(2)
+  # The parity suite's contract: ModelCheckpoints(dir, keep).restore() -> (tree, meta, epoch), tree["params"].
+  tree, _, epoch = ckpt_lib.ModelCheckpoints(tmp_path / "model", 3).restore(2)
+  assert epoch == 2
   assert float(tree["params"]["conv1"]["kernel"][0, 0, 0, 0]) == 2.0
 
 
@@ -101,7 +102,7 @@ def test_teacher_checkpoint_is_reused_not_trained(tmp_path, tmp_path_factory):
     assert teacher[key] == reference["models"]["teacher"][key]
   assert "student_kd" in report["models"] and "agreement_with_teacher" in report["models"]["student_kd"]
   assert "loaded from" in (workdir / "report.md").read_text()
-  assert ckpt_lib.step_names(workdir / "checkpoints" / "teacher") == [3]   # a copy, for inspect and parity
+  assert ckpt_lib.saved_epochs(workdir / "checkpoints" / "teacher") == [3]   # a copy, for inspect and parity
   assert not any(row["model"] == "teacher" for row in support.read_metrics(workdir))
 
 
@@ -146,17 +147,19 @@ def test_bad_teacher_checkpoint_is_one_line_naming_the_path(tmp_path, tmp_path_f
                                      "data.max_val_examples": 100, "epochs": 3, "progress": False})
   workdir = tmp_path / "students"
   with pytest.raises(ckpt_lib.CheckpointError) as error:
-    experiment.Study(config, workdir)
+    experiment.train_and_evaluate(config, workdir)
   message = str(error.value)
   assert "\n" not in message and str(path) in message
   assert not (workdir / "config.json").exists() and not (workdir / "checkpoints").exists()
 
 
 def test_truncated_checkpoint_on_resume_is_one_line_and_touches_nothing(tmp_path, tmp_path_factory):
+  # Every save of the phase truncated: no intact one to resume from (one is used, see test_reliability.py).
   workdir = tmp_path / "run"
   shutil.copytree(support.finished_run(tmp_path_factory), workdir)
   step = workdir / "checkpoints" / "student_kd_ema" / "3"
-  (step / "state" / "manifest.ocdbt").unlink()
+  for epoch in (1, 2, 3):
+    (step.parent / str(epoch) / "state" / "manifest.ocdbt").unlink()
   before = support.snapshot(workdir)
   result = support.kdjax(support.EMA_STUDY, workdir)
   assert result.returncode == 1
@@ -235,5 +238,5 @@ def test_full_or_read_only_disk_is_a_clear_error_and_earlier_checkpoints_survive
   assert str(mount / "run") in stderr[0]
   reader = ckpt_lib.ModelCheckpoints(kept / "checkpoints" / "student_ce", read_only=True)
   assert reader.epochs() == [1]
-  tree, meta = reader.restore()
+  tree, meta, _ = reader.restore()
   assert meta["epoch"] == 1 and int(tree["step"]) == 4

@@ -72,3 +72,12 @@ def test_cli_overrides_reach_the_run(tmp_path):
   report = json.loads((workdir / "report.json").read_text())
   assert list(report["models"]) == ["teacher"]
   assert "[teacher] epoch 1/1" in result.stdout
+
+
+def test_a_field_added_since_a_run_started_compares_at_its_default():
+  current = json.loads(config_lib.default_config().to_json_best_effort())
+  older = json.loads(config_lib.default_config().to_json_best_effort())
+  del older["num_seeds"]
+  assert config_lib.differences(older, current) == []
+  current["num_seeds"] = 3
+  assert config_lib.differences(older, current) == ["num_seeds (1 -> 3)"]

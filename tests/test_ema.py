@@ -29,7 +29,7 @@ def test_torch_order_is_definition_order_not_sorted_keys():
 
 def test_our_pair_updates_teacher_conv1_to_conv4_only():
   student, teacher = models.student_net(10), models.teacher_net(10)
-  pairs = ema.seed_pairs(_params(student, 1), student.layer_names, _params(teacher, 0), teacher.layer_names)
+  pairs = ema.torch_zip_pairs(_params(student, 1), student.layer_names, _params(teacher, 0), teacher.layer_names)
   expected = [((f"conv{i}", name), (f"conv{i}", name)) for i in range(1, 5) for name in ("kernel", "bias")]
   assert pairs == expected  # student fc meets teacher conv5: shapes differ, skipped; zip stops there.
 
@@ -38,7 +38,7 @@ def test_shape_match_follows_zip_not_names():
   # With 12 classes the student's fc.bias (12,) meets the teacher's conv5.bias (12,): PyTorch's zip
   # pairs them by position and the shapes match, so the seed updates conv5.bias from the student's fc.bias.
   student, teacher = models.student_net(12), models.teacher_net(12)
-  pairs = ema.seed_pairs(_params(student, 1), student.layer_names, _params(teacher, 0), teacher.layer_names)
+  pairs = ema.torch_zip_pairs(_params(student, 1), student.layer_names, _params(teacher, 0), teacher.layer_names)
   assert pairs[-1] == (("fc", "bias"), ("conv5", "bias"))
   assert len(pairs) == 9
 
@@ -47,12 +47,12 @@ def test_mismatch_in_the_middle_skips_only_those_tensors():
   student = models.ConvNet(conv_features=(12, 8, 12), pool_after=(1, 2, 3), num_classes=10)
   teacher = models.ConvNet(conv_features=(12, 12, 12), pool_after=(1, 2, 3), num_classes=10)
   s_params, t_params = _params(student, 1), _params(teacher, 0)
-  pairs = ema.seed_pairs(s_params, student.layer_names, t_params, teacher.layer_names)
+  pairs = ema.torch_zip_pairs(s_params, student.layer_names, t_params, teacher.layer_names)
   # conv2 (3,3,12,8)/(8,) vs (3,3,12,12)/(12,): skipped; conv3 kernel (3,3,8,12) skipped, conv3 bias kept.
   assert [t for _, t in pairs] == [("conv1", "kernel"), ("conv1", "bias"), ("conv3", "bias"),
                                    ("fc", "kernel"), ("fc", "bias")]
   alpha = 0.9
-  updated = ema.seed_teacher_update(t_params, s_params, pairs, alpha)
+  updated = ema.pull_teacher_toward_student(t_params, s_params, pairs, alpha)
   for layer in teacher.layer_names:
     for name in ("kernel", "bias"):
       if (layer, name) in [t for _, t in pairs]:
@@ -65,8 +65,8 @@ def test_mismatch_in_the_middle_skips_only_those_tensors():
 def test_seed_update_is_incremental_update():
   student, teacher = models.student_net(10), models.teacher_net(10)
   s_params, t_params = _params(student, 1), _params(teacher, 0)
-  pairs = ema.seed_pairs(s_params, student.layer_names, t_params, teacher.layer_names)
-  updated = ema.seed_teacher_update(t_params, s_params, pairs, 0.99)
+  pairs = ema.torch_zip_pairs(s_params, student.layer_names, t_params, teacher.layer_names)
+  updated = ema.pull_teacher_toward_student(t_params, s_params, pairs, 0.99)
   want = optax.incremental_update(s_params["conv2"], t_params["conv2"], 0.01)
   np.testing.assert_allclose(updated["conv2"]["kernel"], want["kernel"], rtol=1e-6)
   np.testing.assert_array_equal(updated["conv7"]["kernel"], t_params["conv7"]["kernel"])
@@ -81,7 +81,7 @@ def test_warmup_decay():
 def test_kd_ema_step_uses_pre_step_student_and_pre_update_teacher():
   student, teacher = models.student_net(10), models.teacher_net(10)
   s_params, t_params = _params(student, 1), _params(teacher, 0)
-  pairs = ema.seed_pairs(s_params, student.layer_names, t_params, teacher.layer_names)
+  pairs = ema.torch_zip_pairs(s_params, student.layer_names, t_params, teacher.layer_names)
   optimizer = optax.sgd(0.1)
   mean, std = jnp.zeros(3), jnp.ones(3)
   alpha, temperature = 0.5, 2.0

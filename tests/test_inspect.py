@@ -41,7 +41,7 @@ def test_json_lists_every_model_with_parameters_in_layer_order(tmp_path_factory,
     assert model["metrics"] == report["models"][name]["epochs"]
   student = by_name["student_kd_ema"]
   assert set(student["other_state"]) == {"opt_state", "step", "teacher_params", "ema_params"}
-  tree, _ = ckpt_lib.ModelCheckpoints(run / "checkpoints" / "student_kd_ema", read_only=True).restore()
+  tree, _, _ = ckpt_lib.ModelCheckpoints(run / "checkpoints" / "student_kd_ema", read_only=True).restore()
   kernel = np.asarray(tree["params"]["conv2"]["kernel"], np.float64)
   row = student["parameters"][STUDENT_ORDER.index("conv2.kernel")]
   assert row["shape"] == [3, 3, 12, 12] and row["dtype"] == "float32" and row["count"] == 1296
@@ -63,9 +63,9 @@ def test_text_shows_steps_table_totals_metrics_and_config(tmp_path_factory, caps
   assert "the run's config (config.json):" in out and "  kd.temperature = 4.0" in out
 
 
-def test_a_model_folder_with_step(tmp_path_factory, capsys):
+def test_a_model_folder_with_epoch(tmp_path_factory, capsys):
   run = support.finished_run(tmp_path_factory)
-  code, out, _ = _run(capsys, run / "checkpoints" / "teacher", "--step", 2, "--json")
+  code, out, _ = _run(capsys, run / "checkpoints" / "teacher", "--epoch", 2, "--json")
   assert code == 0
   (model,) = json.loads(out)["models"]
   assert model["epoch"] == 2 and model["step"] == 8 and model["finished"] is False
@@ -106,12 +106,12 @@ def _bad_path(kind, tmp_path, run):
   return folder
 
 
-@pytest.mark.parametrize("kind", ["missing", "not orbax", "junk step", "truncated", "no such step"])
+@pytest.mark.parametrize("kind", ["missing", "not orbax", "junk step", "truncated", "no such epoch"])
 def test_bad_paths_are_one_line_naming_the_path_and_touch_nothing(tmp_path, tmp_path_factory, capsys, kind):
   run = support.finished_run(tmp_path_factory)
   path = _bad_path(kind, tmp_path, run)
   before = support.snapshot(tmp_path)
-  argv = [path, "--step", 9] if kind == "no such step" else [path]
+  argv = [path, "--epoch", 9] if kind == "no such epoch" else [path]
   code, out, err = _run(capsys, *argv)
   assert code == 2 and out == ""
   lines = err.strip().splitlines()
@@ -125,8 +125,10 @@ def test_truncated_arrays_in_the_real_command_give_one_line(tmp_path, tmp_path_f
   step = workdir / "checkpoints" / "teacher" / "3"
   for data in (step / "state").rglob("d/*"):
     data.write_bytes(data.read_bytes()[:10])
-  for argv in ([], ["--evaluate", "teacher"]):
+  # The run: the other models shown, this one marked, exit 1; --evaluate of it: nothing to show, exit 2.
+  for argv, code in (([], 1), (["--evaluate", "teacher"], 2)):
     result = support.kdjax([str(workdir), *argv], None, module="kdjax.inspect")
-    assert result.returncode == 2
+    assert result.returncode == code
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert result.stderr.startswith(f"kdjax.inspect: error: {step}: cannot restore")
+    assert ("== student_kd_ema  (" in result.stdout) == (code == 1)

@@ -51,8 +51,8 @@ def test_seed_ema_updates_the_tensors_and_values_pytorch_does(case):
   torch_changed = {key for key in before if not torch.equal(before[key], after[key])}
   assert torch_changed == expected  # the reference itself does what the seed's loop does
 
-  pairs = ema.seed_pairs(s_params, s_flax.layer_names, t_params, t_flax.layer_names)
-  updated = ema.seed_teacher_update(t_params, s_params, pairs, ALPHA)
+  pairs = ema.torch_zip_pairs(s_params, s_flax.layer_names, t_params, t_flax.layer_names)
+  updated = ema.pull_teacher_toward_student(t_params, s_params, pairs, ALPHA)
   ours = convert.to_state_dict(convert.to_numpy_tree(updated))
   kdjax_changed = {key for key in before if not torch.equal(before[key], ours[key])}
   assert kdjax_changed == expected
@@ -69,7 +69,7 @@ def test_sorted_key_pairing_would_differ():
   naive = {f"{layer}.{'weight' if name == 'kernel' else name}"
            for (_, (layer, name)) in zip(ema.torch_order(s_params, s_flax.layer_names), sorted_teacher)}
   assert naive != expected
-  pairs = ema.seed_pairs(s_params, s_flax.layer_names, t_params, t_flax.layer_names)
+  pairs = ema.torch_zip_pairs(s_params, s_flax.layer_names, t_params, t_flax.layer_names)
   assert [s for s, _ in pairs] == [t for _, t in pairs]  # conv_i <-> conv_i
 
 

@@ -64,8 +64,8 @@ def _failures(reference_runs, phase) -> list[str]:
 # ------------------------------------------------------------------------------------------------- injections
 
 def sorted_key_pairing(monkeypatch):
-  seed_pairs = ema.seed_pairs
-  monkeypatch.setattr(ema, "seed_pairs", lambda student, student_layers, teacher, teacher_layers: seed_pairs(
+  torch_zip_pairs = ema.torch_zip_pairs
+  monkeypatch.setattr(ema, "torch_zip_pairs", lambda student, student_layers, teacher, teacher_layers: torch_zip_pairs(
       student, sorted(student_layers), teacher, sorted(teacher_layers)))
 
 
@@ -117,7 +117,7 @@ def adam_bias_correction_off_by_one(monkeypatch):
 
 def _reordered_ema_step(monkeypatch, order):
   """The kd_ema step rebuilt from kdjax's own kd step (teacher logits, then the student's step) and
-  ema.seed_teacher_update, in the given order: "seed" (logits, EMA from the pre-step student, step: the seed's,
+  ema.pull_teacher_toward_student, in the given order: "seed" (logits, EMA from the pre-step student, step: the seed's,
   a control), "after_step" (EMA from the post-step student), "before_logits" (EMA, then logits from the updated
   teacher). Constant decay (no warm-up in this config)."""
   make_train_step = train.make_train_step
@@ -126,7 +126,7 @@ def _reordered_ema_step(monkeypatch, order):
     if step_config.kind != "kd_ema":
       return make_train_step(step_config, student, optimizer, mean, std, teacher, teacher_pairs)
     kd_step = make_train_step(dataclasses.replace(step_config, kind="kd"), student, optimizer, mean, std, teacher)
-    ema_update = lambda teacher_params, student_params: ema.seed_teacher_update(
+    ema_update = lambda teacher_params, student_params: ema.pull_teacher_toward_student(
         teacher_params, student_params, teacher_pairs, step_config.teacher_decay)
 
     def step(state, batch):

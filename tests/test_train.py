@@ -86,3 +86,66 @@ def test_epoch_order_and_batches():
   np.testing.assert_array_equal(data_lib.epoch_order(50, 0, 1), data_lib.epoch_order(50, 0, 1))
   assert [len(b) for b in data_lib.batch_indices(np.arange(10), 4)] == [4, 4, 2]
   assert [len(b) for b in data_lib.batch_indices(np.arange(10), 4, drop_remainder=True)] == [4, 4]
+
+
+
+_MEAN, _STD = jnp.asarray([0.4, 0.5, 0.6]), jnp.asarray([0.2, 0.25, 0.3])
+
+
+@pytest.fixture(scope="module")
+def kd_steps():
+  """(teacher, teacher_params, {cached: jitted kd step}, fresh_state()): compiled once for the module."""
+  teacher, student = models.teacher_net(10), models.student_net(10)
+  teacher_params = models.init_params(teacher, jax.random.PRNGKey(0), (16, 16, 3))
+  student_params = models.init_params(student, jax.random.PRNGKey(1), (16, 16, 3))
+  optimizer = optim.make_optimizer(default_config().optimizer, 10)
+  steps = {cached: jax.jit(train.make_train_step(train.StepConfig("kd", cached_teacher_logits=cached), student,
+                                                 optimizer, _MEAN, _STD, teacher=None if cached else teacher),
+                           donate_argnums=0)
+           for cached in (False, True)}
+  fresh_state = lambda: train.create_state(student_params, optimizer, teacher_params=teacher_params)
+  return teacher, teacher_params, steps, fresh_state
+
+
+def test_cached_teacher_logits_equal_the_inline_teacher_step_for_step(kd_steps):
+  """Same losses, params and optimizer state, bit for bit, after every step of two epochs of 100 examples in
+  batches of 32 (the last holds 4), whatever batch size computed the cache."""
+  teacher, teacher_params, steps, fresh_state = kd_steps
+  data = _batch(count=100)
+  arrays = {"image": data["image"], "label": data["label"]}
+  for cache_batch_size in (1, 7, 500):
+    logits = train.teacher_logits(teacher, teacher_params, data["image"], _MEAN, _STD, cache_batch_size)
+    assert logits.shape == (100, 10)
+    inline_state, cached_state = fresh_state(), fresh_state()
+    for epoch in (1, 2):
+      for indices in data_lib.batch_indices(data_lib.epoch_order(100, 0, epoch), 32):
+        indices = jnp.asarray(indices)
+        inline_state, inline_metrics = steps[False](inline_state, train.gather_batch(arrays, indices))
+        cached_state, cached_metrics = steps[True](
+            cached_state, train.gather_batch(dict(arrays, teacher_logits=logits), indices))
+        assert np.array_equal(inline_metrics["loss"], cached_metrics["loss"]), cache_batch_size
+        jax.tree_util.tree_map(np.testing.assert_array_equal, cached_state.params, inline_state.params)
+        jax.tree_util.tree_map(np.testing.assert_array_equal, cached_state.opt_state, inline_state.opt_state)
+
+
+def test_run_epoch_gathers_cached_teacher_logits(kd_steps):
+  teacher, teacher_params, steps, fresh_state = kd_steps
+  data = _batch(count=100)
+  logits = train.teacher_logits(teacher, teacher_params, data["image"], _MEAN, _STD, 32)
+  order = data_lib.epoch_order(100, 5, 1)
+  inline_state, inline = train.run_epoch(steps[False], fresh_state(), data["image"], data["label"], order, 32,
+                                         False, "kd", False)
+  cached_state, cached = train.run_epoch(steps[True], fresh_state(), data["image"], data["label"], order, 32,
+                                         False, "kd", False, teacher_logits=logits)
+  assert cached.train_loss == inline.train_loss and cached.steps == 4
+  jax.tree_util.tree_map(np.testing.assert_array_equal, cached_state.params, inline_state.params)
+
+
+def test_cached_teacher_logits_only_for_the_frozen_teacher():
+  optimizer = optim.make_optimizer(default_config().optimizer, 1)
+  student = models.student_net(10)
+  with pytest.raises(ValueError, match="frozen teacher"):
+    train.make_train_step(train.StepConfig("kd_ema", cached_teacher_logits=True), student, optimizer,
+                          jnp.zeros(3), jnp.ones(3), teacher=models.teacher_net(10))
+  with pytest.raises(ValueError, match="needs the teacher"):
+    train.make_train_step(train.StepConfig("kd"), student, optimizer, jnp.zeros(3), jnp.ones(3))

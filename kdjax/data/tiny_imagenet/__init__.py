@@ -14,7 +14,6 @@ from kdjax import data as data_lib
 from kdjax.data import tfds_common
 from kdjax.data.tiny_imagenet import source as source_lib
 
-IMAGE_SHAPE = (64, 64, 3)
 
 
 def make_builder(data_config):
@@ -39,4 +38,4 @@ def load(data_config) -> data_lib.Dataset:
   builder, _ = prepare(data_config)
   return tfds_common.read_dataset(builder, "tiny_imagenet",
                                   splits={"train": "train", "validation": "validation"},
-                                  order_key="file_name", image_shape=IMAGE_SHAPE)
+                                  order_key="file_name", image_shape=source_lib.IMAGE_SHAPE)

@@ -23,6 +23,7 @@ import tensorflow_datasets as tfds
 ARCHIVE_NAME = "tiny-imagenet-200.zip"
 ROOT = "tiny-imagenet-200"
 IMAGE_SIZE = 64
+IMAGE_SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 3)
 
 
 class SourceError(ValueError):
@@ -217,9 +218,3 @@ def _unique_names(names: list[str], wnids) -> tuple[str, ...]:
   for name in names:
     counts[name] = counts.get(name, 0) + 1
   return tuple(name if counts[name] == 1 else f"{name} ({wnid})" for name, wnid in zip(names, wnids))
-
-
-def open_source(path) -> TinyImageNetSource:
-  return TinyImageNetSource(path)
-
-

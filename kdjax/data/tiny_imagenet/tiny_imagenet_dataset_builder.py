@@ -25,7 +25,6 @@ from kdjax.data.tiny_imagenet import source as source_lib
 URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 ARCHIVE_SIZE = 248_100_043
 ARCHIVE_MD5 = "90528d7ca1a48142e341f4ef8d21d0de"
-IMAGE_SIZE = 64
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
@@ -48,7 +47,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     # Class names are only known once the source is read; ClassLabel gets them in _split_generators.
     return self.dataset_info_from_configs(
         features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(IMAGE_SIZE, IMAGE_SIZE, 3), encoding_format="jpeg"),
+            "image": tfds.features.Image(shape=source_lib.IMAGE_SHAPE, encoding_format="jpeg"),
             "label": tfds.features.ClassLabel(),  # names set from the source
             "wnid": tfds.features.Text(),
             "file_name": tfds.features.Text(),
@@ -76,7 +75,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     return archive
 
   def _split_generators(self, dl_manager):
-    source = source_lib.open_source(self._locate(dl_manager))
+    source = source_lib.TinyImageNetSource(self._locate(dl_manager))
     self.info.features["label"].names = list(source.class_names)
     return {
         "train": self._generate_examples(source, "train"),

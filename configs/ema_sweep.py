@@ -1,0 +1,1 @@
+../kdjax/configs/ema_sweep.py

@@ -1,0 +1,104 @@
+"""What a run says while it runs: its lines (one per model and epoch, the report) and a progress meter.
+
+The library prints nothing itself: it logs to the `kdjax` logger at INFO, and whoever wants the lines attaches a
+handler (`printing`: the command line does, and `kdjax.run(..., verbose=True)`). The meter of a phase-epoch
+(`EpochProgress`) is shown only then, and only with config.progress:
+  stderr a terminal       one tqdm bar per phase-epoch, with images/s and the loss
+  otherwise (a log file)  no bar (no carriage returns); a line every ~30 s with the steps done, images/s and the
+                          time left, so a long epoch still shows it is alive; short epochs print none
+"""
+
+import contextlib
+import logging
+import sys
+import time
+
+from tqdm import tqdm
+
+LOGGER = logging.getLogger("kdjax")
+LINE_SECONDS = 30.0   # between two progress lines when there is no bar
+
+
+def say(message: str) -> None:
+  """One line of the run's output (a result, a summary, a notice)."""
+  LOGGER.info(message)
+
+
+def listening() -> bool:
+  """Whether the run's lines are shown somewhere (`printing`, or the caller's own logging set to INFO)."""
+  return LOGGER.isEnabledFor(logging.INFO)
+
+
+@contextlib.contextmanager
+def printing(stream=None):
+  """Writes the run's lines, as they are, to `stream` (sys.stdout at the time of the call) while inside."""
+  handler = logging.StreamHandler(stream if stream is not None else sys.stdout)
+  handler.setFormatter(logging.Formatter("%(message)s"))
+  saved = LOGGER.level, LOGGER.propagate
+  LOGGER.addHandler(handler)
+  LOGGER.setLevel(logging.INFO)
+  LOGGER.propagate = False  # e.g. absl's handler on the root logger would print every line a second time
+  try:
+    yield
+  finally:
+    handler.flush()
+    LOGGER.removeHandler(handler)
+    LOGGER.setLevel(saved[0])  # setLevel, not `level =`: the logger caches isEnabledFor until setLevel
+    LOGGER.propagate = saved[1]
+
+
+def _clock(seconds: float) -> str:
+  minutes, seconds = divmod(int(round(seconds)), 60)
+  hours, minutes = divmod(minutes, 60)
+  return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
+
+
+class EpochProgress:
+  """The meter of one phase-epoch: `update(images, loss)` after each step, `close()` at the end."""
+
+  def __init__(self, description: str, steps: int, images: int, enabled: bool = True, stream=None,
+               clock=time.monotonic, line_seconds: float = LINE_SECONDS):
+    self.description, self.steps, self.images = description, steps, images
+    self.stream = stream if stream is not None else sys.stderr
+    self.clock, self.line_seconds = clock, line_seconds
+    self.mode = None
+    if enabled and listening():
+      self.mode = "bar" if _is_terminal(self.stream) else "lines"
+    self.bar = None
+    if self.mode == "bar":
+      self.bar = tqdm(total=images, desc=description, unit="img", leave=False, file=self.stream,
+                      dynamic_ncols=True)
+    self.start = self.last_line = clock()
+    self.steps_done = self.images_done = 0
+
+  def update(self, images: int, loss: float) -> None:
+    self.steps_done += 1
+    self.images_done += images
+    if self.bar is not None:
+      self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+      self.bar.update(images)
+    elif self.mode == "lines":
+      now = self.clock()
+      if now - self.last_line >= self.line_seconds and self.steps_done < self.steps:
+        self.last_line = now
+        say(self.line(now, loss))
+
+  def line(self, now: float, loss: float) -> str:
+    elapsed = max(now - self.start, 1e-9)
+    rate = self.images_done / elapsed
+    left = (self.images - self.images_done) / rate if rate > 0 else 0.0
+    return (f"[{self.description}] step {self.steps_done}/{self.steps} "
+            f"({100 * self.steps_done / max(self.steps, 1):.0f} %), {rate:,.0f} images/s, loss {loss:.4f}, "
+            f"{_clock(elapsed)} elapsed, about {_clock(left)} left")
+
+  def close(self) -> None:
+    if self.bar is not None:
+      self.bar.close()
+      self.bar = None
+
+
+def _is_terminal(stream) -> bool:
+  try:
+    return stream.isatty()
+  except (AttributeError, ValueError):  # no isatty, or a closed stream
+    return False

@@ -1,0 +1,130 @@
+"""What a study builds once from its config and never changes: the data, the nets, the initial weights.
+
+`Setup.build(config)` loads the data set and initialises both nets; the dataclass itself does no I/O, so a test,
+the parity harness or the benchmark can make one from parts. Every phase, the parity harness and the
+benchmark take their nets, initial weights, normalisation constants, optimizer and step from a Setup, so the
+study has one way to build each:
+
+  initial_params = {"teacher": init(teacher, k_t), "student": init(student, k_s)},  (k_t, k_s) = split(PRNGKey(seed))
+  steps_per_epoch = ceil(train_examples / batch_size)   (floor with data.drop_remainder)
+"""
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kdjax import data as data_lib
+from kdjax import ema
+from kdjax import evaluate
+from kdjax import models
+from kdjax import optim
+from kdjax import phases
+from kdjax import train
+from kdjax import xla
+
+
+def step_config(config, kind: str, student_decay: float | None = None,
+                phase: phases.Phase | None = None) -> train.StepConfig:
+  """The StepConfig of a step `kind` from the study's config (student_decay: override ema.student_decay;
+  phase: an EMA-sweep variant's own alpha and warm-up)."""
+  decay = config.ema.student_decay if student_decay is None else student_decay
+  teacher_decay = config.ema.decay if phase is None or phase.teacher_decay is None else phase.teacher_decay
+  warmup = config.ema.warmup if phase is None or phase.warmup is None else phase.warmup
+  return train.StepConfig(kind=kind, temperature=float(config.kd.temperature),
+                          kd_weight=float(config.kd.kd_weight), ce_weight=float(config.kd.ce_weight),
+                          teacher_decay=float(teacher_decay), student_decay=float(decay),
+                          warmup=bool(warmup),
+                          cached_teacher_logits=kind == "kd" and bool(config.speed.cached_teacher_logits))
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """The frozen parts of one study. mean/std: float32 [C] on the device; train_*: the train split on the
+  device (images uint8 [N, H, W, C], labels int32 [N]); nets and initial_params keyed "teacher"/"student"."""
+
+  config: Any
+  dataset: data_lib.Dataset
+  mean: jax.Array
+  std: jax.Array
+  train_images: jax.Array
+  train_labels: jax.Array
+  nets: dict
+  initial_params: dict
+  steps_per_epoch: int
+
+  @classmethod
+  def build(cls, config, dataset: data_lib.Dataset | None = None) -> "Setup":
+    """Loads config.data (unless `dataset` is given) and initialises both nets from config.seed."""
+    dataset = dataset if dataset is not None else data_lib.load(config.data)
+    mean, std = data_lib.normalization_constants(dataset, config.data.normalization)
+    nets = {role: factory(dataset.num_classes, config.model.activation, config.model.init,
+                          pool=config.speed.pool)
+            for role, factory in models.MODEL_FACTORIES.items()}
+    teacher_key, student_key = jax.random.split(jax.random.PRNGKey(config.seed))
+    initial_params = {"teacher": models.init_params(nets["teacher"], teacher_key, dataset.image_shape),
+                      "student": models.init_params(nets["student"], student_key, dataset.image_shape)}
+    steps = len(data_lib.batch_indices(np.arange(len(dataset.train_labels)), config.batch_size,
+                                       config.data.drop_remainder))
+    return cls(config=config, dataset=dataset, mean=jnp.asarray(mean), std=jnp.asarray(std),
+               train_images=jax.device_put(dataset.train_images),
+               train_labels=jax.device_put(dataset.train_labels.astype(np.int32)),
+               nets=nets, initial_params=initial_params, steps_per_epoch=steps)
+
+  @property
+  def num_train(self) -> int:
+    return len(self.dataset.train_labels)
+
+  def optimizer(self):
+    """The optimizer of every phase (its schedule spans the phase's epochs)."""
+    return optim.make_optimizer(self.config.optimizer, self.config.epochs * self.steps_per_epoch)
+
+  def fresh_state(self, phase: str, optimizer, teacher_params=None) -> train.TrainState:
+    """The state a phase starts from. A KD phase without `teacher_params` gets the initial teacher as a
+    stand-in of the right shapes (a restore target)."""
+    spec = phases.phase(phase)
+    if spec.needs_teacher and teacher_params is None:
+      teacher_params = self.initial_params["teacher"]
+    return train.create_state(self.initial_params[spec.net], optimizer,
+                              teacher_params=teacher_params if spec.needs_teacher else None,
+                              keep_student_ema=spec.net == "student" and self.config.ema.student_decay > 0)
+
+  def train_step(self, phase: str, optimizer):
+    """The jitted `(state, batch) -> (state, metrics)` of `phase`, the state donated, compiled with
+    speed.xla_cpu_options (kdjax/xla.py). A kd step with speed.cached_teacher_logits takes the teacher's
+    logits from the batch (`cached_teacher_logits` computes them)."""
+    spec = phases.phase(phase)
+    pairs = self.ema_pairs() if spec.step_kind == "kd_ema" else ()
+    step = train.make_train_step(step_config(self.config, spec.step_kind, phase=spec), self.nets[spec.net],
+                                 optimizer, self.mean, self.std,
+                                 teacher=self.nets["teacher"] if spec.needs_teacher else None,
+                                 teacher_pairs=pairs)
+    return xla.jit(step, self.config.speed.xla_cpu_options, donate_argnums=0)
+
+  def cached_teacher_logits(self, phase: str, teacher_params) -> jax.Array | None:
+    """The frozen teacher's logits for the whole train split when `phase`'s step takes them from the batch
+    (kd with speed.cached_teacher_logits), else None: the same numbers the step would compute, once."""
+    spec = phases.phase(phase)
+    if not step_config(self.config, spec.step_kind, phase=spec).cached_teacher_logits:
+      return None
+    return train.teacher_logits(self.nets["teacher"], teacher_params, self.train_images, self.mean, self.std,
+                                self.config.batch_size,
+                                compiler_options=xla.compiler_options(self.config.speed.xla_cpu_options))
+
+  def ema_pairs(self) -> list:
+    """The (student path, teacher path) pairs the seed's EMA updates (ema.torch_zip_pairs)."""
+    return ema.torch_zip_pairs(self.initial_params["student"], self.nets["student"].layer_names,
+                          self.initial_params["teacher"], self.nets["teacher"].layer_names)
+
+  def evaluate(self, net: str, params) -> tuple[dict, np.ndarray]:
+    """(metrics, logits) of `net` with `params` on the whole validation split."""
+    logits = evaluate.predict(self.nets[net], params, self.dataset.val_images, self.mean, self.std,
+                              self.config.eval_batch_size)
+    return evaluate.classification_metrics(logits, self.dataset.val_labels), logits
+
+  def model_stats(self, net: str) -> tuple[int, int]:
+    """(parameter count, forward FLOPs per image) of `net`."""
+    return (models.param_count(self.initial_params[net]),
+            models.flops_per_image(self.nets[net], self.dataset.image_shape))

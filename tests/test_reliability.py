@@ -1,0 +1,325 @@
+"""Issue 14, one test (or a few) per numbered case: a corrupt checkpoint, a deleted config.json, other data at
+the same path, phases out of order, two runs on one workdir, an empty --workdir, a negative seed, and the
+tracebacks that became one line. Most run in process on a copy of the shared finished run (tests/ckpt_support)
+and stop before any training; the recovery, the lock and Ctrl-C run the real command."""
+
+import json
+import os
+import signal
+import subprocess
+
+import numpy as np
+import pytest
+
+from kdjax import checkpoints as ckpt_lib
+from kdjax import cli
+from kdjax import config as config_lib
+from kdjax import data as data_lib
+from kdjax import experiment
+from kdjax import inspect as inspect_lib
+from kdjax import resume
+from kdjax.config import ConfigError
+from kdjax.rundir import RunDir
+from kdjax.setup import Setup
+
+from tests import ckpt_support as support
+from tests.test_resume import _assert_resumed_equals_uninterrupted
+
+# kdjax.main, but waits (to be killed or interrupted) when about to save MODEL's epoch EPOCH (argv 1 and 2).
+WAIT_BEFORE_SAVE = """
+import sys, time
+from kdjax import checkpoints
+model, epoch = sys.argv.pop(1), int(sys.argv.pop(1))
+original = checkpoints.ModelCheckpoints.save
+def save(self, saved_epoch, tree, meta):
+  if self.directory.name == model and saved_epoch == epoch:
+    print("WAITING BEFORE SAVE", flush=True)
+    time.sleep(300)
+  return original(self, saved_epoch, tree, meta)
+checkpoints.ModelCheckpoints.save = save
+from absl import app
+from kdjax import main
+sys.argv[0] = "kdjax.main"
+app.run(main.main)
+"""
+
+
+def _one_line(text: str) -> str:
+  lines = text.strip().splitlines()
+  assert len(lines) == 1, text[-3000:]
+  return lines[0]
+
+
+def _stop(process: subprocess.Popen) -> None:
+  if process.poll() is None:
+    process.kill()
+    process.wait(timeout=30)
+
+
+# --- 1. a corrupted checkpoint ---------------------------------------------------------------------------------
+
+def test_case1_corrupt_latest_save_recovers_from_the_intact_one_and_says_so(tmp_path, tmp_path_factory):
+  workdir = support.copy_of_finished_run(tmp_path, tmp_path_factory)
+  message = support.corrupt_an_array(workdir / "checkpoints" / "teacher" / "3")
+  assert message.startswith(f"{workdir / 'checkpoints' / 'teacher' / '3'}: corrupt: array ")
+  result = support.kdjax(support.EMA_STUDY, workdir, support.compile_cache(tmp_path_factory))
+  assert result.returncode == 0, result.stderr[-3000:]
+  warning = _one_line(result.stderr)
+  assert warning.startswith(f"kdjax: warning: {message}") and "teacher/2" in warning
+  assert "[teacher] resuming after epoch 2" in result.stdout
+  assert "[student_kd_ema] finished earlier: loaded epoch 3" in result.stdout
+  reference = support.read_report(support.finished_run(tmp_path_factory))
+  assert support.without_timing(support.read_report(workdir)) == support.without_timing(reference)
+
+
+def test_case1_no_intact_save_is_one_line_naming_the_array_and_overwrites_nothing(tmp_path, tmp_path_factory):
+  workdir = support.copy_of_finished_run(tmp_path, tmp_path_factory)
+  messages = [support.corrupt_an_array(workdir / "checkpoints" / "teacher" / str(epoch)) for epoch in (1, 2, 3)]
+  before = support.snapshot(workdir)
+  with pytest.raises(ckpt_lib.CorruptCheckpointError) as error:
+    experiment.train_and_evaluate(support.study_config(), workdir)
+  assert str(error.value) == messages[-1] and "\n" not in messages[-1]
+  assert support.snapshot(workdir) == before          # report.json, report.md, metrics.jsonl as they were
+  # inspect --evaluate verifies the same way
+  code = inspect_lib.main([str(workdir), "--evaluate", "teacher"])
+  assert code == 2
+
+
+def test_case1_finished_phase_must_reproduce_its_recorded_metrics(tmp_path, tmp_path_factory, monkeypatch):
+  workdir = support.copy_of_finished_run(tmp_path, tmp_path_factory)
+  config = support.study_config()
+  setup = Setup.build(config)
+  run = RunDir(workdir)
+  saved, changes = resume.read_saved_phases(run, setup, ["teacher"], resume.config_json(config))
+  assert changes == [] and saved["teacher"].evaluated["teacher"][0]["val_loss"] == \
+      support.read_report(workdir)["models"]["teacher"]["val_loss"]      # reproduced bit for bit
+  original = Setup.evaluate
+
+  def slightly_off(self, net, params):   # a changed kernel, say: the loss moves in its 7th digit
+    metrics, logits = original(self, net, params)
+    return dict(metrics, val_loss=metrics["val_loss"] * (1 + 1e-6)), logits
+
+  monkeypatch.setattr(Setup, "evaluate", slightly_off)
+  with pytest.raises(ckpt_lib.CheckpointError) as error:
+    resume.read_saved_phases(run, setup, ["teacher"], resume.config_json(config))
+  assert str(error.value).startswith(f"{workdir / 'checkpoints' / 'teacher' / '3'}: teacher re-evaluated gives")
+  assert "recorded" in str(error.value)
+
+
+# --- 2. config.json deleted --------------------------------------------------------------------------------------
+
+def test_case2_deleted_config_json_still_checks_each_checkpoints_config(tmp_path, tmp_path_factory):
+  workdir = support.copy_of_finished_run(tmp_path, tmp_path_factory)
+  (workdir / "config.json").unlink()
+  before = support.snapshot(workdir)
+  config = support.study_config(**{"kd.temperature": 2.0, "optimizer.learning_rate": 0.5})
+  with pytest.raises(ConfigError) as error:
+    experiment.train_and_evaluate(config, workdir)
+  message = str(error.value)
+  assert message.startswith(f"checkpoint {workdir / 'checkpoints' / 'teacher' / '3'} was saved with another config")
+  assert "kd.temperature (4.0 -> 2.0)" in message and "optimizer.learning_rate (0.001 -> 0.5)" in message
+  assert support.snapshot(workdir) == before and not (workdir / "config.json").exists()
+
+
+# --- 3. other data behind the same path ----------------------------------------------------------------------------
+
+def _other_labels(monkeypatch):
+  """data.load returns the same images with two training labels swapped: other data, the same config."""
+  original = data_lib.load
+
+  def load(data_config):
+    dataset = original(data_config)
+    labels = dataset.train_labels.copy()
+    first = int(np.flatnonzero(labels != labels[0])[0])
+    labels[[0, first]] = labels[[first, 0]]
+    return data_lib.Dataset(dataset.name, dataset.train_images, labels, dataset.val_images,
+                            dataset.val_labels, dataset.class_names)
+
+  monkeypatch.setattr(data_lib, "load", load)
+
+
+def test_case3_other_data_at_the_same_path_stops_the_resume(tmp_path, tmp_path_factory, monkeypatch):
+  workdir = support.copy_of_finished_run(tmp_path, tmp_path_factory)
+  before = support.snapshot(workdir)
+  _other_labels(monkeypatch)
+  with pytest.raises(ConfigError) as error:
+    experiment.train_and_evaluate(support.study_config(**{"data.manual_dir": "/elsewhere"}), workdir)
+  message = str(error.value)
+  assert message.startswith(f"checkpoint {workdir / 'checkpoints' / 'teacher' / '3'} was trained on other data")
+  assert "train labels" in message and "\n" not in message
+  assert support.snapshot(workdir) == before
+
+
+def test_case3_teacher_trained_on_other_data_is_refused_unless_allowed(tmp_path_factory, monkeypatch, capsys):
+  source = support.finished_run(tmp_path_factory)
+  _other_labels(monkeypatch)
+  config = support.study_config(phases=("student_kd",), **{"teacher.checkpoint": str(source)})
+  setup = Setup.build(config)
+  with pytest.raises(ConfigError) as error:
+    resume.read_teacher(str(source), setup, resume.config_json(config))
+  assert str(error.value).startswith(f"teacher.checkpoint {source / 'checkpoints' / 'teacher' / '3'} was "
+                                     f"trained on other data") and "train labels" in str(error.value)
+  config.checkpoint.allow_config_change = True
+  teacher = resume.read_teacher(str(source), Setup.build(config), resume.config_json(config))
+  assert teacher.provenance["data_differences"] == ["data: train labels"]
+  assert "kdjax: warning: the teacher from" in capsys.readouterr().err
+
+
+# --- 4. phases listed out of order ------------------------------------------------------------------------------
+
+def test_case4_phases_run_in_dependency_order(tmp_path, monkeypatch, capsys):
+  config = support.study_config(phases=("student_kd", "teacher"))
+  assert experiment.phases_to_run(config, None) == ("teacher", "student_kd")
+  assert experiment.phases_to_run(support.study_config(phases=("student_kd_ema", "student_ce", "teacher")),
+                                  None) == ("teacher", "student_ce", "student_kd_ema")
+  started = []
+
+  def run_phase(setup, run, phase, *args):   # records the order, stops before any training
+    started.append(phase)
+    raise KeyboardInterrupt
+  monkeypatch.setattr(experiment, "run_phase", run_phase)
+  with pytest.raises(KeyboardInterrupt):
+    experiment.train_and_evaluate(config, tmp_path / "run")
+  assert started == ["teacher"]
+  assert "kdjax: note: phases run in dependency order: teacher, student_kd" in capsys.readouterr().out
+
+
+# --- 5. two runs on one workdir ------------------------------------------------------------------------------------
+
+def test_case5_second_run_on_a_workdir_is_refused_and_a_killed_holder_leaves_no_lock(tmp_path, tmp_path_factory):
+  cache = support.compile_cache(tmp_path_factory)
+  workdir = tmp_path / "run"
+  first = support.script(WAIT_BEFORE_SAVE, ["teacher", "1", *support.EMA_STUDY, f"--workdir={workdir}"], cache)
+  try:
+    support.wait_for_line(first, "WAITING BEFORE SAVE", timeout=120)
+    before = support.snapshot(workdir)
+    second = support.kdjax(support.EMA_STUDY, workdir, cache, timeout=120)
+    assert second.returncode == 2
+    assert _one_line(second.stderr) == (f"kdjax: error: workdir {workdir} is in use by another kdjax run "
+                                        f"(PID {first.pid}); wait for it to end, or use another workdir")
+    assert support.snapshot(workdir) == before
+    support.sigkill(first)
+  finally:
+    _stop(first)
+  with RunDir(workdir).locked():   # kill -9 left no stale lock
+    assert (workdir / ".lock").read_text().strip() == str(os.getpid())
+
+
+# --- 6. an empty --workdir -------------------------------------------------------------------------------------
+
+def test_case6_empty_workdir_is_refused(tmp_path, monkeypatch, capsys):
+  monkeypatch.chdir(tmp_path)
+  for workdir in ("", "  "):
+    code = cli.run_main("kdjax", lambda: experiment.train_and_evaluate(support.study_config(), workdir))
+    assert code == 2
+    assert _one_line(capsys.readouterr().err).startswith("kdjax: error: workdir: empty")
+  assert list(tmp_path.iterdir()) == []
+
+
+# --- 7. a seed the RNGs refuse ---------------------------------------------------------------------------------
+
+def test_case7_seed_out_of_range_is_refused_before_anything_is_created(tmp_path):
+  for seed in (-1, 2**31, True):
+    with pytest.raises(ConfigError, match=r"^seed must be an integer in \[0, 2\*\*31 - 1\]"):
+      config_lib.validate(support.study_config(seed=seed))
+  config_lib.validate(support.study_config(seed=2**31 - 1))
+  with pytest.raises(ConfigError):
+    experiment.train_and_evaluate(support.study_config(seed=-1), tmp_path / "run")
+  assert not (tmp_path / "run").exists()
+
+
+# --- 8. one line instead of a traceback ---------------------------------------------------------------------------
+
+def test_case8_config_json_that_is_not_an_object(tmp_path, capsys):
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / "config.json").write_text("[1, 2]")
+  with pytest.raises(ConfigError, match=r"config\.json holds a JSON list, not a kdjax config"):
+    experiment.train_and_evaluate(support.study_config(), workdir)
+  (workdir / "checkpoints").mkdir()
+  assert inspect_lib.main([str(workdir)]) == 2
+  assert _one_line(capsys.readouterr().err).endswith("config.json: unreadable config (a JSON list, not an object)")
+
+
+def test_case8_export_out_must_be_a_file_path_ending_as_written(tmp_path, tmp_path_factory, capsys):
+  from parity import export
+  run = support.finished_run(tmp_path_factory)
+  cases = {("weights", "--model", "teacher", "--out", str(tmp_path)): "it is a directory",
+           ("data", "--out", str(tmp_path)): "it is a directory",
+           ("data", "--out", str(tmp_path / "val")): f"must end in .npz (numpy would write {tmp_path / 'val'}.npz"}
+  for argv, expected in cases.items():
+    assert export.main([argv[0], "--workdir", str(run), *argv[1:]]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert line.startswith("parity.export: error: ") and expected in line
+  assert list(tmp_path.iterdir()) == []
+
+
+def test_case8_ctrl_c_is_one_line_exit_130_and_the_resume_is_exact(tmp_path, tmp_path_factory):
+  reference = support.finished_run(tmp_path_factory)
+  cache = support.compile_cache(tmp_path_factory)
+  workdir = tmp_path / "run"
+  process = support.script(WAIT_BEFORE_SAVE, ["student_kd_ema", "2", *support.EMA_STUDY, f"--workdir={workdir}"],
+                           cache)
+  try:
+    support.wait_for_line(process, "WAITING BEFORE SAVE", timeout=120)
+    process.send_signal(signal.SIGINT)
+    rest = process.communicate(timeout=60)[0]
+  finally:
+    _stop(process)
+  assert process.returncode == 130
+  assert rest.strip().splitlines() == ["kdjax: interrupted; rerun the same command to resume"]
+  resumed = support.kdjax(support.EMA_STUDY, workdir, cache)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  _assert_resumed_equals_uninterrupted(workdir, reference, resumed.stdout)
+
+
+def test_case8_temperature_bounds_and_the_divergence_message_names_it():
+  for temperature in (1e-30, 5e-3, 2e3, 1e30):
+    with pytest.raises(ConfigError, match=r"^kd\.temperature must be in \[0\.01, 1000\]"):
+      config_lib.validate(support.study_config(**{"kd.temperature": temperature}))
+  for temperature in (0.01, 1000.0):
+    config_lib.validate(support.study_config(**{"kd.temperature": temperature}))
+  config = support.study_config()
+  loss = experiment.train.DivergenceError("non-finite loss")
+  assert str(experiment.diverged(config, "student_kd", 2, loss)) == (
+      "phase student_kd, epoch 2: non-finite loss (check optimizer.learning_rate=0.001, kd.temperature=4.0)")
+  assert str(experiment.diverged(config, "teacher", 1, loss)) == (
+      "phase teacher, epoch 1: non-finite loss (check optimizer.learning_rate=0.001)")
+
+
+def test_case8_student_checkpoint_given_as_teacher_is_named(tmp_path, tmp_path_factory):
+  step = support.finished_run(tmp_path_factory) / "checkpoints" / "student_kd_ema" / "3"
+  config = support.study_config(phases=("student_kd",), **{"teacher.checkpoint": str(step)})
+  with pytest.raises(ckpt_lib.CheckpointError) as error:
+    experiment.train_and_evaluate(config, tmp_path / "run")
+  assert str(error.value).startswith(f"{step}: a checkpoint of student_kd_ema (phase student_kd_ema, the student "
+                                     f"net), not of a teacher")
+
+
+def test_case8_inspect_shows_the_good_models_and_marks_the_bad_one(tmp_path, tmp_path_factory, capsys):
+  workdir = support.copy_of_finished_run(tmp_path, tmp_path_factory)
+  message = support.corrupt_an_array(workdir / "checkpoints" / "teacher" / "3")
+  assert inspect_lib.main([str(workdir)]) == 1
+  captured = capsys.readouterr()
+  assert f"== teacher  ({workdir / 'checkpoints' / 'teacher'})\nBAD CHECKPOINT, not shown: {message}" in captured.out
+  assert "== student_kd_ema  (" in captured.out and "== teacher_ema  (" in captured.out
+  assert "params, in layer order:" in captured.out.split("== student_kd_ema")[1]
+  assert _one_line(captured.err) == f"kdjax.inspect: error: {message}"
+  assert inspect_lib.main([str(workdir), "--json"]) == 1
+  models = json.loads(capsys.readouterr().out)["models"]
+  assert models[0] == {"model": "teacher", "path": str(workdir / "checkpoints" / "teacher"), "error": message}
+
+
+def test_case8_missing_orbax_metadata_one_rule_for_the_run_and_inspect(tmp_path, tmp_path_factory, capsys):
+  workdir = support.copy_of_finished_run(tmp_path, tmp_path_factory)
+  step = workdir / "checkpoints" / "student_kd_ema" / "3"
+  (step / "state" / "_METADATA").unlink()
+  expected = f"{step}: incomplete: state/_METADATA (Orbax's description of the saved tree) is missing"
+  assert inspect_lib.main([str(workdir)]) == 1                              # inspect refuses the step ...
+  assert _one_line(capsys.readouterr().err) == f"kdjax.inspect: error: {expected}"
+  config = support.study_config()
+  saved, _ = resume.read_saved_phases(RunDir(workdir), Setup.build(config), ["student_kd_ema"],
+                                      resume.config_json(config))
+  assert saved["student_kd_ema"].epoch == 2                               # ... and so does the run, which
+  assert _one_line(capsys.readouterr().err) == (                          # resumes from the intact epoch 2
+      f"kdjax: warning: {expected}; using the latest intact save, {step.parent / '2'}")
