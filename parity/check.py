@@ -77,7 +77,7 @@ def check(config, steps: int, student_decay: float, dtypes=("float32", "float64"
         f"wd {config.optimizer.weight_decay:g}, T {config.kd.temperature:g}, ema.decay {config.ema.decay:g}, "
         f"student-weights EMA decay {decay:g}\n{precision.summary()}", file=out)
   for dtype in dtypes:
-    print(f"\n{dtype}: {_role(dtype, floors, 'float64' in dtypes)}\n\n{compare.table(rows[dtype])}", file=out)
+    print(f"\n{dtype}: {_role(dtype, 'float64' in dtypes)}\n\n{compare.table(rows[dtype])}", file=out)
   all_rows = [row for dtype in dtypes for row in rows[dtype]]
   failures = [f"{row.dtype} {row.model}: {failure}" for row in all_rows for failure in row.failures]
   print("\n" + ("\n".join(f"FAIL {line}" for line in failures) if failures
@@ -85,16 +85,14 @@ def check(config, steps: int, student_decay: float, dtypes=("float32", "float64"
   return all_rows
 
 
-def _role(dtype: str, floors: bool, with_float64: bool) -> str:
+def _role(dtype: str, with_float64: bool) -> str:
   """What a dtype's table decides (parity/tolerances.py)."""
   if dtype == "float64":
     return "decides semantics: every quantity (parity/tolerances.py FLOAT64)"
   if with_float64:
     gate = "while each framework's rounding (against its float64 run) is below a tenth of the bound"
-  elif floors:
-    gate = "while the mirror floor is below 1/100 of the bound"
   else:
-    gate = "step 1 only (no float64 run, no mirror floor)"
+    gate = "step 1 only (no float64 run to measure rounding against)"
   precision_check = "; each framework's forward and step-1 loss against its float64 ones" if with_float64 else ""
   return (f"decides the forward on the same weights and the first steps' losses, {gate}{precision_check}; "
           f"reports the rest beside its rounding")
@@ -143,7 +141,7 @@ if __name__ == "__main__":
       "student_decay", 0.99, "The student-weights EMA decay checked when the config's ema.student_decay is 0.")
   _DTYPE = flags.DEFINE_enum("dtype", "both", list(DTYPE_CHOICES),
                              "float64 decides semantics; float32 is measured against its noise floor; both: both.")
-  _FLOORS = flags.DEFINE_bool("floors", True, "float32: also run each framework on the mirrored problem (the "
-                              "noise floor), which decides how many first steps' losses are held to the bound.")
+  _FLOORS = flags.DEFINE_bool("floors", True, "float32: also run each framework on the mirrored problem (a "
+                              "per-op rounding model, reported beside the rounding measured against float64).")
   flags.mark_flags_as_required(["config"])
   app.run(main, flags_parser=parse_flags)
