@@ -14,7 +14,8 @@ ema.student_decay, or --student_decay when that is 0, so that it is always check
           training moved them, where rounding is ~1e-16 (parity/tolerances.py FLOAT64);
   float32 is reported against a noise floor measured in the same run (each framework against itself on the
           mirrored problem, parity/mirror.py; --floors=false skips it) and decides what is robust on any
-          machine: the forward on the same weights, the first steps' losses, the accuracy counts.
+          machine: the forward on the same weights and the first steps' losses. Accuracy counts are reported
+          with the examples close enough to flip (they follow from the logits).
 Matmuls and convs run at full float32 precision on both sides (no TF32 on a GPU: parity/precision.py); the
 header says where each framework ran. Exit status 1 when a decided value is past its bound; 2 for bad arguments.
 """
@@ -61,9 +62,9 @@ def check(config, steps: int, student_decay: float, dtypes=("float32", "float64"
         teacher_params = run.jax.params["teacher"]
     role = {"float64": "decides semantics: every quantity (parity/tolerances.py FLOAT64)",
             "float32": ("reported against its noise floor (kdjax and PyTorch each against the mirrored problem); "
-                        "decides the forward, the first steps' losses and the accuracy counts"
-                        if with_floors else "no floor measured: decides the forward, step 1's loss and the "
-                        "accuracy counts")}[dtype]
+                        "decides the forward on the same weights and the first steps' losses"
+                        if with_floors else "no floor measured: decides the forward on the same weights and "
+                        "step 1's loss")}[dtype]
     tables.append(f"\n{dtype}: {role}\n\n{compare.table(rows)}")
     all_rows += rows
   print(f"\nparity: {dataset.name} {dataset.image_shape[0]}x{dataset.image_shape[1]}, "

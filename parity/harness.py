@@ -21,6 +21,7 @@ from kdjax import optim
 from kdjax import phases as phases_lib
 from kdjax import setup as setup_lib
 from kdjax import train
+from kdjax import xla
 from parity import convert
 from parity import mirror
 from parity import precision
@@ -200,11 +201,11 @@ def jax_step(setup: Setup, phase: str, total_steps: int, start_params, teacher_p
   # The teacher inline, as the seed computes it (the cached-logit KD step equals it bit for bit: test_speed.py).
   step_config = dataclasses.replace(setup_lib.step_config(setup.config, kind, student_decay),
                                     cached_teacher_logits=False)
-  step_fn = jax.jit(train.make_train_step(step_config, setup.nets[net], optimizer,
-                                          jnp.asarray(setup.mean), jnp.asarray(setup.std),
-                                          teacher=setup.nets["teacher"] if kind != "ce" else None,
-                                          teacher_pairs=pairs))
-  return optimizer, step_fn
+  step = train.make_train_step(step_config, setup.nets[net], optimizer, jnp.asarray(setup.mean),
+                               jnp.asarray(setup.std), teacher=setup.nets["teacher"] if kind != "ce" else None,
+                               teacher_pairs=pairs)
+  # Compiled as the study compiles it (speed.xla_cpu_options), so that parity is the study's own program.
+  return optimizer, xla.jit(step, setup.config.speed.xla_cpu_options)
 
 
 def jax_side(setup: Setup, phase: str, batches, start_params, teacher_params=None, student_decay: float = 0.0,

@@ -25,8 +25,8 @@ Two frameworks round differently at every op (other conv and reduction algorithm
 training amplifies it: the seed's activation-free teacher is ill-conditioned (its deep activations are mostly
 bias, the input-dependent part a small difference of large numbers) and Adam divides by sqrt(v), so a gradient
 that is mostly cancellation gives an O(lr) step difference. How far that goes depends on the CPU or GPU, its
-conv kernels and thread count: on an Intel Sapphire Rapids CPU kdjax and PyTorch's teachers differed by 1.8e-3
-after 5 steps where this AMD EPYC measured ~10x less. No constant holds everywhere, so the check measures the floor:
+conv kernels and thread count: after 5 steps kdjax's and PyTorch's teachers differed by 1.8e-3 on an Intel
+Sapphire Rapids CPU and by 3.0e-4 on an AMD EPYC. No constant holds everywhere, so the check measures the floor:
 each framework also runs the *mirrored* problem (parity/mirror.py: images, kernels and fc rows transposed across
 the image diagonal, batches reversed: the same function, every conv summing its taps in another order), and
 
@@ -37,11 +37,15 @@ is what rounding alone does to this run on this machine. float32 decides:
   FORWARD_ATOL   logits of the same weights: 1e-5 (one forward, nothing amplifies; measured 3e-8 - 1e-7).
   LOSS_RTOL      the loss of the first steps: 1e-4 relative, LOSS_ATOL 2e-6 (a KL near 0, x T^2). Step 1 always
                  (same weights: a forward and a loss); each later step while the floor so far is below
-                 1/FLOOR_MARGIN (10) of that bound, i.e. while rounding has not grown near it. Later steps are
-                 reported, not decided.
+                 1/FLOOR_MARGIN of that bound, i.e. while rounding has not grown near it. Later steps are
+                 reported, not decided. FLOOR_MARGIN = 100: the mirror models the conv and batch sums' order, not
+                 the elementwise formulas (XLA contracts a*x + b*y into FMAs, PyTorch's Adam orders its update
+                 differently), so kdjax - PyTorch runs up to ~10x its floor on a well-conditioned student
+                 (measured: student_ce losses 7.7x, parameters 5x at 20 steps) and ~1x on the teacher, whose
+                 floor is dominated by its ill-conditioning.
 
-and reports the parameters and validation logits after N steps with their floor (the ratio |Δ| / floor is ~1 when
-the difference is rounding). Without a floor (floors=False) it decides the forward and step 1's loss.
+and reports the parameters and validation logits after N steps with their floor (the ratio |Δ| / floor: ~1 where
+rounding grows chaotically, up to ~30 where the elementwise formulas' ulps dominate). Without a floor (floors=False) it decides the forward and step 1's loss.
 
 Accuracy counts (both dtypes) are reported with the number of validation examples whose top-1 margin is within
 twice the largest validation logit difference: the counts can differ only on those (where the top-1 differs,
@@ -69,7 +73,7 @@ class Tolerances:
 
 FLOAT64 = Tolerances(forward_atol=1e-12, loss_rtol=1e-11, loss_atol=1e-13, param_rtol=1e-9, param_atol=1e-14,
                      logits_rtol=1e-10)
-FLOAT32 = Tolerances(forward_atol=1e-5, loss_rtol=1e-4, loss_atol=2e-6, floor_margin=10.0)
+FLOAT32 = Tolerances(forward_atol=1e-5, loss_rtol=1e-4, loss_atol=2e-6, floor_margin=100.0)
 
 
 def for_dtype(dtype: str) -> Tolerances:
