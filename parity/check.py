@@ -9,13 +9,15 @@ data.epoch_order) and bit-identical inputs. The KD phases distil from the teache
 phase's N steps (in that dtype), given to both. The student-weights EMA is kept in every student phase with
 ema.student_decay, or --student_decay when that is 0, so that it is always checked.
 
---dtype=both (the default) runs float32, then float64, and passes only if both do:
+--dtype=both (the default) runs each phase in float32, then in float64 from the same weights and teacher, and
+passes only if both do:
   float64 decides semantics: every step's loss, the parameters and logits after N steps, to ~1e-9 of what
           training moved them, where rounding is ~1e-16 (parity/tolerances.py FLOAT64);
-  float32 is reported against a noise floor measured in the same run (each framework against itself on the
-          mirrored problem, parity/mirror.py; --floors=false skips it) and decides what is robust on any
-          machine: the forward on the same weights and the first steps' losses. Accuracy counts are reported
-          with the examples close enough to flip (they follow from the logits).
+  float32 is reported beside the rounding measured in the same run (each framework against its own float64
+          run, and against itself on the mirrored problem, parity/mirror.py; --floors=false skips the latter)
+          and decides what is robust on any machine: the forward on the same weights, the first steps' losses,
+          and each framework's float32 forward and step-1 loss against its float64 ones (no TF32, no bf16).
+          Accuracy counts are reported with the examples close enough to flip (they follow from the logits).
 Matmuls and convs run at full float32 precision on both sides (no TF32 on a GPU: parity/precision.py); the
 header says where each framework ran. Exit status 1 when a decided value is past its bound; 2 for bad arguments.
 """
@@ -39,44 +41,61 @@ DTYPE_CHOICES = {"both": ("float32", "float64"), "float32": ("float32",), "float
 
 def check(config, steps: int, student_decay: float, dtypes=("float32", "float64"), floors: bool = True,
           out=sys.stdout) -> list[compare.Row]:
-  """Runs every phase of `config` for `steps` steps in both frameworks, once per dtype; prints and returns the
-  rows (float32 with its mirrored runs when `floors`)."""
+  """Runs every phase of `config` for `steps` steps in both frameworks, in each dtype; prints and returns the rows
+  (float32's first, then float64's). With both dtypes, each phase's float64 run starts from the same weights and
+  distils from the same teacher as its float32 run (kdjax's teacher trained in the first dtype's teacher phase,
+  exact in float64), so that it is the float32 run's reference (compare: "rounding"). floors: float32 also runs
+  the mirrored problem (compare: "mirror")."""
   precision.set_precision()
   decay = float(config.ema.student_decay) or student_decay
-  all_rows, tables, dataset = [], [], None
+  setups, dataset = {}, None
   for dtype in dtypes:
-    setup = harness.make_setup(config, dtype, dataset)
-    dataset = setup.dataset
-    batches = harness.first_steps(setup, steps)
-    teacher_params = setup.initial_params["teacher"]
-    with_floors = floors and dtype == "float32"
-    rows = []
-    for phase in config.phases:
+    setups[dtype] = harness.make_setup(config, dtype, dataset)
+    dataset = setups[dtype].dataset
+  batches = harness.first_steps(setups[dtypes[0]], steps)
+  teacher_params = setups[dtypes[0]].initial_params["teacher"]
+  rows = {dtype: [] for dtype in dtypes}
+  for phase in config.phases:
+    runs = {}
+    for dtype in dtypes:
       start = time.perf_counter()
-      run = harness.run_phase(setup, phase, batches, teacher_params=teacher_params, student_decay=decay,
-                              floors=with_floors)
-      rows += compare.rows(run, dataset.val_labels)
-      runs = "in each framework" + (" and mirrored" if with_floors else "")
-      print(f"  {dtype} {phase}: {steps} steps {runs} ({time.perf_counter() - start:.1f} s)", file=out, flush=True)
-      if phase == "teacher":
-        teacher_params = run.jax.params["teacher"]
-    role = {"float64": "decides semantics: every quantity (parity/tolerances.py FLOAT64)",
-            "float32": ("reported against its noise floor (kdjax and PyTorch each against the mirrored problem); "
-                        "decides the forward on the same weights and the first steps' losses"
-                        if with_floors else "no floor measured: decides the forward on the same weights and "
-                        "step 1's loss")}[dtype]
-    tables.append(f"\n{dtype}: {role}\n\n{compare.table(rows)}")
-    all_rows += rows
+      with_floors = floors and dtype == "float32"
+      runs[dtype] = harness.run_phase(setups[dtype], phase, batches, teacher_params=teacher_params,
+                                      student_decay=decay, floors=with_floors)
+      mirrored = " and mirrored" if with_floors else ""
+      print(f"  {dtype} {phase}: {steps} steps in each framework{mirrored} ({time.perf_counter() - start:.1f} s)",
+            file=out, flush=True)
+    if "float32" in runs and "float64" in runs:
+      runs["float32"].reference = runs["float64"]
+    for dtype in dtypes:
+      rows[dtype] += compare.rows(runs[dtype], dataset.val_labels)
+    if phase == "teacher":
+      teacher_params = runs[dtypes[0]].jax.params["teacher"]
   print(f"\nparity: {dataset.name} {dataset.image_shape[0]}x{dataset.image_shape[1]}, "
         f"{len(dataset.train_labels)} train / {len(dataset.val_labels)} validation, batch {config.batch_size}, "
         f"optimizer {config.optimizer.name} lr {config.optimizer.learning_rate:g} "
         f"wd {config.optimizer.weight_decay:g}, T {config.kd.temperature:g}, ema.decay {config.ema.decay:g}, "
         f"student-weights EMA decay {decay:g}\n{precision.summary()}", file=out)
-  print("\n".join(tables), file=out)
+  for dtype in dtypes:
+    print(f"\n{dtype}: {_role(dtype, 'float64' in dtypes)}\n\n{compare.table(rows[dtype])}", file=out)
+  all_rows = [row for dtype in dtypes for row in rows[dtype]]
   failures = [f"{row.dtype} {row.model}: {failure}" for row in all_rows for failure in row.failures]
   print("\n" + ("\n".join(f"FAIL {line}" for line in failures) if failures
                 else "all within tolerances (parity/tolerances.py)"), file=out, flush=True)
   return all_rows
+
+
+def _role(dtype: str, with_float64: bool) -> str:
+  """What a dtype's table decides (parity/tolerances.py)."""
+  if dtype == "float64":
+    return "decides semantics: every quantity (parity/tolerances.py FLOAT64)"
+  if with_float64:
+    gate = "while each framework's rounding (against its float64 run) is below a tenth of the bound"
+  else:
+    gate = "step 1 only (no float64 run to measure rounding against)"
+  precision_check = "; each framework's forward and step-1 loss against its float64 ones" if with_float64 else ""
+  return (f"decides the forward on the same weights and the first steps' losses, {gate}{precision_check}; "
+          f"reports the rest beside its rounding")
 
 
 def _usage_error(message: str) -> None:
@@ -122,7 +141,7 @@ if __name__ == "__main__":
       "student_decay", 0.99, "The student-weights EMA decay checked when the config's ema.student_decay is 0.")
   _DTYPE = flags.DEFINE_enum("dtype", "both", list(DTYPE_CHOICES),
                              "float64 decides semantics; float32 is measured against its noise floor; both: both.")
-  _FLOORS = flags.DEFINE_bool("floors", True, "float32: also run each framework on the mirrored problem (the "
-                              "noise floor), which decides how many first steps' losses are held to the bound.")
+  _FLOORS = flags.DEFINE_bool("floors", True, "float32: also run each framework on the mirrored problem (a "
+                              "per-op rounding model, reported beside the rounding measured against float64).")
   flags.mark_flags_as_required(["config"])
   app.run(main, flags_parser=parse_flags)

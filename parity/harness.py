@@ -152,6 +152,7 @@ class PhaseRun:
   torch_mirror: Side | None = None
   dtype: str = "float32"
   start: dict = dataclasses.field(default_factory=dict)  # tracked model -> its params before the phase
+  reference: "PhaseRun | None" = None  # float32: the float64 run of the same phase, start and teacher
 
   @property
   def models(self) -> list[str]:
@@ -291,6 +292,8 @@ def run_phase(setup: Setup, phase: str, batches: list[list[np.ndarray]], teacher
   start_params = setup.initial_params[net]
   if kind != "ce" and teacher_params is None:
     raise ValueError(f"phase {phase} needs teacher_params")
+  if teacher_params is not None:  # in the run's dtype (a float32 teacher is exact in float64)
+    teacher_params = jax.tree_util.tree_map(lambda a: np.asarray(a).astype(setup.dtype), teacher_params)
   args = (setup, phase, batches, start_params, teacher_params, student_decay)
   step = jax_step(setup, phase, sum(len(epoch) for epoch in batches), start_params, teacher_params, student_decay)
   sides = {"jax": jax_side(*args, step=step), "torch": torch_run or torch_side(*args)}

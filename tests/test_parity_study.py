@@ -64,8 +64,8 @@ def test_check_prints_both_tables_and_passes():
   assert text.count("| model |") == 2 and "all within tolerances" in text
   assert "float64: decides semantics" in text and "JAX highest" in text  # the precision both sides ran at
   float32 = rows[:4]
-  assert all(row.floor_params is not None for row in float32)  # the mirrored runs measured a floor
-  assert float32[0].loss_steps_decided >= 1 and float32[0].floor_logits_init > 0
+  assert all(row.mirror_params is not None and row.rounding_params is not None for row in float32)
+  assert float32[0].loss_steps_decided >= 1 and float32[0].rounding_params > 0
 
 
 def test_check_fails_past_the_tolerances(monkeypatch):
