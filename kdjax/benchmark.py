@@ -18,8 +18,8 @@ loss.item() every step), on pre-normalised float32 inputs, eager, NCHW or channe
 
 Threads. XLA:CPU runs one intra-op thread per core here (len(os.sched_getaffinity(0)); it has no per-process
 setting short of XLA_FLAGS), and PyTorch is timed at that count and at 1 thread. On a shared machine PyTorch's
-OpenMP pool can collapse under oversubscription (a spinning pool whose threads wait for cores: measured 70 img/s
-with 2 threads against 550 with 1), so every ratio is taken against the FASTER of PyTorch's thread counts: never
+OpenMP pool can collapse under oversubscription (a spinning pool whose threads wait for cores: teacher CE,
+channels_last, 127 img/s with 2 threads against 420 with 1 at load average ~3), so every ratio is taken against the FASTER of PyTorch's thread counts: never
 against a collapsed baseline. The table says which count that was.
 
 Timing. After a warm-up (compile and 2 steps), `repeats` rounds each time `steps` consecutive steps of every
@@ -79,6 +79,9 @@ def study_config():
   config.log_every_epoch = False
   config.data.name = "tiny_imagenet"
   config.data.manual_dir = "../shared/data"
+  # kd_ema's collapse diagnostics evaluate both nets every 25 steps inside the epoch's timed loop: kdjax-only
+  # work that the seed's loop does not do (--config.ema.diagnostics_every=25 to include it).
+  config.ema.diagnostics_every = 0
   return config
 
 
@@ -433,7 +436,48 @@ def _op_timers(op: dict, num_classes: int, options_now, options_default, repeats
   raise ValueError(name)
 
 
-def profile(batch_size: int, image_size: int, num_classes: int, steps: int, repeats: int) -> dict:
+def _torch_op_timers(op: dict, num_classes: int, repeats: int) -> dict:
+  """PyTorch channels_last (oneDNN) on the same op, at the faster of 1 and core_count() threads:
+  {"torch_cl": seconds} (pools: {"torch_cl": (forward, backward)}); {} for the ops it is not shown for."""
+  import torch
+  import torch.nn.functional as F
+
+  name = op["op"]
+  generator = torch.Generator().manual_seed(0)
+  cl = lambda tensor: tensor.contiguous(memory_format=torch.channels_last)
+  normal = lambda *shape: torch.randn(*shape, generator=generator)
+  if name.startswith("conv"):
+    n, h, w, cin = op["shape"]
+    x, kernel, grad = cl(normal(n, cin, h, w)), cl(normal(op["cout"], cin, 3, 3)), cl(normal(n, op["cout"], h, w))
+    fns = [{"conv forward": lambda: F.conv2d(x, kernel, padding=1),
+            "conv input grad": lambda: torch.nn.grad.conv2d_input(x.shape, kernel, grad, padding=1),
+            "conv weight grad": lambda: torch.nn.grad.conv2d_weight(x, kernel.shape, grad, padding=1)}[name]]
+  elif name == "pool":
+    n, h, w, c = op["shape"]
+    x, grad = cl(normal(n, c, h, w)), cl(normal(n, c, h // 2, w // 2))
+    _, indices = F.max_pool2d(x, 2, return_indices=True)
+    fns = [lambda: F.max_pool2d(x, 2),
+           lambda: torch.ops.aten.max_pool2d_with_indices_backward(grad, x, [2, 2], [2, 2], [0, 0], [1, 1], False,
+                                                                    indices)]
+  elif name.startswith("dense"):
+    n, features = op["shape"]
+    x, kernel, grad = normal(n, features), normal(features, num_classes), normal(n, num_classes)
+    fns = [lambda: (x @ kernel, grad @ kernel.T, x.T @ grad)]
+  else:
+    return {}
+  seconds = []
+  with torch.no_grad():
+    for fn in fns:
+      best = float("inf")
+      for threads in sorted({1, core_count()}):
+        torch.set_num_threads(threads)
+        best = min(best, _median_seconds(fn, repeats))
+      seconds.append(best)
+  return {"torch_cl": seconds[0] if len(seconds) == 1 else tuple(seconds)}
+
+
+def profile(batch_size: int, image_size: int, num_classes: int, steps: int, repeats: int,
+            with_torch: bool = True) -> dict:
   """Where the teacher-CE step's time goes: each op compiled and timed alone at the step's shapes, times its
   count in the step, against the whole step timed in the same run; GFLOP/s per op."""
   load_before = load_average()
@@ -446,17 +490,20 @@ def profile(batch_size: int, image_size: int, num_classes: int, steps: int, repe
   for op in _teacher_ops(batch_size, image_size, num_classes):
     count = len(op["layers"])
     timings = _op_timers(op, num_classes, options_now, options_default, op_repeats)
+    torch_timings = _torch_op_timers(op, num_classes, op_repeats) if with_torch else {}
     if op["op"] == "pool":
+      timings += [(label, *values) for label, values in torch_timings.items()]
       rows.append(_profile_row("pool forward", op, count, {label: fwd for label, fwd, _ in timings}, None))
       rows.append(_profile_row("pool backward", op, count, {label: bwd for label, _, bwd in timings}, None))
       continue
-    rows.append(_profile_row(op["op"], op, count, dict(timings), op.get("flops")))
+    rows.append(_profile_row(op["op"], op, count, dict(timings, **torch_timings), op.get("flops")))
   accounted = sum(row["total_ms"] for row in rows)
   rows.sort(key=lambda row: -row["total_ms"])
   return {"mode": "profile", **_shapes(batch_size, image_size, num_classes, steps, repeats),
           "method": "each op jitted and timed alone (median of repeats) at the step's shapes, times its count in "
                     "the step; 'other' is the whole step minus their sum (elementwise fusions: normalisation, "
-                    "bias adds and their gradients, copies; dispatch)",
+                    "bias adds and their gradients, copies; dispatch). Beside each: XLA's default / nn.max_pool, "
+                    "and PyTorch channels_last (oneDNN) on the same op at its faster thread count",
           "step_ms": 1e3 * step_seconds, "accounted_ms": accounted, "other_ms": 1e3 * step_seconds - accounted,
           "step_gflops": step.flops_per_image * batch_size / step_seconds / 1e9, "ops": rows,
           "xla_options": options_now, "load_average_before": load_before, "load_average_after": load_average(),
@@ -639,7 +686,8 @@ def _print_profile(figures: dict) -> None:
         f"{figures['step_ms']:.1f} ms ({figures['step_gflops']:.1f} GFLOP/s); load average "
         f"{figures['load_average_before']} -> {figures['load_average_after']}")
   print(f"method: {figures['method']}")
-  print(f"{'op':<30}{'input':>20}{'x':>3}{'ms each':>9}{'ms total':>10}{'% step':>8}{'GFLOP/s':>9}  other way, ms each")
+  print(f"{'op':<30}{'input':>20}{'x':>3}{'ms each':>9}{'ms total':>10}{'% step':>8}{'GFLOP/s':>9}  "
+        f"other ways, ms each")
   for row in figures["ops"]:
     shape = "x".join(map(str, row["shape"][1:])) + (f"->{row['cout']}" if row.get("cout") else "") \
         if row["shape"] else ""
@@ -656,7 +704,8 @@ def _print_study(figures: dict) -> None:
   torch_side = figures["torch"]
   probe = (f" (teacher-CE probe, images/s: {torch_side['thread_probe']})" if torch_side["thread_probe"] else "")
   print(f"study, {figures['epochs']} epoch(s) of phases {', '.join(figures['phases'])} on {figures['data']} "
-        f"({figures['train_examples']} train images, batch {figures['batch_size']}); kdjax config.speed "
+        f"({figures['train_examples']} train images, batch {figures['batch_size']}); kdjax config.speed (as "
+        f"kdjax.experiment applies it) "
         f"{figures['speed_config']}; PyTorch channels_last at {torch_side['threads']} thread(s){probe}; load "
         f"average {figures['load_average_before']} -> {figures['load_average_after']}")
   print(f"{'phase':<16}{'kdjax train s':>14}{'torch train s':>14}{'torch/kdjax':>12}")

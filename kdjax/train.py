@@ -113,7 +113,8 @@ def make_train_step(step_config: StepConfig, student, optimizer: optax.GradientT
   def step(state: TrainState, batch) -> tuple[TrainState, dict]:
     images = data_lib.normalize(batch["image"], mean, std)
     labels = batch["label"]
-    update_count = (state.step + 1).astype(jnp.float32)
+    # In the params' dtype: a float64 run's warm-up decay min(1 - 1/(t + 1), alpha) carries no float32 rounding.
+    update_count = (state.step + 1).astype(jax.tree_util.tree_leaves(state.params)[0].dtype)
     teacher_params, teacher_logits = state.teacher_params, None
     if cfg.cached_teacher_logits:
       teacher_logits = jax.lax.stop_gradient(batch["teacher_logits"])

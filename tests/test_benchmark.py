@@ -109,3 +109,12 @@ def test_channels_last_runs_the_seeds_view_and_computes_the_same(one_torch_threa
   converted = benchmark.channels_last(net)
   logits = converted(images.contiguous(memory_format=torch.channels_last))
   torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_profile_times_pytorch_on_the_same_ops(one_torch_thread):
+  conv = {"op": "conv weight grad", "shape": (2, 8, 8, 12), "cout": 12, "layers": [2], "flops": 1}
+  assert benchmark._torch_op_timers(conv, 10, 1)["torch_cl"] > 0
+  forward, backward = benchmark._torch_op_timers({"op": "pool", "shape": (2, 8, 8, 12), "layers": [3]}, 10,
+                                                 1)["torch_cl"]
+  assert forward > 0 and backward > 0
+  assert benchmark._torch_op_timers({"op": "Adam update", "shape": None, "layers": ["all"]}, 10, 1) == {}

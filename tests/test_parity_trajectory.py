@@ -2,11 +2,9 @@
 the same batches, decided in float64 (parity/tolerances.py FLOAT64): every step's loss, the final params of every
 tracked model and their validation logits, where rounding is ~1e-16 and only semantics can differ."""
 
-import jax.numpy as jnp
 import pytest
 
 from configs import ema as ema_config
-from kdjax import ema
 from parity import compare
 from parity import harness
 
@@ -78,26 +76,9 @@ def test_trajectories(variant, digits):
       teacher = run.jax.params["teacher"]
 
 
-_WARMUP_DECAY = ema.warmup_decay
-
-
-def _warmup_decay_of_exact_count(decay, update_count):
-  """ema.warmup_decay with the step count taken in float64 (a count is an exact integer in float32 too)."""
-  return _WARMUP_DECAY(decay, jnp.asarray(update_count, jnp.float64))
-
-
-@pytest.mark.parametrize("count", [
-    pytest.param("as_kdjax", marks=pytest.mark.xfail(strict=True, reason=(
-        "kdjax/train.py takes the step count as float32 (`(state.step + 1).astype(jnp.float32)`), so in float64 "
-        "the warm-up decay min(1 - 1/(t + 1), alpha) carries a float32 rounding (~6e-8 relative) and both EMAs "
-        "differ from PyTorch's (Python-float decay) by ~1e-8 of their displacement, past FLOAT64. Semantics "
-        "match (see float64_count); the fix belongs in train.py: the count in the params' dtype."))),
-    "float64_count",
-])
-def test_warmup_trajectory(count, digits, monkeypatch):
-  """The mean-teacher warm-up of both EMAs (ema.warmup) on the seed's EMA step, decided in float64."""
-  if count == "float64_count":
-    monkeypatch.setattr(ema, "warmup_decay", _warmup_decay_of_exact_count)
+def test_warmup_trajectory(digits):
+  """The mean-teacher warm-up of both EMAs (ema.warmup) on the seed's EMA step, decided in float64 (kdjax takes
+  the update count in the params' dtype, so the decay min(1 - 1/(t + 1), alpha) carries no float32 rounding)."""
   setup = harness.make_setup(small_config({"ema.warmup": True, "ema.decay": 0.99}), "float64", dataset=digits)
   _, rows = _check(setup, "student_kd_ema", setup.initial_params["teacher"])
   assert rows[1].params_moved > 1e-5

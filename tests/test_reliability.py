@@ -17,6 +17,7 @@ from kdjax import config as config_lib
 from kdjax import data as data_lib
 from kdjax import experiment
 from kdjax import inspect as inspect_lib
+from kdjax import progress
 from kdjax import resume
 from kdjax.config import ConfigError
 from kdjax.rundir import RunDir
@@ -178,7 +179,7 @@ def test_case4_phases_run_in_dependency_order(tmp_path, monkeypatch, capsys):
     started.append(phase)
     raise KeyboardInterrupt
   monkeypatch.setattr(experiment, "run_phase", run_phase)
-  with pytest.raises(KeyboardInterrupt):
+  with pytest.raises(KeyboardInterrupt), progress.printing():   # the run's lines, as the command line shows them
     experiment.train_and_evaluate(config, tmp_path / "run")
   assert started == ["teacher"]
   assert "kdjax: note: phases run in dependency order: teacher, student_kd" in capsys.readouterr().out
