@@ -54,8 +54,10 @@ def measure(setup, teacher_params, trained_teacher, *, epoch: int, step: int, kd
           "kd_loss": kd_loss, "teacher_top1": teacher_top1, "student_top1": student_top1}
 
 
-def findings(points: list[dict], teacher: str, student: str) -> list[str]:
-  """Sentences from the points of one kd_ema phase (its EMA-updated teacher `teacher`, its student)."""
+def findings(points: list[dict], teacher: str, student: str, num_classes: int | None = None) -> list[str]:
+  """Sentences from the points of one kd_ema phase (its EMA-updated teacher `teacher`, its student): when the
+  teacher falls below the student, when it has lost half its top-1, when it sits at chance (<= 1.5 x 100/K %
+  from then on; K = num_classes), and what happens to the distance, the soft targets and the KD loss."""
   if len(points) < 2:
     return []
   first, last = points[0], points[-1]
@@ -68,6 +70,21 @@ def findings(points: list[dict], teacher: str, student: str) -> list[str]:
     sentences.append(f"{teacher} falls below {student} at step {below['step']} (epoch {below['epoch']}): "
                      f"{below['teacher_top1']:.2f} % vs {below['student_top1']:.2f} %, from "
                      f"{first['teacher_top1']:.2f} % at the start; it ends at {last['teacher_top1']:.2f} %.")
+  course = []
+  halved = next((p for p in points[1:] if p["teacher_top1"] <= first["teacher_top1"] / 2), None)
+  if halved is not None and first["teacher_top1"] > 0:
+    course.append(f"it has lost half its top-1 by step {halved['step']} (epoch {halved['epoch']}: "
+                  f"{halved['teacher_top1']:.2f} %)")
+  if num_classes:
+    chance = 100.0 / num_classes
+    at_chance = next((i for i, p in enumerate(points)
+                      if all(q["teacher_top1"] <= 1.5 * chance for q in points[i:])), None)
+    if at_chance is not None and first["teacher_top1"] > 1.5 * chance:
+      p = points[at_chance]
+      course.append(f"it is at chance level (100/K = {chance:.2f} %) from step {p['step']} (epoch {p['epoch']}) on")
+  if course:
+    text = " and ".join(course)
+    sentences.append(text[0].upper() + text[1:] + ".")
   entropy_change = (f"its soft targets' entropy goes from {first['entropy']:.2f} to {last['entropy']:.2f} of "
                     f"the maximum (log K)")
   flat = next((p for p in points if p["entropy"] > FLAT), None)

@@ -193,7 +193,7 @@ def ema_sections(report: dict) -> list[str]:
   for name, entry in report["models"].items():
     points = entry.get("collapse") or (entry.get("per_seed") or [{}])[0].get("collapse")
     student = "student_kd_ema" + name[len(TEACHER_EMA):]
-    sentences = collapse.findings(points or [], name, student)
+    sentences = collapse.findings(points or [], name, student, report.get("dataset", {}).get("num_classes"))
     if sentences:
       seed_note = "" if entry.get("collapse") else f" (seed {entry['per_seed'][0]['seed']})"
       lines += ["", f"**{name}**{seed_note} (ema_collapse.png): " + " ".join(sentences)]

@@ -47,6 +47,19 @@ def test_findings_say_when_the_teacher_falls_below_the_student():
   assert "stays at or above" in collapse.findings(steady, "teacher_ema", "student_kd_ema")[0]
 
 
+def test_findings_say_when_the_teacher_halves_and_reaches_chance():
+  # 200 classes: chance is 0.50 %; a dip to chance at step 50 that recovers does not count, step 100 does.
+  points = [_point(0, 9.0, 0.3, 0.97, 0.0, None), _point(25, 4.0, 1.0, 0.97, 0.1, 1.2),
+            _point(50, 0.6, 0.5, 0.98, 0.2, 0.9), _point(75, 1.0, 0.5, 0.98, 0.3, 0.1),
+            _point(100, 0.5, 0.5, 0.98, 0.4, 0.01), _point(125, 0.7, 0.5, 0.98, 0.5, 0.005)]
+  text = " ".join(collapse.findings(points, "teacher_ema", "student_kd_ema", num_classes=200))
+  assert "It has lost half its top-1 by step 25 (epoch 1: 4.00 %)" in text
+  assert "at chance level (100/K = 0.50 %) from step 100 (epoch 1) on" in text
+  assert "chance" not in " ".join(collapse.findings(points, "teacher_ema", "student_kd_ema"))
+  steady = [_point(0, 9.0, 0.5, 0.4, 0.0, None), _point(25, 8.0, 3.0, 0.4, 0.01, 0.2)]
+  assert "half" not in " ".join(collapse.findings(steady, "teacher_ema", "student_kd_ema", num_classes=10))
+
+
 def test_sweep_phase_names_round_trip():
   for decay, warmup in ((0.9, False), (0.99, True), (0.9999, False)):
     variant = phases.sweep_phase(decay, warmup)
