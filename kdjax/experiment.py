@@ -211,6 +211,7 @@ def train_and_evaluate(config, workdir) -> dict:
   start = time.perf_counter()
   config_lib.validate(config)
   mesh_lib.initialize(config)   # several hosts: before any device is touched
+  mesh_lib.data_parallel(config)   # batch sizes that the devices cannot split stop here, before any write
   run = RunDir(workdir, writer=mesh_lib.is_writer())
   with run.locked():
     if config.num_seeds > 1:   # each seed's run in seed_<s>/ holds a lock of its own
