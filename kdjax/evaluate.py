@@ -33,6 +33,8 @@ def predict(model, params, images: np.ndarray, mean, std, batch_size: int, paral
   exact = lambda values: tuple(np.asarray(values).reshape(-1).tolist())
   parallel = parallel if parallel is not None and parallel.mesh is not None else None
   fn = _predict_fn(model, exact(mean), exact(std), parallel)
+  if parallel is not None:   # e.g. a checkpoint read onto one device (kdjax.inspect)
+    params = parallel.replicate(params)
   outputs = []
   for start in range(0, len(images), batch_size):
     chunk = images[start:start + batch_size]

@@ -225,6 +225,8 @@ def _run_locked(config, run: RunDir, start: float) -> dict:
   setup = Setup.build(config)
   teacher_source = (resume.read_teacher(config.teacher.checkpoint, setup, config_dict)
                     if config.teacher.checkpoint else None)
+  if teacher_source is not None:   # read onto one device; several devices take it replicated
+    teacher_source.params = setup.parallel.replicate(teacher_source.params)
   names = phases_to_run(config, teacher_source)
   if [name for name in names if name in config.phases] != list(config.phases):
     progress.say(f"kdjax: note: phases run in dependency order: {', '.join(names)}")

@@ -5,8 +5,8 @@ With D data-parallel devices (config.mesh.num_devices, 0 = all that jax.devices(
   params, optimizer state, the (EMA) teacher, the student-weights EMA, the step counter: replicated
   the step           the same jitted function as on one device; XLA (GSPMD) inserts the all-reduce of the
                      gradient, so grad = (1/n) * sum over the n real rows of the global batch, as on one device
-A short last batch (data.drop_remainder False, as PyTorch's DataLoader) is padded to B with zero rows whose
-mask is 0, and the step's losses become masked means, sum_i m_i * l_i / sum_i m_i: the single-device numbers up
+A short last batch (data.drop_remainder False, as PyTorch's DataLoader) is padded to B with copies of its first
+row whose mask is 0, and the step's losses become masked means, sum_i m_i * l_i / sum_i m_i: the single-device numbers up
 to float32 reduction order.
 
 With D == 1 `DataParallel.mesh` is None and nothing here is used: the single-device program is the one kdjax
@@ -69,13 +69,14 @@ class DataParallel:
     return NamedSharding(self.mesh, PartitionSpec(AXIS))
 
   def replicate(self, tree):
-    """Every leaf (a host array, or a fully replicated/addressable jax.Array) as one copy per device."""
+    """Every leaf (a host array, or a fully replicated/addressable jax.Array) as one copy per device; leaves
+    replicated already are kept as they are."""
     if self.mesh is None:
       return tree
 
     def put(leaf):
-      if leaf is None:
-        return None
+      if leaf is None or (isinstance(leaf, jax.Array) and leaf.sharding == self.replicated):
+        return leaf
       value = np.asarray(leaf)
       return jax.make_array_from_callback(value.shape, self.replicated, lambda index: value[index])
     return jax.tree_util.tree_map(put, tree)
@@ -91,15 +92,15 @@ class DataParallel:
     return jax.make_array_from_callback(shape, self.rows, local)
 
   def batch(self, arrays: dict, indices: np.ndarray, batch_size: int) -> dict:
-    """One global batch of `batch_size` rows of each host array at `indices`, padded with zero rows (mask 0)
-    when `indices` is a short last batch; "mask" float32 [B] is 1 on the real rows."""
+    """One global batch of `batch_size` rows of each host array at `indices`, padded with copies of the first
+    row (mask 0) when `indices` is a short last batch; "mask" float32 [B] is 1 on the real rows."""
     count = len(indices)
-    padded = np.concatenate([indices, np.zeros(batch_size - count, indices.dtype)]) if count < batch_size \
-        else indices
+    padded = (np.concatenate([indices, np.full(batch_size - count, indices[0], indices.dtype)])
+              if count < batch_size else indices)
     batch = {name: self.put_rows(array, padded) for name, array in arrays.items()}
     mask = (np.arange(batch_size) < count).astype(np.float32)
     batch["mask"] = self.put_rows(mask)
-    # Padded rows repeat row 0's data (a valid image): the mask alone removes them from every loss and metric.
+    # Padding rows are real images (finite logits): the mask alone removes them from every loss and metric.
     return batch
 
 

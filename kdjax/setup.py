@@ -94,9 +94,10 @@ class Setup:
     spec = phases.phase(phase)
     if spec.needs_teacher and teacher_params is None:
       teacher_params = self.initial_params["teacher"]
-    return self.parallel.replicate(train.create_state(self.initial_params[spec.net], optimizer,
-                              teacher_params=teacher_params if spec.needs_teacher else None,
-                              keep_student_ema=spec.net == "student" and self.config.ema.student_decay > 0))
+    state = train.create_state(self.initial_params[spec.net], optimizer,
+                               teacher_params=teacher_params if spec.needs_teacher else None,
+                               keep_student_ema=spec.net == "student" and self.config.ema.student_decay > 0)
+    return self.parallel.replicate(state)   # one device: the state as it is
 
   def train_step(self, phase: str, optimizer):
     """The jitted `(state, batch) -> (state, metrics)` of `phase`, the state donated, compiled with
