@@ -53,6 +53,7 @@ from kdjax import data as data_lib
 from kdjax import ema
 from kdjax import evaluate
 from kdjax import losses
+from kdjax import mesh as mesh_lib
 from kdjax import models
 from kdjax import optim
 from kdjax import phases
@@ -87,6 +88,8 @@ def study_config():
 
 _COMPARE = flags.DEFINE_bool("compare-torch", False, "kdjax (now and before) against PyTorch, side by side.")
 _PROFILE = flags.DEFINE_bool("profile", False, "The teacher-CE step's time, op by op.")
+_MESH = flags.DEFINE_bool("data_parallel", False, "The steps over every device jax.devices() lists (kdjax/mesh.py), "
+                          "fed three ways; forced host devices: XLA_FLAGS=--xla_force_host_platform_device_count=N.")
 _STUDY = flags.DEFINE_bool("study", False, "One epoch of every phase: kdjax against the seed's loops.")
 _BATCH = flags.DEFINE_integer("batch_size", 128, "Training batch size.", lower_bound=2)
 _IMAGE = flags.DEFINE_integer("image_size", 64, "Input height and width (a multiple of 16).", lower_bound=16)
@@ -307,6 +310,70 @@ def plain(batch_size: int, image_size: int, num_classes: int, steps: int, repeat
     results[f"eval_{role}"] = {"images_per_second": len(eval_images) / seconds}
   return {"mode": "plain", **_shapes(batch_size, image_size, num_classes, steps, repeats), "results": results,
           "environment": _environment()}
+
+
+def data_parallel(batch_size: int, image_size: int, num_classes: int, steps: int, repeats: int,
+                  kinds=("teacher_ce", "student_kd_ema")) -> dict:
+  """kdjax's steps over D = len(jax.devices()) devices (the data-parallel path of kdjax/mesh.py; D = 1: the
+  single-device path, which has no mesh), each step fed from a training split of 4 batches in random order:
+    host_fed       the host gathers the rows and puts each device's slice (DataParallel.batch: what kdjax runs)
+    device_gather  the split replicated on every device, a jitted gather with its output sharded along `data`
+    on_device      the batch already sharded on the devices (the step alone: the floor of both)
+  With D = 1 all three are the single-device path's device gather (train.gather_batch)."""
+  devices = jax.devices()
+  parallel = mesh_lib.DataParallel(None if len(devices) == 1 else
+                                   jax.sharding.Mesh(np.asarray(devices), (mesh_lib.AXIS,)))
+  if batch_size % parallel.size:
+    raise config_lib.ConfigError(f"batch_size must be divisible by the {parallel.size} devices, got {batch_size}")
+  split = random_batch(4 * batch_size, image_size, num_classes)
+  order = np.random.default_rng(1).permutation(4 * batch_size)
+  batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+  results = {}
+  for kind in kinds:
+    net, step_kind = KINDS[kind]
+    nets = {"teacher": models.teacher_net(num_classes), "student": models.student_net(num_classes)}
+    shape = (image_size, image_size, 3)
+    teacher_params = models.init_params(nets["teacher"], jax.random.PRNGKey(0), shape)
+    params = models.init_params(nets[net], jax.random.PRNGKey(1), shape)
+    optimizer = optim.make_optimizer(config_lib.default_config().optimizer, 1000)
+    pairs = (ema.torch_zip_pairs(params, nets["student"].layer_names, teacher_params, nets["teacher"].layer_names)
+             if step_kind == "kd_ema" else ())
+    step = train.make_train_step(train.StepConfig(step_kind), nets[net], optimizer, jnp.asarray(MEAN),
+                                 jnp.asarray(STD), teacher=nets["teacher"] if step_kind != "ce" else None,
+                                 teacher_pairs=pairs)
+    state = train.create_state(params, optimizer, teacher_params=teacher_params if step_kind != "ce" else None)
+    options = xla.compiler_options(True)
+    if parallel.mesh is None:
+      compiled = jax.jit(step, donate_argnums=0, compiler_options=options)
+      device_split = {name: jnp.asarray(value) for name, value in split.items()}
+      feeds = {"device_gather": lambda i: train.gather_batch(device_split, jnp.asarray(batches[i]))}
+    else:
+      compiled = jax.jit(step, donate_argnums=0, compiler_options=options, out_shardings=parallel.replicated)
+      state = parallel.replicate(state)
+      replicated_split = parallel.replicate(split)
+      gather = jax.jit(lambda arrays, indices: {name: array[indices] for name, array in arrays.items()},
+                       out_shardings=parallel.rows)
+      mask = parallel.put_rows(np.ones(batch_size, np.float32))
+      ready = [parallel.batch(split, indices, batch_size) for indices in batches]
+      feeds = {"host_fed": lambda i: parallel.batch(split, batches[i], batch_size),
+               "device_gather": lambda i: dict(gather(replicated_split, parallel.replicate(batches[i])), mask=mask),
+               "on_device": lambda i: ready[i]}
+    holder = [state]
+
+    def runner(feed):
+      def run(count: int) -> None:
+        state = holder[0]
+        for i in range(count):
+          state, metrics = compiled(state, feed(i % len(batches)))
+        jax.block_until_ready((state, metrics))
+        holder[0] = state
+      return Runner(run, 0, 0.0, {})
+    timings = time_alternating({name: runner(feed) for name, feed in feeds.items()}, steps, repeats)
+    results[kind] = {name: {"images_per_second": _rate(timing, batch_size), "step_ms": 1e3 * timing["step_s"]}
+                     for name, timing in timings.items()}
+  return {"mode": "data_parallel", "devices": parallel.size,
+          **_shapes(batch_size, image_size, num_classes, steps, repeats), "results": results,
+          "load_average": load_average(), "environment": _environment()}
 
 
 def compare_torch(batch_size: int, image_size: int, num_classes: int, steps: int, repeats: int,
@@ -700,6 +767,15 @@ def _print_profile(figures: dict) -> None:
         f"{100 * figures['other_ms'] / figures['step_ms']:>8.1f}")
 
 
+def _print_data_parallel(figures: dict) -> None:
+  print(f"{figures['devices']} device(s), global batch {figures['batch_size']}, "
+        f"{'x'.join(map(str, figures['image_shape']))}, {figures['num_classes']} classes; img/s (step ms); "
+        f"load average {figures['load_average']}")
+  for kind, feeds in figures["results"].items():
+    print(f"  {kind:16s} " + "  ".join(f"{feed} {entry['images_per_second']:.0f} ({entry['step_ms']:.0f} ms)"
+                                        for feed, entry in feeds.items()))
+
+
 def _print_study(figures: dict) -> None:
   torch_side = figures["torch"]
   probe = (f" (teacher-CE probe, images/s: {torch_side['thread_probe']})" if torch_side["thread_probe"] else "")
@@ -733,8 +809,8 @@ def main(argv):
   if len(argv) > 1:
     print(f"kdjax.benchmark: error: unexpected arguments: {' '.join(argv[1:])}", file=sys.stderr)
     sys.exit(2)
-  modes = [name for name, flag in (("--compare-torch", _COMPARE), ("--profile", _PROFILE), ("--study", _STUDY))
-           if flag.value]
+  modes = [name for name, flag in (("--compare-torch", _COMPARE), ("--profile", _PROFILE), ("--study", _STUDY),
+                                   ("--data_parallel", _MESH)) if flag.value]
   if len(modes) > 1:
     print(f"kdjax.benchmark: error: choose one of {', '.join(modes)}", file=sys.stderr)
     sys.exit(2)
@@ -747,6 +823,12 @@ def main(argv):
     figures, show = compare_torch(*shapes, peak_gflops=_PEAK.value), _print_compare
   elif _PROFILE.value:
     figures, show = profile(*shapes), _print_profile
+  elif _MESH.value:
+    try:
+      figures, show = data_parallel(*shapes), _print_data_parallel
+    except config_lib.ConfigError as error:
+      print(f"kdjax.benchmark: error: {error}", file=sys.stderr)
+      sys.exit(2)
   elif _STUDY.value:
     try:
       figures = study(_CONFIG.value, _TORCH_THREADS.value)

@@ -129,6 +129,14 @@ def saved_epochs(directory: pathlib.Path) -> list[int]:
                 if child.is_dir() and _STEP_NAME.match(child.name))
 
 
+def _on_one_device(state_dir: pathlib.Path):
+  """The saved tree's shapes and dtypes on this process's first device: a checkpoint saved over several devices
+  or hosts (kdjax/mesh.py: replicated) reads back anywhere, e.g. in `kdjax.inspect` on a laptop."""
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  saved = ocp.StandardCheckpointHandler().metadata(state_dir)
+  return jax.tree_util.tree_map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device), saved)
+
+
 class ModelCheckpoints:
   """The checkpoints of one model: one step per saved epoch, the last `keep` kept.
 
@@ -190,9 +198,10 @@ class ModelCheckpoints:
     if not (where / "state" / "_METADATA").is_file():
       raise CorruptCheckpointError(f"{where}: incomplete: state/_METADATA (Orbax's description of the saved "
                                    f"tree) is missing")
-    state_args = (ocp.args.StandardRestore(jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target))
-                  if target is not None else ocp.args.StandardRestore())
     try:
+      state_args = ocp.args.StandardRestore(
+          jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target) if target is not None
+          else _on_one_device(where / "state"))
       restored = self.manager.restore(epoch, args=ocp.args.Composite(state=state_args,
                                                                      meta=ocp.args.JsonRestore()))
       state, meta = restored["state"], restored["meta"]

@@ -47,7 +47,7 @@ def measure(setup, teacher_params, trained_teacher, *, epoch: int, step: int, kd
   """One point of the diagnostics (see the module docstring)."""
   probe = setup.dataset.val_images[:PROBE_SIZE]
   logits = evaluate.predict(setup.nets["teacher"], teacher_params, probe, setup.mean, setup.std,
-                            setup.config.eval_batch_size)
+                            setup.config.eval_batch_size, setup.parallel)
   return {"epoch": epoch, "step": step,
           "distance": relative_distance(teacher_params, trained_teacher, setup.ema_pairs()),
           "entropy": soft_target_entropy(logits, float(setup.config.kd.temperature)),

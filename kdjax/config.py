@@ -78,6 +78,16 @@ def default_config() -> ml_collections.ConfigDict:
   config.teacher = ml_collections.ConfigDict()
   config.teacher.checkpoint = ""        # a workdir or teacher checkpoint folder: distill from it, no training
 
+  # Where it runs (kdjax/mesh.py): data parallel over D devices, batch_size the global batch (divisible by D).
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.num_devices = 0           # 0 = every device jax.devices() lists (all hosts'); 1 = one device
+  # Several hosts: jax.distributed.initialize(coordinator_address, num_processes, process_id) before anything
+  # else; "auto" reads the variables of a managed cluster (SLURM, Open MPI, Cloud TPU, ...); "" = one process.
+  config.distributed = ml_collections.ConfigDict()
+  config.distributed.coordinator_address = ""   # "host:port" of process 0, or "auto"
+  config.distributed.num_processes = 1
+  config.distributed.process_id = 0
+
   # How fast, not what: each switch turns one speed-up off so that a user can compare (kdjax.benchmark).
   config.speed = ml_collections.ConfigDict()
   config.speed.pool = "fast"            # kdjax.pooling's 2x2 max-pool; "reduce_window" = nn.max_pool (same bits)
@@ -90,7 +100,11 @@ def default_config() -> ml_collections.ConfigDict:
 # Fields that do not change what a run computes: they may differ when an existing workdir is resumed.
 RESULT_NEUTRAL = ("progress", "log_every_epoch", "log_every_steps", "checkpoint.keep", "checkpoint.every_epochs",
                   "checkpoint.allow_config_change", "data.data_dir", "data.manual_dir",
-                  "speed.pool", "speed.cached_teacher_logits")  # bit-identical either way (tests/test_speed.py)
+                  # bit-identical either way (tests/test_speed.py)
+                  "speed.pool", "speed.cached_teacher_logits",
+                  # where it runs; D > 1 equals D = 1 up to float32 reduction order (tests/test_mesh.py)
+                  "mesh.num_devices", "distributed.coordinator_address", "distributed.num_processes",
+                  "distributed.process_id")
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
@@ -231,5 +245,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
   _check(config.speed.pool in models.POOLS, "speed.pool", f"must be one of {tuple(models.POOLS)}",
          config.speed.pool)
+  _check(isinstance(config.mesh.num_devices, int) and not isinstance(config.mesh.num_devices, bool)
+         and config.mesh.num_devices >= 0, "mesh.num_devices", "must be an integer >= 0 (0 = all devices)",
+         config.mesh.num_devices)
+  dist = config.distributed
+  _check(isinstance(dist.coordinator_address, str), "distributed.coordinator_address",
+         "must be '' (one process), 'auto' or 'host:port'", dist.coordinator_address)
+  _check(dist.coordinator_address in ("", "auto") or dist.coordinator_address.rpartition(":")[2].isdigit(),
+         "distributed.coordinator_address", "must be '' (one process), 'auto' or 'host:port'",
+         dist.coordinator_address)
+  _check(isinstance(dist.num_processes, int) and dist.num_processes >= 1, "distributed.num_processes",
+         "must be an integer >= 1", dist.num_processes)
+  _check(isinstance(dist.process_id, int) and 0 <= dist.process_id < dist.num_processes,
+         "distributed.process_id", f"must be an integer in [0, {dist.num_processes - 1}]", dist.process_id)
   for field in ("cached_teacher_logits", "xla_cpu_options"):
     _check(isinstance(config.speed[field], bool), f"speed.{field}", "must be True or False", config.speed[field])

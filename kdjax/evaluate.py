@@ -11,30 +11,38 @@ from kdjax import losses
 
 
 @functools.lru_cache(maxsize=None)
-def _predict_fn(model, mean: tuple, std: tuple):
+def _predict_fn(model, mean: tuple, std: tuple, parallel=None):
   """The jitted forward for one model and one normalisation. mean and std are closed over (the cache key holds
-  their exact values): data.normalize builds its lookup table from concrete values, never from jit arguments."""
+  their exact values): data.normalize builds its lookup table from concrete values, never from jit arguments.
+  parallel (a kdjax.mesh.DataParallel): the logits come back replicated, readable by every process."""
   mean, std = np.asarray(mean), np.asarray(std)
 
-  @jax.jit
   def predict(params, images):
     return model.apply({"params": params}, data_lib.normalize(images, mean, std))
-  return predict
+  if parallel is None:
+    return jax.jit(predict)
+  return jax.jit(predict, out_shardings=parallel.replicated)
 
 
-def predict(model, params, images: np.ndarray, mean, std, batch_size: int) -> np.ndarray:
+def predict(model, params, images: np.ndarray, mean, std, batch_size: int, parallel=None) -> np.ndarray:
   """Logits float32 [N, K] for uint8 images [N, H, W, C], normalised by data.normalize(images, mean, std)
   (mean, std: concrete [C]), in fixed-size batches (the last one padded, so one compiled shape serves every
-  batch)."""
+  batch). parallel: a kdjax.mesh.DataParallel over several devices: each batch sharded along `data`
+  (batch_size divisible by the device count), params replicated."""
   # Python floats hold float32 and float64 values exactly: the key is the exact normalisation.
   exact = lambda values: tuple(np.asarray(values).reshape(-1).tolist())
-  fn = _predict_fn(model, exact(mean), exact(std))
+  parallel = parallel if parallel is not None and parallel.mesh is not None else None
+  fn = _predict_fn(model, exact(mean), exact(std), parallel)
+  if parallel is not None:   # e.g. a checkpoint read onto one device (kdjax.inspect)
+    params = parallel.replicate(params)
   outputs = []
   for start in range(0, len(images), batch_size):
     chunk = images[start:start + batch_size]
     count = len(chunk)
     if count < batch_size:
       chunk = np.concatenate([chunk, np.zeros((batch_size - count, *chunk.shape[1:]), chunk.dtype)])
+    if parallel is not None:
+      chunk = parallel.put_rows(chunk)
     outputs.append(np.asarray(fn(params, chunk))[:count])
   return np.concatenate(outputs)
 

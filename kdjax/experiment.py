@@ -23,6 +23,7 @@ from kdjax import checkpoints as ckpt_lib
 from kdjax import collapse
 from kdjax import config as config_lib
 from kdjax import data as data_lib
+from kdjax import mesh as mesh_lib
 from kdjax import phases
 from kdjax import progress
 from kdjax import report as report_lib
@@ -123,7 +124,7 @@ def run_phase(setup: Setup, run: RunDir, phase: str, teacher_params, saved: resu
 
   start_epoch = 0
   if saved is not None:
-    state = ckpt_lib.state_from_tree(state, saved.tree)
+    state = setup.parallel.replicate(ckpt_lib.state_from_tree(state, saved.tree))
     start_epoch = saved.epoch
     records = list(saved.meta["records"])
     for name, saved_result in saved.meta["results"].items():
@@ -160,7 +161,7 @@ def run_phase(setup: Setup, run: RunDir, phase: str, teacher_params, saved: resu
           config.data.drop_remainder, description, config.progress,
           every=config.ema.diagnostics_every if watch else 0,
           after_step=(lambda state, loss: diagnose(state, 1, loss)) if watch else None,
-          teacher_logits=teacher_logits)
+          teacher_logits=teacher_logits, parallel=setup.parallel if setup.parallel.mesh is not None else None)
     except train.DivergenceError as error:
       raise diverged(config, phase, epoch, error) from None
     step = int(state.step)
@@ -209,7 +210,9 @@ def train_and_evaluate(config, workdir) -> dict:
   """
   start = time.perf_counter()
   config_lib.validate(config)
-  run = RunDir(workdir)
+  mesh_lib.initialize(config)   # several hosts: before any device is touched
+  mesh_lib.data_parallel(config)   # batch sizes that the devices cannot split stop here, before any write
+  run = RunDir(workdir, writer=mesh_lib.is_writer())
   with run.locked():
     if config.num_seeds > 1:   # each seed's run in seed_<s>/ holds a lock of its own
       return seeds.run(config, workdir)
@@ -222,6 +225,8 @@ def _run_locked(config, run: RunDir, start: float) -> dict:
   setup = Setup.build(config)
   teacher_source = (resume.read_teacher(config.teacher.checkpoint, setup, config_dict)
                     if config.teacher.checkpoint else None)
+  if teacher_source is not None:   # read onto one device; several devices take it replicated
+    teacher_source.params = setup.parallel.replicate(teacher_source.params)
   names = phases_to_run(config, teacher_source)
   if [name for name in names if name in config.phases] != list(config.phases):
     progress.say(f"kdjax: note: phases run in dependency order: {', '.join(names)}")
@@ -239,7 +244,7 @@ def _run_locked(config, run: RunDir, start: float) -> dict:
   results: dict[str, ModelResult] = {}
   loaded, resumed = {}, {}
   teacher_params = None
-  events = tensorboard.Events(run.path / "tensorboard", config.log_every_steps)
+  events = tensorboard.Events(run.path / "tensorboard", config.log_every_steps, enabled=run.writer)
   try:
     for phase in names:
       if phase not in trained_here:
@@ -260,11 +265,13 @@ def _run_locked(config, run: RunDir, start: float) -> dict:
   report_lib.compare_to_teachers(results)
   checkpoints = {"directory": str(run.checkpoints.absolute()), "loaded": loaded, "resumed": resumed,
                  "config_changes": config_changes}
-  report = report_lib.build(config, setup.dataset, results, checkpoints, time.perf_counter() - start)
+  report = report_lib.build(config, setup.dataset, results, checkpoints, time.perf_counter() - start,
+                            data_parallel=setup.parallel.size)
   summary = seeds.summarize([report], [config.seed])  # one seed: std None, per_seed of one, comparisons
   for name, entry in summary["models"].items():
     report["models"][name].update({key: value for key, value in entry.items()
                                    if key.endswith("_std") or key == "per_seed"})
   report["comparisons"] = summary["comparisons"]
-  report_lib.write(run, report, results)
+  if run.writer:
+    report_lib.write(run, report, results)
   return report

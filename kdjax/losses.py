@@ -8,6 +8,9 @@ distill_kl is the seed's loss, RepDistiller's DistillKL:
 i.e. KL(teacher || student) at temperature T, summed over classes, averaged over the batch ("batchmean"),
 scaled by T^2 so that its gradients keep their size as T changes (Hinton et al., 2015). No gradient flows
 into the teacher.
+
+`weights` (float [N], optional): a masked mean sum_n w_n * l_n / sum_n w_n instead of the plain mean, for a
+batch padded to a fixed size across devices (kdjax/mesh.py); None keeps the plain mean's program.
 """
 
 import jax
@@ -15,9 +18,16 @@ import jax.numpy as jnp
 import optax
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+def batch_mean(values: jax.Array, weights: jax.Array | None = None) -> jax.Array:
+  """mean(values), or sum(weights * values) / sum(weights) with weights."""
+  if weights is None:
+    return values.mean()
+  return jnp.sum(values * weights) / jnp.sum(weights)
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Array | None = None) -> jax.Array:
   """Mean over the batch of -log softmax(logits)[label]; PyTorch's CrossEntropyLoss()."""
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+  return batch_mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels), weights)
 
 
 def kl_per_example(student_logits: jax.Array, teacher_logits: jax.Array,
@@ -32,16 +42,17 @@ def kl_per_example(student_logits: jax.Array, teacher_logits: jax.Array,
 
 
 def distill_kl(student_logits: jax.Array, teacher_logits: jax.Array,
-               temperature: float) -> jax.Array:
+               temperature: float, weights: jax.Array | None = None) -> jax.Array:
   """The seed's KD loss: batchmean KL(softmax(t/T) || softmax(s/T)) * T^2; teacher detached."""
   teacher_logits = jax.lax.stop_gradient(teacher_logits)
-  return kl_per_example(student_logits, teacher_logits, temperature).mean() * temperature**2
+  return batch_mean(kl_per_example(student_logits, teacher_logits, temperature), weights) * temperature**2
 
 
 def student_objective(student_logits: jax.Array, teacher_logits: jax.Array, labels: jax.Array,
-                      temperature: float, kd_weight: float, ce_weight: float) -> jax.Array:
+                      temperature: float, kd_weight: float, ce_weight: float,
+                      weights: jax.Array | None = None) -> jax.Array:
   """kd_weight * distill_kl + ce_weight * cross_entropy (the seed: kd_weight=1, ce_weight=0)."""
-  loss = kd_weight * distill_kl(student_logits, teacher_logits, temperature)
+  loss = kd_weight * distill_kl(student_logits, teacher_logits, temperature, weights)
   if ce_weight:
-    loss = loss + ce_weight * cross_entropy(student_logits, labels)
+    loss = loss + ce_weight * cross_entropy(student_logits, labels, weights)
   return loss

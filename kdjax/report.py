@@ -78,13 +78,14 @@ def _model_entry(result) -> dict:
   return entry
 
 
-def environment() -> dict:
-  return {"jax": jax.__version__, "flax": flax.__version__, "backend": jax.default_backend(),
+def environment(data_parallel: int = 1) -> dict:
+  """Where the run ran; mesh.data: the data-parallel device count D (kdjax/mesh.py), processes: the hosts'."""
+  return {"mesh": {"data": data_parallel}, "processes": jax.process_count(), "jax": jax.__version__, "flax": flax.__version__, "backend": jax.default_backend(),
           "devices": [str(device) for device in jax.devices()], "python": platform.python_version(),
           "machine": platform.machine(), "processor": platform.processor() or platform.machine()}
 
 
-def build(config, dataset, results, checkpoints: dict, wall_seconds: float) -> dict:
+def build(config, dataset, results, checkpoints: dict, wall_seconds: float, data_parallel: int = 1) -> dict:
   """report.json's content: dataset, models (in phase order), config, environment, what was loaded or
   resumed from checkpoints, and the run's wall time."""
   return {
@@ -93,7 +94,7 @@ def build(config, dataset, results, checkpoints: dict, wall_seconds: float) -> d
                   "image_shape": list(dataset.image_shape)},
       "models": {name: _model_entry(result) for name, result in results.items()},
       "config": config.to_dict(),
-      "environment": environment(),
+      "environment": environment(data_parallel),
       "checkpoints": checkpoints,
       "ema_sweep": sweep.points(config, {name: _model_entry(result) for name, result in results.items()}),
       "wall_seconds": wall_seconds,
@@ -168,7 +169,9 @@ def markdown(report: dict) -> str:
   lines += ["", answer(models), *(["", *sources] if sources else []), *comparisons, *ema_sections(report), "",
             "![curves](curves.png)", "",
             f"Environment: jax {env['jax']}, flax {env['flax']}, backend {env['backend']}, "
-            f"devices {', '.join(env['devices'])}.", ""]
+            f"devices {', '.join(env['devices'])}"
+            f"{', data parallel over %d' % env['mesh']['data'] if env.get('mesh', {}).get('data', 1) > 1 else ''}.",
+            ""]
   return "\n".join(lines)
 
 

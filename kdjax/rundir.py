@@ -21,9 +21,12 @@ def _write_failed(path, error: OSError) -> WriteError:
 
 
 class RunDir:
-  """WORKDIR, checked writable on creation (ConfigError naming `workdir` otherwise)."""
+  """WORKDIR, checked writable on creation (ConfigError naming `workdir` otherwise). writer False (every
+  process of a multi-host run but process 0): the lock, config.json and metrics.jsonl are process 0's; this
+  process writes only its part of the checkpoints (Orbax)."""
 
-  def __init__(self, path: str | os.PathLike):
+  def __init__(self, path: str | os.PathLike, writer: bool = True):
+    self.writer = writer
     if not str(path).strip():   # Path("") is the current directory: an unset shell variable would write there
       raise ConfigError(f"workdir: empty ({str(path)!r}; an unset shell variable?): give the run's directory, "
                         f"e.g. --workdir=runs/kd")
@@ -41,6 +44,9 @@ class RunDir:
     """Holds WORKDIR/.lock exclusively while the block runs, so two runs never share a workdir. A second
     run gets ConfigError naming the workdir and the holder's PID; a killed holder (even kill -9) leaves no
     stale lock, since the OS drops an flock with the process."""
+    if not self.writer:
+      yield self
+      return
     lock_path = self.path / ".lock"
     try:
       # Held through a read-only descriptor (flock needs no write access), so that a filesystem can still be
@@ -78,6 +84,8 @@ class RunDir:
 
   def write_json(self, name: str, payload) -> pathlib.Path:
     """Writes atomically (temp file + rename), so a crash never leaves half a file."""
+    if not self.writer:
+      return self.path / name
     return self._replace(self.path / name, json.dumps(payload, indent=2, sort_keys=False) + "\n")
 
   def _replace(self, target: pathlib.Path, text: str) -> pathlib.Path:
@@ -91,6 +99,8 @@ class RunDir:
     return target
 
   def append_metrics(self, record: dict) -> None:
+    if not self.writer:
+      return
     try:
       with self.metrics_path.open("a") as stream:
         stream.write(json.dumps(record) + "\n")
@@ -100,5 +110,5 @@ class RunDir:
   def rewrite_metrics(self, records: list[dict]) -> None:
     """Replaces metrics.jsonl by `records` (on resume: the rows of the saved epochs, so no epoch that is
     trained again appears twice). Nothing is created when there is no file and nothing to write."""
-    if records or self.metrics_path.exists():
+    if self.writer and (records or self.metrics_path.exists()):
       self._replace(self.metrics_path, "".join(json.dumps(record) + "\n" for record in records))

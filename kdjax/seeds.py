@@ -156,11 +156,12 @@ def plot(report: dict, path) -> None:
 def run(config, workdir) -> dict:
   """Runs the study once per seed (train_and_evaluate in seed_<s>/) and writes the summary into workdir."""
   from kdjax import experiment  # experiment dispatches here: imported late to keep the modules acyclic
+  from kdjax import mesh as mesh_lib
   from kdjax import resume
   from kdjax.rundir import RunDir
 
   start = time.perf_counter()
-  run_dir = RunDir(workdir)
+  run_dir = RunDir(workdir, writer=mesh_lib.is_writer())
   config_dict = resume.config_json(config)
   resume.check_config(run_dir, config_dict, config.checkpoint.allow_config_change)
   run_dir.write_json("config.json", config_dict)
@@ -170,6 +171,8 @@ def run(config, workdir) -> dict:
     progress.say(f"== seed {seed} ({seeds.index(seed) + 1} of {len(seeds)}) -> {seed_dir(workdir, seed)}")
     reports.append(experiment.train_and_evaluate(seed_config(config, seed), seed_dir(workdir, seed)))
   report = build(config, reports, seeds, time.perf_counter() - start)
+  if not run_dir.writer:   # a multi-host run: process 0 writes the summary
+    return report
   run_dir.write_json("report.json", report)
   text = markdown(report)
   run_dir.file("report.md").write_text(text)

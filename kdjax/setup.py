@@ -19,6 +19,7 @@ import numpy as np
 from kdjax import data as data_lib
 from kdjax import ema
 from kdjax import evaluate
+from kdjax import mesh as mesh_lib
 from kdjax import models
 from kdjax import optim
 from kdjax import phases
@@ -43,7 +44,9 @@ def step_config(config, kind: str, student_decay: float | None = None,
 @dataclasses.dataclass(frozen=True)
 class Setup:
   """The frozen parts of one study. mean/std: float32 [C] on the device; train_*: the train split on the
-  device (images uint8 [N, H, W, C], labels int32 [N]); nets and initial_params keyed "teacher"/"student"."""
+  device (images uint8 [N, H, W, C], labels int32 [N]); nets and initial_params keyed "teacher"/"student".
+  parallel: the data-parallel layout (kdjax/mesh.py); over several devices train_* stay in host memory and
+  each batch is fed sharded, the states are replicated."""
 
   config: Any
   dataset: data_lib.Dataset
@@ -54,10 +57,12 @@ class Setup:
   nets: dict
   initial_params: dict
   steps_per_epoch: int
+  parallel: mesh_lib.DataParallel = mesh_lib.DataParallel()
 
   @classmethod
   def build(cls, config, dataset: data_lib.Dataset | None = None) -> "Setup":
     """Loads config.data (unless `dataset` is given) and initialises both nets from config.seed."""
+    parallel = mesh_lib.data_parallel(config)
     dataset = dataset if dataset is not None else data_lib.load(config.data)
     mean, std = data_lib.normalization_constants(dataset, config.data.normalization)
     nets = {role: factory(dataset.num_classes, config.model.activation, config.model.init,
@@ -68,10 +73,12 @@ class Setup:
                       "student": models.init_params(nets["student"], student_key, dataset.image_shape)}
     steps = len(data_lib.batch_indices(np.arange(len(dataset.train_labels)), config.batch_size,
                                        config.data.drop_remainder))
+    labels = dataset.train_labels.astype(np.int32)
+    on_host = parallel.mesh is not None   # several devices: the host feeds each its rows (kdjax/mesh.py)
     return cls(config=config, dataset=dataset, mean=jnp.asarray(mean), std=jnp.asarray(std),
-               train_images=jax.device_put(dataset.train_images),
-               train_labels=jax.device_put(dataset.train_labels.astype(np.int32)),
-               nets=nets, initial_params=initial_params, steps_per_epoch=steps)
+               train_images=dataset.train_images if on_host else jax.device_put(dataset.train_images),
+               train_labels=labels if on_host else jax.device_put(labels),
+               nets=nets, initial_params=initial_params, steps_per_epoch=steps, parallel=parallel)
 
   @property
   def num_train(self) -> int:
@@ -87,9 +94,10 @@ class Setup:
     spec = phases.phase(phase)
     if spec.needs_teacher and teacher_params is None:
       teacher_params = self.initial_params["teacher"]
-    return train.create_state(self.initial_params[spec.net], optimizer,
-                              teacher_params=teacher_params if spec.needs_teacher else None,
-                              keep_student_ema=spec.net == "student" and self.config.ema.student_decay > 0)
+    state = train.create_state(self.initial_params[spec.net], optimizer,
+                               teacher_params=teacher_params if spec.needs_teacher else None,
+                               keep_student_ema=spec.net == "student" and self.config.ema.student_decay > 0)
+    return self.parallel.replicate(state)   # one device: the state as it is
 
   def train_step(self, phase: str, optimizer):
     """The jitted `(state, batch) -> (state, metrics)` of `phase`, the state donated, compiled with
@@ -101,6 +109,9 @@ class Setup:
                                  optimizer, self.mean, self.std,
                                  teacher=self.nets["teacher"] if spec.needs_teacher else None,
                                  teacher_pairs=pairs)
+    if self.parallel.mesh is not None:   # the state and the metrics come back replicated
+      return xla.jit(step, self.config.speed.xla_cpu_options, donate_argnums=0,
+                     out_shardings=self.parallel.replicated)
     return xla.jit(step, self.config.speed.xla_cpu_options, donate_argnums=0)
 
   def cached_teacher_logits(self, phase: str, teacher_params) -> jax.Array | None:
@@ -109,6 +120,9 @@ class Setup:
     spec = phases.phase(phase)
     if not step_config(self.config, spec.step_kind, phase=spec).cached_teacher_logits:
       return None
+    if self.parallel.mesh is not None:   # host memory, gathered per batch like the images
+      return evaluate.predict(self.nets["teacher"], teacher_params, self.train_images, self.mean, self.std,
+                              self.config.batch_size, self.parallel)
     return train.teacher_logits(self.nets["teacher"], teacher_params, self.train_images, self.mean, self.std,
                                 self.config.batch_size,
                                 compiler_options=xla.compiler_options(self.config.speed.xla_cpu_options))
@@ -121,7 +135,7 @@ class Setup:
   def evaluate(self, net: str, params) -> tuple[dict, np.ndarray]:
     """(metrics, logits) of `net` with `params` on the whole validation split."""
     logits = evaluate.predict(self.nets[net], params, self.dataset.val_images, self.mean, self.std,
-                              self.config.eval_batch_size)
+                              self.config.eval_batch_size, self.parallel)
     return evaluate.classification_metrics(logits, self.dataset.val_labels), logits
 
   def model_stats(self, net: str) -> tuple[int, int]:

@@ -132,16 +132,20 @@ class Events:
   """The TensorBoard files of one run: `start_phase` when a phase trains; after each epoch `epoch` and
   `step_losses`, then `flush` (the epoch's events on disk); `close` at the end, also after an error."""
 
-  def __init__(self, folder, every_steps: int):
+  def __init__(self, folder, every_steps: int, enabled: bool = True):
     if not isinstance(every_steps, int) or isinstance(every_steps, bool) or every_steps < 0:
       raise ConfigError(f"log_every_steps must be an integer >= 0 (0 = no step-level loss), got {every_steps!r}")
     self.folder = pathlib.Path(folder)
     self.every_steps = every_steps
     self.files: dict[str, _EventFile] = {}
+    self.enabled = enabled   # False: a multi-host run's processes but 0 write nothing
 
   def start_phase(self, models, start_step: int) -> None:
     """Opens the event files of a phase's models; the phase continues after `start_step` (0 when fresh)."""
     self.close()
+    if not self.enabled:
+      self.files = {name: _NoEvents() for name in models}
+      return
     for name in models:
       self.files[name] = _EventFile(self.folder / name, start_step)
 
@@ -168,3 +172,13 @@ class Events:
     """Forgets the phase's files. What `flush` wrote stays; events added since are dropped: the epoch they
     belong to did not finish (and a second write error must not hide the first)."""
     self.files = {}
+
+
+class _NoEvents:
+  """Takes a model's events and writes nothing (Events with enabled False)."""
+
+  def add(self, tag: str, value: float, step: int, wall_time: float | None = None) -> None:
+    pass
+
+  def flush(self) -> None:
+    pass

@@ -101,18 +101,19 @@ def make_train_step(step_config: StepConfig, student, optimizer: optax.GradientT
   def decay_at(decay, update_count):
     return ema.warmup_decay(decay, update_count) if cfg.warmup else decay
 
-  def loss_fn(params, images, labels, teacher_logits):
+  def loss_fn(params, images, labels, teacher_logits, mask):
     logits = student.apply({"params": params}, images)
     if cfg.kind == "ce":
-      loss = losses.cross_entropy(logits, labels)
+      loss = losses.cross_entropy(logits, labels, mask)
     else:
       loss = losses.student_objective(logits, teacher_logits, labels, cfg.temperature,
-                                      cfg.kd_weight, cfg.ce_weight)
+                                      cfg.kd_weight, cfg.ce_weight, mask)
     return loss, logits
 
   def step(state: TrainState, batch) -> tuple[TrainState, dict]:
     images = data_lib.normalize(batch["image"], mean, std)
     labels = batch["label"]
+    mask = batch.get("mask")   # several devices: 0 on the rows that pad a short last batch (kdjax/mesh.py)
     # In the params' dtype: a float64 run's warm-up decay min(1 - 1/(t + 1), alpha) carries no float32 rounding.
     update_count = (state.step + 1).astype(jax.tree_util.tree_leaves(state.params)[0].dtype)
     teacher_params, teacher_logits = state.teacher_params, None
@@ -124,13 +125,13 @@ def make_train_step(step_config: StepConfig, student, optimizer: optax.GradientT
       teacher_params = ema.pull_teacher_toward_student(teacher_params, state.params, teacher_pairs,
                                                decay_at(cfg.teacher_decay, update_count))
     (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, images, labels, teacher_logits)
+        state.params, images, labels, teacher_logits, mask)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema_params = state.ema_params
     if ema_params is not None:
       ema_params = ema.polyak_update(ema_params, params, decay_at(cfg.student_decay, update_count))
-    metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
+    metrics = {"loss": loss, "accuracy": losses.batch_mean(jnp.argmax(logits, -1) == labels, mask)}
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                               teacher_params=teacher_params, ema_params=ema_params)
     return new_state, metrics
@@ -193,8 +194,11 @@ class EpochResult:
 def run_epoch(step_fn, state: TrainState, images, labels, order: np.ndarray, batch_size: int,
               drop_remainder: bool, description: str, progress: bool, every: int = 0,
               after_step: Callable[[TrainState, jax.Array], None] | None = None,
-              teacher_logits=None) -> tuple[TrainState, EpochResult]:
+              teacher_logits=None, parallel=None) -> tuple[TrainState, EpochResult]:
   """Runs the jitted `step_fn` over the batches of `order`; images/labels are device arrays.
+
+  parallel: a kdjax.mesh.DataParallel over several devices; images/labels/teacher_logits are then host arrays
+  and each batch is fed sharded along `data`, padded to batch_size with a "mask" (DataParallel.batch).
 
   teacher_logits: float32 [N, K] device array for a step built with cached_teacher_logits (see
   `teacher_logits`); each batch then carries its rows as batch["teacher_logits"].
@@ -230,7 +234,9 @@ def run_epoch(step_fn, state: TrainState, images, labels, order: np.ndarray, bat
   if teacher_logits is not None:
     arrays["teacher_logits"] = teacher_logits
   for count, indices in enumerate(batches, start=1):
-    state, metrics = step_fn(state, gather_batch(arrays, jnp.asarray(indices)))
+    batch = (gather_batch(arrays, jnp.asarray(indices)) if parallel is None
+             else parallel.batch(arrays, indices, batch_size))
+    state, metrics = step_fn(state, batch)
     step_number += 1
     if pending is not None:
       read(*pending)

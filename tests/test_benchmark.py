@@ -30,6 +30,14 @@ def test_plain_mode_reports_each_kind_and_evaluation():
   assert row["cache_images_per_second"] > 0  # the cached-logit KD step, with its one-off teacher forward
 
 
+def test_data_parallel_mode_on_one_device_times_the_single_device_feed():
+  figures = benchmark.data_parallel(batch_size=4, image_size=16, num_classes=10, steps=1, repeats=1)
+  assert figures["mode"] == "data_parallel" and figures["devices"] == 1
+  for kind in ("teacher_ce", "student_kd_ema"):
+    assert list(figures["results"][kind]) == ["device_gather"]
+    assert figures["results"][kind]["device_gather"]["images_per_second"] > 0
+
+
 def test_compare_torch_rows_hold_every_variant_and_ratios_to_the_faster_torch(one_torch_thread):
   figures = benchmark.compare_torch(**TINY, peak_gflops=100.0, kinds=("student_kd",))
   threads = figures["threads"]
