@@ -70,8 +70,9 @@ def sorted_key_pairing(monkeypatch):
 
 
 def kd_loss_without_t_squared(monkeypatch):
-  def distill_kl(student_logits, teacher_logits, temperature):
-    return losses.kl_per_example(student_logits, jax.lax.stop_gradient(teacher_logits), temperature).mean()
+  def distill_kl(student_logits, teacher_logits, temperature, weights=None):
+    return losses.batch_mean(
+        losses.kl_per_example(student_logits, jax.lax.stop_gradient(teacher_logits), temperature), weights)
   monkeypatch.setattr(losses, "distill_kl", distill_kl)
 
 
