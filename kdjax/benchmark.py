@@ -320,11 +320,9 @@ def data_parallel(batch_size: int, image_size: int, num_classes: int, steps: int
     device_gather  the split replicated on every device, a jitted gather with its output sharded along `data`
     on_device      the batch already sharded on the devices (the step alone: the floor of both)
   With D = 1 all three are the single-device path's device gather (train.gather_batch)."""
-  devices = jax.devices()
-  parallel = mesh_lib.DataParallel(None if len(devices) == 1 else
-                                   jax.sharding.Mesh(np.asarray(devices), (mesh_lib.AXIS,)))
-  if batch_size % parallel.size:
-    raise config_lib.ConfigError(f"batch_size must be divisible by the {parallel.size} devices, got {batch_size}")
+  layout = config_lib.default_config()
+  layout.batch_size = layout.eval_batch_size = batch_size
+  parallel = mesh_lib.data_parallel(layout)   # every device; ConfigError when batch_size does not split
   split = random_batch(4 * batch_size, image_size, num_classes)
   order = np.random.default_rng(1).permutation(4 * batch_size)
   batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]

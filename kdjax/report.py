@@ -80,7 +80,8 @@ def _model_entry(result) -> dict:
 
 def environment(data_parallel: int = 1) -> dict:
   """Where the run ran; mesh.data: the data-parallel device count D (kdjax/mesh.py), processes: the hosts'."""
-  return {"mesh": {"data": data_parallel}, "processes": jax.process_count(), "jax": jax.__version__, "flax": flax.__version__, "backend": jax.default_backend(),
+  return {"mesh": {"data": data_parallel}, "processes": jax.process_count(), "jax": jax.__version__,
+          "flax": flax.__version__, "backend": jax.default_backend(),
           "devices": [str(device) for device in jax.devices()], "python": platform.python_version(),
           "machine": platform.machine(), "processor": platform.processor() or platform.machine()}
 
