@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kdjax import pooling
+from kdjax import block_conv, pooling
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "none": lambda x: x,
@@ -32,6 +32,7 @@ POOLS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "fast": pooling.max_pool_2x2,
     "reduce_window": lambda x: nn.max_pool(x, window_shape=(2, 2), strides=(2, 2)),
 }
+CONVS = ("xla", "blocks")
 KERNEL_SIZE = (3, 3)
 
 
@@ -53,6 +54,20 @@ def _layer_inits(init: str, fan_in: int) -> dict:
   raise ValueError(f"model.init must be one of {INITS}, got {init!r}")
 
 
+class ConvParams(nn.Module):
+  """A 3x3 conv's parameters alone, as nn.Conv declares them (kernel [3, 3, in, out], then bias [out], same
+  initialisers, so the same values from the same key), for convs computed elsewhere (kdjax.block_conv)."""
+
+  features: int
+  in_features: int
+  inits: dict
+
+  @nn.compact
+  def __call__(self) -> tuple[jax.Array, jax.Array]:
+    kernel = self.param("kernel", self.inits["kernel_init"], (*KERNEL_SIZE, self.in_features, self.features))
+    return kernel, self.param("bias", self.inits["bias_init"], (self.features,))
+
+
 class ConvNet(nn.Module):
   """A stack of 3x3 SAME convs (optional activation), 2x2 max-pools after the listed convs, and a head.
 
@@ -64,6 +79,8 @@ class ConvNet(nn.Module):
     init_scheme: config model.init, "pytorch" (the seed) or "lecun_normal".
     pool: how the 2x2 max-pool is computed, a key of POOLS; "fast" and "reduce_window" give the same
       values and gradients bit for bit, at different speeds.
+    conv: how the convs are computed: "xla" (nn.Conv) or "blocks" (kdjax.block_conv: each run of convs up to a
+      pool on 2x2 pixel blocks; the same function, float32 sums in another order). Same parameters either way.
   """
 
   conv_features: Sequence[int]
@@ -72,6 +89,7 @@ class ConvNet(nn.Module):
   activation: str = "none"
   init_scheme: str = "pytorch"  # `init` would shadow Module.init
   pool: str = "fast"
+  conv: str = "xla"
 
   @property
   def layer_names(self) -> tuple[str, ...]:
@@ -84,35 +102,55 @@ class ConvNet(nn.Module):
     act = ACTIVATIONS[self.activation]
     if self.pool not in POOLS:
       raise ValueError(f"pool must be one of {tuple(POOLS)}, got {self.pool!r}")
+    if self.conv not in CONVS:
+      raise ValueError(f"conv must be one of {CONVS}, got {self.conv!r}")
     max_pool = POOLS[self.pool]
-    x = images
+    x, layout = images, "pixels"
     kh, kw = KERNEL_SIZE
     for index, features in enumerate(self.conv_features, start=1):
-      x = nn.Conv(features, KERNEL_SIZE, padding="SAME", name=f"conv{index}",
-                  **_layer_inits(self.init_scheme, x.shape[-1] * kh * kw))(x)
-      x = act(x)
+      in_features = x.shape[-1] // (1 if layout == "pixels" else 4)
+      inits = _layer_inits(self.init_scheme, in_features * kh * kw)
+      if self.conv == "blocks" and (layout != "pixels" or block_conv.supported(*x.shape[1:3])):
+        if layout == "pixels":
+          x, layout = block_conv.to_aligned(x), "aligned"
+        kernel, bias = ConvParams(features, in_features, inits, name=f"conv{index}")()
+        x, layout = block_conv.conv(x, kernel, bias, layout)
+        x = act(x)  # elementwise, and act(0) = 0 keeps an offset layout's border zeros
+      else:
+        x = act(nn.Conv(features, KERNEL_SIZE, padding="SAME", name=f"conv{index}", **inits)(x))
       if index in self.pool_after:
-        x = max_pool(x)
+        x = block_conv.max_pool(x, layout) if layout != "pixels" else max_pool(x)
+        layout = "pixels"
+    if layout != "pixels":
+      x = block_conv.to_pixels(x, layout)
     x = x.reshape((x.shape[0], -1))  # H*W*C order; PyTorch's is C*H*W (see parity/convert.py).
     return nn.Dense(self.num_classes, name="fc", **_layer_inits(self.init_scheme, x.shape[-1]))(x)
 
 
 def teacher_net(num_classes: int, activation: str = "none", init: str = "pytorch",
-                pool: str = "fast") -> ConvNet:
+                pool: str = "fast", conv: str = "xla") -> ConvNet:
   """The seed's TeacherNet: 12 convs of 12 channels, pools after conv3, conv6, conv9, conv12."""
   return ConvNet(conv_features=(12,) * 12, pool_after=(3, 6, 9, 12), num_classes=num_classes,
-                 activation=activation, init_scheme=init, pool=pool)
+                 activation=activation, init_scheme=init, pool=pool, conv=conv)
 
 
 def student_net(num_classes: int, activation: str = "none", init: str = "pytorch",
-                pool: str = "fast") -> ConvNet:
+                pool: str = "fast", conv: str = "xla") -> ConvNet:
   """Our StudentNet: 4 convs of 12 channels, each followed by a 2x2 max-pool."""
   return ConvNet(conv_features=(12,) * 4, pool_after=(1, 2, 3, 4), num_classes=num_classes,
-                 activation=activation, init_scheme=init, pool=pool)
+                 activation=activation, init_scheme=init, pool=pool, conv=conv)
 
 
-# Called as factory(num_classes, activation, init) or with pool=... as well.
+# Called as factory(num_classes, activation, init) or with pool=..., conv=... as well.
 MODEL_FACTORIES = {"teacher": teacher_net, "student": student_net}
+
+
+def from_config(net: str, num_classes: int, config) -> ConvNet:
+  """The study's `net` ("teacher" or "student") as `config` (model.*, speed.*) builds it. A field that an older
+  workdir's config lacks means what it meant then: speed.{net}_conv "xla" (config.ABSENT_MEANS)."""
+  speed = config.get("speed") or {}
+  return MODEL_FACTORIES[net](num_classes, config.model.activation, config.model.init,
+                              pool=speed.get("pool", "fast"), conv=speed.get(f"{net}_conv", "xla"))
 
 
 def param_count(params) -> int:

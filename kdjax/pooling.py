@@ -39,6 +39,16 @@ def _max(a, b, c, d):
   return jnp.maximum(jnp.maximum(a, b), jnp.maximum(c, d))
 
 
+def _to_first_maximum(a, b, c, d, pooled, cotangent) -> list[jax.Array]:
+  """[da, db, dc, dd]: the cotangent at the first of the corners (a, b, c, d) equal to `pooled`, 0 elsewhere."""
+  zero = jnp.zeros_like(cotangent)
+  at_a = a == pooled
+  at_b = (b == pooled) & ~at_a
+  at_c = (c == pooled) & ~(at_a | at_b)
+  at_d = ~(at_a | at_b | at_c)  # the maximum is one of the four: d is the last place it can be
+  return [jnp.where(mask, cotangent, zero) for mask in (at_a, at_b, at_c, at_d)]
+
+
 def max_pool_2x2(x: jax.Array) -> jax.Array:
   """Max over non-overlapping 2x2 windows: float [N, H, W, C] -> [N, H//2, W//2, C]. See the module docstring."""
   if x.ndim != 4:
@@ -62,13 +72,7 @@ def _forward(x):
 
 def _backward(residuals, cotangent):
   x, pooled = residuals
-  a, b, c, d = _corners(x)
-  zero = jnp.zeros_like(cotangent)
-  at_a = a == pooled
-  at_b = (b == pooled) & ~at_a
-  at_c = (c == pooled) & ~(at_a | at_b)
-  at_d = ~(at_a | at_b | at_c)  # the maximum is one of the four: d is the last place it can be
-  grads = [jnp.where(mask, cotangent, zero) for mask in (at_a, at_b, at_c, at_d)]
+  grads = _to_first_maximum(*_corners(x), pooled, cotangent)
   n, h2, w2, ch = cotangent.shape
   # [N, H/2, W/2, C] x (row, column) -> [N, H/2, 2, W/2, 2, C] -> [N, H, W, C], the inverse of _corners.
   top = jnp.stack(grads[:2], axis=3)      # [N, H/2, W/2, 2 (column), C]
@@ -78,3 +82,23 @@ def _backward(residuals, cotangent):
 
 
 _max_pool_even.defvjp(_forward, _backward)
+
+
+@jax.custom_vjp
+def max_of_corners(a: jax.Array, b: jax.Array, c: jax.Array, d: jax.Array) -> jax.Array:
+  """max(max(a, b), max(c, d)) of a window's four corners given apart (same shapes; kdjax.block_conv's
+  pools), with the gradient to the first corner equal to the maximum: the rule above, so that a pool built
+  from it equals max_pool_2x2 (and nn.max_pool) bit for bit."""
+  return _max(a, b, c, d)
+
+
+def _corners_forward(a, b, c, d):
+  pooled = _max(a, b, c, d)
+  return pooled, (a, b, c, d, pooled)
+
+
+def _corners_backward(residuals, cotangent):
+  return tuple(_to_first_maximum(*residuals, cotangent))
+
+
+max_of_corners.defvjp(_corners_forward, _corners_backward)
