@@ -9,11 +9,12 @@
 
 Shapes: --batch_size (128), --image_size (64), --num_classes (200); Adam (config.optimizer's defaults).
 
-kdjax's steps are built as the training path builds them (`kdjax_step`): the fast pool (speed.pool), the
-per-compile XLA:CPU options (speed.xla_cpu_options), and cached teacher logits for student_kd
-(speed.cached_teacher_logits; the cache's one-off teacher forward is timed apart). student_kd_ema keeps the
-seed's inline teacher and EMA order. "before" is the same step with all three off: nn.max_pool, XLA's defaults,
-the inline teacher. PyTorch is parity/reference.py's nets and loops (the seed as written: its DistillKL, its EMA,
+kdjax's steps are built as the training path builds them (`kdjax_step`, from default_config's speed.*): the
+fast pool (speed.pool), the per-compile XLA:CPU options (speed.xla_cpu_options), cached teacher logits for
+student_kd (speed.cached_teacher_logits; the cache's one-off teacher forward is timed apart), and the teacher's
+convs on 2x2 pixel blocks (speed.teacher_conv). student_kd_ema keeps the seed's inline teacher and EMA order.
+"before" is the same step with all four off: nn.max_pool, XLA's defaults, the inline teacher, nn.Conv.
+PyTorch is parity/reference.py's nets and loops (the seed as written: its DistillKL, its EMA,
 loss.item() every step), on pre-normalised float32 inputs, eager, NCHW or channels_last.
 
 Threads. XLA:CPU runs one intra-op thread per core here (len(os.sched_getaffinity(0)); it has no per-process
@@ -48,6 +49,7 @@ import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 
+from kdjax import block_conv
 from kdjax import config as config_lib
 from kdjax import data as data_lib
 from kdjax import ema
@@ -195,14 +197,17 @@ def kdjax_step(kind: str, batch: dict, num_classes: int, fast: bool = True) -> R
   or as it was before them (fast=False). Compiled ahead of time, so compile_seconds is the compile alone."""
   net, step_kind = KINDS[kind]
   image_shape = batch["image"].shape[1:]
-  pool = "fast" if fast else "reduce_window"
-  nets = {"teacher": models.teacher_net(num_classes, pool=pool), "student": models.student_net(num_classes, pool=pool)}
+  config = config_lib.default_config()
+  if not fast:
+    config.speed.update(pool="reduce_window", teacher_conv="xla", student_conv="xla", xla_cpu_options=False,
+                        cached_teacher_logits=False)
+  nets = {role: models.from_config(role, num_classes, config) for role in models.MODEL_FACTORIES}
   teacher_params = models.init_params(nets["teacher"], jax.random.PRNGKey(0), image_shape)
   params = models.init_params(nets[net], jax.random.PRNGKey(1), image_shape)
-  options = xla.compiler_options(fast)
-  cached = fast and step_kind == "kd"
+  options = xla.compiler_options(config.speed.xla_cpu_options)
+  cached = config.speed.cached_teacher_logits and step_kind == "kd"
   mean, std = jnp.asarray(MEAN), jnp.asarray(STD)
-  optimizer = optim.make_optimizer(config_lib.default_config().optimizer, 1000)
+  optimizer = optim.make_optimizer(config.optimizer, 1000)
   pairs = ()
   if step_kind == "kd_ema":
     pairs = ema.torch_zip_pairs(params, nets["student"].layer_names, teacher_params, nets["teacher"].layer_names)
@@ -455,11 +460,19 @@ def _op_timers(op: dict, num_classes: int, options_now, options_default, repeats
   if name.startswith("conv"):
     n, h, w, cin = op["shape"]
     x, kernel, grad = normal(n, h, w, cin), normal(3, 3, cin, op["cout"]), normal(n, h, w, op["cout"])
-    fn = {"conv forward": lambda x, k, g: _conv(x, k),
-          "conv input grad": lambda x, k, g: jax.vjp(lambda x_: _conv(x_, k), x)[1](g)[0],
-          "conv weight grad": lambda x, k, g: jax.vjp(lambda k_: _conv(x, k_), k)[1](g)[0]}[name]
-    return [(label, _median_seconds(lambda f=compile_with(fn, options): f(x, kernel, grad), repeats))
-            for label, options in (("kdjax", options_now), ("xla_default", options_default))]
+    way = {"conv forward": lambda conv: lambda x, k, g: conv(x, k),
+           "conv input grad": lambda conv: lambda x, k, g: jax.vjp(lambda x_: conv(x_, k), x)[1](g)[0],
+           "conv weight grad": lambda conv: lambda x, k, g: jax.vjp(lambda k_: conv(x, k_), k)[1](g)[0]}[name]
+    time_it = lambda fn, options, *args: _median_seconds(lambda f=compile_with(fn, options): f(*args), repeats)
+    plain = [(label, time_it(way(_conv), options, x, kernel, grad))
+             for label, options in (("nn.Conv", options_now), ("xla_default", options_default))]
+    if not (config_lib.default_config().speed.teacher_conv == "blocks" and block_conv.supported(h, w)):
+      return [("kdjax", plain[0][1]), plain[1]]
+    # One layer as the blocked teacher runs it: aligned blocks in, offset blocks out (pad, 2x2 conv, mask).
+    bias = jnp.zeros(op["cout"], jnp.float32)
+    blocked = lambda x_, k_: block_conv.conv(x_, k_, bias, "aligned")[0]
+    offset_grad = normal(n, h // 2 + 1, w // 2 + 1, 4 * op["cout"])
+    return [("kdjax", time_it(way(blocked), options_now, block_conv.to_aligned(x), kernel, offset_grad)), *plain]
   if name == "pool":
     x = normal(*op["shape"])
     n, h, w, c = op["shape"]

@@ -325,8 +325,7 @@ class Run:
 
   def net(self, name: str, num_classes: int):
     """The Flax net of a model (report row name) of this run."""
-    return models_lib.MODEL_FACTORIES[phases.model(name).net](num_classes, self.config.model.activation,
-                                                             self.config.model.init)
+    return models_lib.from_config(phases.model(name).net, num_classes, self.config)
 
   def params(self, name: str, epoch: int | None = None) -> tuple[dict, dict, int]:
     """(params, meta, epoch) of model `name` (a report row, e.g. "student_kd (EMA weights)") at its saved

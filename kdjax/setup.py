@@ -65,9 +65,7 @@ class Setup:
     parallel = mesh_lib.data_parallel(config)
     dataset = dataset if dataset is not None else data_lib.load(config.data)
     mean, std = data_lib.normalization_constants(dataset, config.data.normalization)
-    nets = {role: factory(dataset.num_classes, config.model.activation, config.model.init,
-                          pool=config.speed.pool)
-            for role, factory in models.MODEL_FACTORIES.items()}
+    nets = {role: models.from_config(role, dataset.num_classes, config) for role in models.MODEL_FACTORIES}
     teacher_key, student_key = jax.random.split(jax.random.PRNGKey(config.seed))
     initial_params = {"teacher": models.init_params(nets["teacher"], teacher_key, dataset.image_shape),
                       "student": models.init_params(nets["student"], student_key, dataset.image_shape)}
