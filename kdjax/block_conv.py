@@ -82,7 +82,9 @@ def conv(blocks: jax.Array, kernel: jax.Array, bias: jax.Array, layout: str) -> 
   dtype = jnp.result_type(blocks, kernel, bias)  # promoted as nn.Conv promotes (float64 weights: float64 conv)
   blocks, weights, bias = blocks.astype(dtype), block_kernel(kernel.astype(dtype)), bias.astype(dtype)
   if layout == "aligned":
-    blocks = jnp.pad(blocks, ((0, 0), (1, 1), (1, 1), (0, 0)))  # explicit, so XLA's weight gradient stays a plain conv
+    # Padded here, not by the conv: with conv padding XLA:CPU lowers the weight gradient to a slow generic loop
+    # (805 against 47 ms at batch 128, 32x32x48).
+    blocks = jnp.pad(blocks, ((0, 0), (1, 1), (1, 1), (0, 0)))
   y = lax.conv_general_dilated(blocks, weights, (1, 1), "VALID", dimension_numbers=_DIMENSIONS)
   y = y + jnp.tile(bias, 4)
   if layout == "aligned":
