@@ -74,7 +74,11 @@ def test_profile_lists_every_op_of_the_teacher_step():
   pool = next(op for op in ops if op["op"] == "pool")
   timings = benchmark._op_timers(dict(pool, shape=(2, 8, 8, 12)), 10, None, None, 1)
   assert [label for label, *_ in timings] == ["kdjax", "nn.max_pool"]
+  # The teacher's convs run on blocks (speed.teacher_conv): kdjax's way is the blocked layer, nn.Conv beside it;
+  # a side too small for blocks is nn.Conv's own.
   conv_timings = benchmark._op_timers(dict(conv, shape=(2, 8, 8, 12)), 10, None, None, 1)
+  assert [label for label, _ in conv_timings] == ["kdjax", "nn.Conv", "xla_default"]
+  conv_timings = benchmark._op_timers(dict(conv, shape=(2, 2, 2, 12)), 10, None, None, 1)
   assert [label for label, _ in conv_timings] == ["kdjax", "xla_default"]
 
 
