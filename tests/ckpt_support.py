@@ -38,12 +38,13 @@ def kdjax(args, workdir, cache_dir=None, module="kdjax.main", timeout=300) -> su
 
 
 def script(code: str, args, cache_dir=None, timeout=300) -> subprocess.Popen:
-  """Starts `python -c code args` (stdout piped, stderr merged), with SIGINT at its default disposition: a test
+  """Starts `python -c code args` (stdout piped, stderr merged), SIGINT raising KeyboardInterrupt in it: a test
   suite started as a non-interactive shell's background job (`cmd &`) inherits SIGINT ignored, which Python keeps,
-  and the tests' Ctrl-C stands for a user's at a terminal."""
+  and the tests' Ctrl-C stands for a user's at a terminal. (Set by the child itself: a preexec_fn would fork a
+  multithreaded JAX process.)"""
+  code = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n" + code
   return subprocess.Popen([sys.executable, "-c", code, *args], cwd=REPO, env=env(cache_dir),
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def wait_for_line(process: subprocess.Popen, marker: str, timeout: float = 300) -> list[str]:
