@@ -81,6 +81,7 @@ class ConvNet(nn.Module):
       values and gradients bit for bit, at different speeds.
     conv: how the convs are computed: "xla" (nn.Conv) or "blocks" (kdjax.block_conv: each run of convs up to a
       pool on 2x2 pixel blocks; the same function, float32 sums in another order). Same parameters either way.
+      A blocked run's pool is kdjax.block_conv.max_pool whatever `pool` says (the same bits as both).
   """
 
   conv_features: Sequence[int]
@@ -147,10 +148,14 @@ MODEL_FACTORIES = {"teacher": teacher_net, "student": student_net}
 
 def from_config(net: str, num_classes: int, config) -> ConvNet:
   """The study's `net` ("teacher" or "student") as `config` (model.*, speed.*) builds it. A field that an older
-  workdir's config lacks means what it meant then: speed.{net}_conv "xla" (config.ABSENT_MEANS)."""
+  workdir's config lacks means what it meant then (config.ABSENT_MEANS: speed.{net}_conv "xla")."""
+  from kdjax import config as config_lib  # here: kdjax.config imports this module to validate pools and convs
+
   speed = config.get("speed") or {}
+  conv_field = f"{net}_conv"
   return MODEL_FACTORIES[net](num_classes, config.model.activation, config.model.init,
-                              pool=speed.get("pool", "fast"), conv=speed.get(f"{net}_conv", "xla"))
+                              pool=speed.get("pool", "fast"),
+                              conv=speed.get(conv_field, config_lib.ABSENT_MEANS[f"speed.{conv_field}"]))
 
 
 def param_count(params) -> int:
