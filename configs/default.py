@@ -1,1 +1,1 @@
-../kdjax/configs/default.py
+../kdjax/config/shipped/default.py

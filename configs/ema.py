@@ -1,1 +1,1 @@
-../kdjax/configs/ema.py
+../kdjax/config/shipped/ema.py

@@ -1,1 +1,1 @@
-../kdjax/configs/ema_sweep.py
+../kdjax/config/shipped/ema_sweep.py

@@ -1,1 +1,1 @@
-../kdjax/configs/kd.py
+../kdjax/config/shipped/kd.py

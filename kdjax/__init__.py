@@ -1,4 +1,4 @@
-"""kdjax: the seed's teacher/student knowledge-distillation study, rebuilt in JAX/Flax.
+"""kdjax: the original's teacher/student knowledge-distillation study, rebuilt in JAX/Flax.
 
 From Python (a notebook):
 
@@ -16,8 +16,9 @@ import importlib
 __version__ = "0.1.0"
 __all__ = ["run", "configs", "ConfigError", "DataError"]
 
-_LAZY = {"configs": ("kdjax.configs", None), "ConfigError": ("kdjax.config", "ConfigError"),
-         "DataError": ("kdjax.data", "DataError")}
+# kdjax.configs: the shipped configs by name or path (kdjax/config/lookup.py); errors from kdjax/errors.py.
+_LAZY = {"configs": ("kdjax.config.lookup", None), "ConfigError": ("kdjax.errors", "ConfigError"),
+         "DataError": ("kdjax.errors", "DataError")}
 
 
 def run(config, workdir, *, verbose: bool = False) -> dict:
@@ -28,8 +29,8 @@ def run(config, workdir, *, verbose: bool = False) -> dict:
   lines go to the `kdjax` logger at INFO either way. Raises ConfigError or DataError (one line, as the command
   line prints them), or CheckpointError, DivergenceError, WriteError.
   """
-  from kdjax import configs as configs_lib
-  from kdjax import experiment
+  from kdjax.config import lookup as configs_lib
+  from kdjax.study import experiment
   from kdjax import progress
   if isinstance(config, str):
     config = configs_lib.get(config)

@@ -4,7 +4,7 @@
   teacher         teacher  ce
   student_ce      student  ce         "student_ce (EMA weights)"     when ema.student_decay > 0
   student_kd      student  kd         "student_kd (EMA weights)"     when ema.student_decay > 0
-  student_kd_ema  student  kd_ema     teacher_ema (the teacher copy the seed's EMA pulls toward the student),
+  student_kd_ema  student  kd_ema     teacher_ema (the teacher copy the original's EMA pulls toward the student),
                                       "student_kd_ema (EMA weights)" when ema.student_decay > 0
 
 A model is a row of the report. Each is a tree of the phase's TrainState (`params`, `teacher_params` or

@@ -1,7 +1,9 @@
 """What a run says while it runs: its lines (one per model and epoch, the report) and a progress meter.
 
-The library prints nothing itself: it logs to the `kdjax` logger at INFO, and whoever wants the lines attaches a
-handler (`printing`: the command line does, and `kdjax.run(..., verbose=True)`). The meter of a phase-epoch
+The library prints nothing itself: it logs to the `kdjax` logger, the run's lines at INFO (`say`) and what a user
+should not miss at WARNING (`warn`); whoever wants the lines attaches a handler (`printing`: the command line
+does, and `kdjax.run(..., verbose=True)`). Without one, Python's last-resort handler still shows warnings on
+stderr. The meter of a phase-epoch
 (`EpochProgress`) is shown only then, and only with config.progress:
   stderr a terminal       one tqdm bar per phase-epoch, with images/s and the loss
   otherwise (a log file)  no bar (no carriage returns); a line every ~30 s with the steps done, images/s and the
@@ -24,25 +26,46 @@ def say(message: str) -> None:
   LOGGER.info(message)
 
 
+def warn(message: str) -> None:
+  """A warning: something the run continues through that a user should know (printed `kdjax: warning: ...`)."""
+  LOGGER.warning(message)
+
+
 def listening() -> bool:
   """Whether the run's lines are shown somewhere (`printing`, or the caller's own logging set to INFO)."""
   return LOGGER.isEnabledFor(logging.INFO)
 
 
+class _Below(logging.Filter):
+  def __init__(self, level: int):
+    super().__init__()
+    self.level = level
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return record.levelno < self.level
+
+
 @contextlib.contextmanager
-def printing(stream=None):
-  """Writes the run's lines, as they are, to `stream` (sys.stdout at the time of the call) while inside."""
-  handler = logging.StreamHandler(stream if stream is not None else sys.stdout)
-  handler.setFormatter(logging.Formatter("%(message)s"))
+def printing(stream=None, warnings=None):
+  """While inside: the run's lines, as they are, to `stream` (sys.stdout at the time of the call), and its
+  warnings as `kdjax: warning: MESSAGE` to `warnings` (sys.stderr at the time of the call)."""
+  lines = logging.StreamHandler(stream if stream is not None else sys.stdout)
+  lines.setFormatter(logging.Formatter("%(message)s"))
+  lines.addFilter(_Below(logging.WARNING))
+  warned = logging.StreamHandler(warnings if warnings is not None else sys.stderr)
+  warned.setFormatter(logging.Formatter("kdjax: warning: %(message)s"))
+  warned.setLevel(logging.WARNING)
   saved = LOGGER.level, LOGGER.propagate
-  LOGGER.addHandler(handler)
+  LOGGER.addHandler(lines)
+  LOGGER.addHandler(warned)
   LOGGER.setLevel(logging.INFO)
   LOGGER.propagate = False  # e.g. absl's handler on the root logger would print every line a second time
   try:
     yield
   finally:
-    handler.flush()
-    LOGGER.removeHandler(handler)
+    for handler in (lines, warned):
+      handler.flush()
+      LOGGER.removeHandler(handler)
     LOGGER.setLevel(saved[0])  # setLevel, not `level =`: the logger caches isEnabledFor until setLevel
     LOGGER.propagate = saved[1]
 

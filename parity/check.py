@@ -30,13 +30,17 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from kdjax import config as config_lib
+from kdjax import errors
 from kdjax import data as data_lib
+from kdjax.cli import exits as cli
 from parity import compare
 from parity import harness
 from parity import precision
 
 DTYPE_CHOICES = {"both": ("float32", "float64"), "float32": ("float32",), "float64": ("float64",)}
+
+
+PROG = "parity.check"
 
 
 def check(config, steps: int, student_decay: float, dtypes=("float32", "float64"), floors: bool = True,
@@ -99,17 +103,12 @@ def _role(dtype: str, with_float64: bool) -> str:
 
 
 def _usage_error(message: str) -> None:
-  """Bad arguments: one line on stderr, exit status 2."""
-  print(f"parity.check: error: {' '.join(message.split())}", file=sys.stderr)
-  sys.exit(2)
+  cli.usage_error(PROG, message)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl's parsing, with a bad flag reported as one line and exit 2 (absl's own prints a usage hint, exits 1)."""
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as error:
-    _usage_error(str(error))
+  """kdjax's flag parsing (kdjax.cli.exits): --config by name or path, a bad flag one line and exit 2."""
+  return cli.parse_flags(PROG, argv)
 
 
 def main(argv):
@@ -127,7 +126,7 @@ def main(argv):
     _usage_error(f"cannot load config file {flags.FLAGS['config'].config_filename!r}")
   try:
     rows = check(config, _STEPS.value, _STUDENT_DECAY.value, DTYPE_CHOICES[_DTYPE.value], _FLOORS.value)
-  except (config_lib.ConfigError, data_lib.DataError) as error:
+  except (errors.ConfigError, data_lib.DataError) as error:
     _usage_error(str(error))
   sys.exit(0 if all(row.ok for row in rows) else 1)
 

@@ -6,7 +6,7 @@
   images        Flax NHWC                       <->  PyTorch NCHW
 
 so the fc rows are permuted as well as transposed: Flax row h*W*C + w*C + c is PyTorch column c*H*W + h*W + w.
-State-dict keys are the seed's: conv1.weight, conv1.bias, ..., fc.weight, fc.bias, in registration order.
+State-dict keys are the original's: conv1.weight, conv1.bias, ..., fc.weight, fc.bias, in registration order.
 The conversions are pure re-indexings (no arithmetic), so round trips are exact.
 """
 

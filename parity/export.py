@@ -4,7 +4,7 @@
     python -m parity.export data    --workdir W --split validation --out VAL.npz
 
 weights  reads the Orbax checkpoint of NAME (teacher, student_ce, student_kd, student_kd_ema, teacher_ema) in W
-         and saves a state_dict with the seed's keys, which TeacherNet/StudentNet(num_classes, image_size)
+         and saves a state_dict with the original's keys, which TeacherNet/StudentNet(num_classes, image_size)
          .load_state_dict(..., strict=True) accepts (parity.reference). --probe-out also saves `x` (float32 NHWC,
          seeded N(0, 1) inputs of the model's input shape) and `logits` (what kdjax's Flax model computes on x).
 data     saves `x` (float32 NHWC: exactly the preprocessed inputs kdjax's models see for that split of W's data
@@ -19,6 +19,7 @@ import sys
 
 import numpy as np
 
+from kdjax.cli import exits as cli
 from kdjax.phases import MODEL_ORDER
 
 MODELS = MODEL_ORDER   # the models with a checkpoint folder, from kdjax's one table
@@ -36,11 +37,11 @@ def net_of(model: str) -> str:
 
 
 def _run(workdir: str):
-  """kdjax's own reading of a workdir (resume.load_run), its errors as ExportError."""
-  from kdjax import checkpoints as ckpt_lib
-  from kdjax import resume
+  """kdjax's own reading of a workdir (run_lib.load_run), its errors as ExportError."""
+  from kdjax.store import checkpoints as ckpt_lib
+  from kdjax.store import run as run_lib
   try:
-    return resume.load_run(workdir)
+    return run_lib.load_run(workdir)
   except ckpt_lib.CheckpointError as error:
     raise ExportError(str(error)) from None
 
@@ -52,8 +53,8 @@ def workdir_config(workdir: str):
 
 def restore_params(workdir: str, model: str) -> dict:
   """The latest checkpoint's params of `model` in `workdir` (Flax layout, numpy), read and verified as kdjax
-  reads them (resume.Run.params: its hashes checked; nothing created or deleted)."""
-  from kdjax import checkpoints as ckpt_lib
+  reads them (run_lib.Run.params: its hashes checked; nothing created or deleted)."""
+  from kdjax.store import checkpoints as ckpt_lib
   from parity import convert
   if model not in MODELS:
     raise ExportError(f"unknown model {model!r}; known: {', '.join(MODELS)}")
@@ -83,7 +84,7 @@ def export_weights(workdir: str, model: str, out: str, probe_out: str | None = N
   """Writes NAME.pt (and the probe); returns the state_dict."""
   import jax
   import torch
-  from kdjax import models
+  from kdjax.nets import models
   from parity import convert
   from parity import reference
 
@@ -161,7 +162,7 @@ def main(argv=None) -> int:
     else:
       export_data(args.workdir, args.split, args.out)
   except (ExportError, data_lib.DataError) as error:
-    print(f"parity.export: error: {error}", file=sys.stderr)
+    cli.say_error("parity.export", error)
     return 2
   return 0
 

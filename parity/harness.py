@@ -13,15 +13,14 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from kdjax import config as config_lib
+from kdjax.config import validation as config_validation
 from kdjax import data as data_lib
-from kdjax import ema
-from kdjax import evaluate
-from kdjax import optim
+from kdjax.training import evaluate
+from kdjax.training import optim
 from kdjax import phases as phases_lib
-from kdjax import setup as setup_lib
-from kdjax import train
-from kdjax import xla
+from kdjax.study import builder as setup_lib
+from kdjax.training import train
+from kdjax.training import xla
 from parity import convert
 from parity import mirror
 from parity import precision
@@ -35,7 +34,7 @@ DTYPES = ("float32", "float64")
 
 
 @dataclasses.dataclass
-class Setup:
+class ParitySetup:
   """The data, both nets of both frameworks' shapes, and the shared initial weights of one config."""
 
   config: object
@@ -46,6 +45,7 @@ class Setup:
   initial_params: dict
   dtype: str = "float32"
   torch_device: torch.device = torch.device("cpu")
+  study: setup_lib.Setup | None = None   # the study's own Setup: kdjax's step comes from it
 
   @property
   def image_size(self) -> int:
@@ -88,28 +88,28 @@ def model_inputs(images: np.ndarray, mean, std, dtype: str = "float32") -> np.nd
   return np.asarray(data_lib.normalize(images, mean, std)).astype(dtype)
 
 
-def make_setup(config, dtype: str = "float32", dataset: data_lib.Dataset | None = None) -> Setup:
+def make_setup(config, dtype: str = "float32", dataset: data_lib.Dataset | None = None) -> ParitySetup:
   """dtype "float64" runs both frameworks in double precision (parameters, activations, optimizer state), where
   rounding is ~1e-16 and only a semantic difference can be seen. Both dtypes start from the same weights (kdjax's
   float32 initialisation, exactly representable in float64). `dataset`: an already loaded data.load(config.data).
   JAX's 64-bit mode is switched on only around this setup's own JAX work (jax.enable_x64), never globally."""
   if dtype not in DTYPES:
     raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-  config_lib.validate(config)
+  config_validation.validate(config)
   study = setup_lib.Setup.build(config, dataset)   # the study's own data, nets and initial weights
   initial = jax.tree_util.tree_map(lambda a: np.asarray(a).astype(dtype), study.initial_params)
-  return Setup(config, study.dataset, np.asarray(study.mean), np.asarray(study.std), study.nets, initial, dtype,
-               precision.torch_device())
+  return ParitySetup(config, study.dataset, np.asarray(study.mean), np.asarray(study.std), study.nets, initial,
+                     dtype, precision.torch_device(), study)
 
 
-def epoch_batches(setup: Setup, epochs: int) -> list[list[np.ndarray]]:
+def epoch_batches(setup: ParitySetup, epochs: int) -> list[list[np.ndarray]]:
   """The study's batches: index arrays per epoch, from data.epoch_order (seed, epoch)."""
   config, count = setup.config, len(setup.dataset.train_labels)
   return [data_lib.batch_indices(data_lib.epoch_order(count, config.seed, epoch), config.batch_size,
                                  config.data.drop_remainder) for epoch in range(1, epochs + 1)]
 
 
-def first_steps(setup: Setup, steps: int) -> list[list[np.ndarray]]:
+def first_steps(setup: ParitySetup, steps: int) -> list[list[np.ndarray]]:
   """The first `steps` batches of the study's order (running into later epochs if needed), as one 'epoch'."""
   batches, epoch = [], 0
   while len(batches) < steps:
@@ -189,27 +189,18 @@ def _tracked(phase: str, kind: str, student_decay: float, student, teacher=None,
   return tracked
 
 
-def jax_step(setup: Setup, phase: str, total_steps: int, start_params, teacher_params=None,
+def jax_step(setup: "ParitySetup", phase: str, total_steps: int, start_params, teacher_params=None,
              student_decay: float = 0.0) -> tuple:
-  """(optimizer, jitted step) of kdjax for `phase`: make_optimizer, ema.torch_zip_pairs, train.make_train_step.
-  The mirrored run reuses them (same shapes, same pairs), so a phase compiles once."""
-  net, kind = PHASES[phase]
+  """(optimizer, jitted step) of kdjax for `phase`: make_optimizer and the study's own step (Setup.step_function,
+  with the teacher inline as the seed computes it; the cached-logit KD step equals it bit for bit:
+  test_speed.py). Compiled as the study compiles it (speed.xla_cpu_options), so that parity is the study's own
+  program. The mirrored run reuses them (same shapes, same pairs), so a phase compiles once."""
   optimizer = optim.make_optimizer(setup.config.optimizer, total_steps)
-  pairs = ()
-  if kind == "kd_ema":
-    pairs = ema.torch_zip_pairs(start_params, setup.nets["student"].layer_names, teacher_params,
-                                setup.nets["teacher"].layer_names)
-  # The teacher inline, as the seed computes it (the cached-logit KD step equals it bit for bit: test_speed.py).
-  step_config = dataclasses.replace(setup_lib.step_config(setup.config, kind, student_decay),
-                                    cached_teacher_logits=False)
-  step = train.make_train_step(step_config, setup.nets[net], optimizer, jnp.asarray(setup.mean),
-                               jnp.asarray(setup.std), teacher=setup.nets["teacher"] if kind != "ce" else None,
-                               teacher_pairs=pairs)
-  # Compiled as the study compiles it (speed.xla_cpu_options), so that parity is the study's own program.
+  step = setup.study.step_function(phase, optimizer, student_decay=student_decay, inline_teacher=True)
   return optimizer, xla.jit(step, setup.config.speed.xla_cpu_options)
 
 
-def jax_side(setup: Setup, phase: str, batches, start_params, teacher_params=None, student_decay: float = 0.0,
+def jax_side(setup: ParitySetup, phase: str, batches, start_params, teacher_params=None, student_decay: float = 0.0,
              mirrored: bool = False, step: tuple | None = None) -> Side:
   """kdjax's run of `phase`: its own step function, optimizer, EMA pairing and evaluation. mirrored: on the
   mirrored problem with each batch reversed (results mapped back). step: a jax_step(...) of the same phase."""
@@ -243,9 +234,9 @@ def jax_side(setup: Setup, phase: str, batches, start_params, teacher_params=Non
   return Side(step_losses, val_correct, params, val_logits, initial_logits)
 
 
-def torch_side(setup: Setup, phase: str, batches, start_params, teacher_params=None, student_decay: float = 0.0,
+def torch_side(setup: ParitySetup, phase: str, batches, start_params, teacher_params=None, student_decay: float = 0.0,
                mirrored: bool = False) -> Side:
-  """The seed's PyTorch loop for `phase` (parity.reference), from the same weights on the same batches."""
+  """The original's PyTorch loop for `phase` (parity.reference), from the same weights on the same batches."""
   net, kind = PHASES[phase]
   config = setup.config
   if mirrored:
@@ -277,7 +268,7 @@ def torch_side(setup: Setup, phase: str, batches, start_params, teacher_params=N
               {name: reference.predict(m, val_x).cpu().numpy() for name, m in models_.items()}, initial_logits)
 
 
-def run_phase(setup: Setup, phase: str, batches: list[list[np.ndarray]], teacher_params=None,
+def run_phase(setup: ParitySetup, phase: str, batches: list[list[np.ndarray]], teacher_params=None,
               student_decay: float = 0.0, floors: bool = False, torch_run: Side | None = None) -> PhaseRun:
   """Trains `phase` over `batches` (per epoch) in both frameworks, validating after every epoch.
 

@@ -10,7 +10,7 @@ Swapping the image axes H <-> W, each conv kernel's axes kh <-> kw, and the fc r
   bias       unchanged
 
 so conv'(x') = conv(x)' layer by layer and the logits are equal, as are the gradients (mirrored). Adam, SGD, both
-EMAs and the seed's shape-matched pairing are elementwise on tensors of unchanged shapes, so a whole training run
+EMAs and the original's shape-matched pairing are elementwise on tensors of unchanged shapes, so a whole training run
 on the mirrored weights and images ends at the mirrored weights of the original run, exactly in real arithmetic.
 In floating point it does not: every conv sums its 3x3 taps in another order, so every op rounds differently,
 as two frameworks do. The mirrored run also takes each batch reversed (the batch sums of the loss and of the

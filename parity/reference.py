@@ -1,13 +1,13 @@
-"""The PyTorch reference: the seed's nets, loss and loops, written the seed's way (NCHW, OIHW kernels).
+"""The PyTorch reference: the original's nets, loss and loops, written the original's way (NCHW, OIHW kernels).
 
   TeacherNet   conv1 (3->12), conv2..conv12 (12->12), 3x3 padding 1, with bias; forward exactly as the seed:
                conv1, conv2, conv3, pool, conv4, conv5, conv6, pool, conv7, conv8, conv9, pool, conv10, conv11,
-               conv12, pool, view(-1, 12*s*s), fc. s = image_size // 16 (4 for the seed's 64x64 inputs);
-               num_classes defaults to the seed's 200.
+               conv12, pool, view(-1, 12*s*s), fc. s = image_size // 16 (4 for the original's 64x64 inputs);
+               num_classes defaults to the original's 200.
   StudentNet   our student (README): conv1..conv4, each followed by the 2x2 pool; view; fc.
-  DistillKL    RepDistiller's / the seed's: KLDivLoss(reduction="batchmean")(LogSoftmax(s/T), Softmax(t/T)) * T*T.
+  DistillKL    RepDistiller's / the original's: KLDivLoss(reduction="batchmean")(LogSoftmax(s/T), Softmax(t/T)) * T*T.
 
-The loops (`train_ce`, `train_kd`, `train_kd_ema`) are the seed's three, with the per-epoch validation it does;
+The loops (`train_ce`, `train_kd`, `train_kd_ema`) are the original's three, with the per-epoch validation it does;
 they take their batches from the caller so that both frameworks see the same batches in the same order.
 `StudentWeightsEMA` is the student-weights average (timm's ModelEmaV2), which the seed does not have but kdjax
 offers (ema.student_decay).
@@ -24,7 +24,7 @@ from torch import nn
 
 
 class TeacherNet(nn.Module):
-  """The seed's teacher. `activation="relu"` applies ReLU after every conv (kdjax's model.activation)."""
+  """The original's teacher. `activation="relu"` applies ReLU after every conv (kdjax's model.activation)."""
 
   def __init__(self, num_classes: int = 200, image_size: int = 64, activation: str = "none"):
     super().__init__()
@@ -92,7 +92,7 @@ class StudentNet(nn.Module):
 
 
 class ConvNet(nn.Module):
-  """Any kdjax.models.ConvNet in PyTorch (tests build pairs whose shapes mismatch in the middle)."""
+  """Any kdjax.nets.models.ConvNet in PyTorch (tests build pairs whose shapes mismatch in the middle)."""
 
   def __init__(self, conv_features: Sequence[int], pool_after: Sequence[int], num_classes: int,
                image_size: int, activation: str = "none", in_channels: int = 3):
@@ -144,7 +144,7 @@ class DistillKL(nn.Module):
 
 
 def seed_ema_update(student: nn.Module, teacher: nn.Module, alpha: float) -> None:
-  """The seed's EMA: pull the teacher toward the student where zip(parameters()) meets equal shapes."""
+  """The original's EMA: pull the teacher toward the student where zip(parameters()) meets equal shapes."""
   with torch.no_grad():
     for s_param, t_param in zip(student.parameters(), teacher.parameters()):
       if s_param.shape == t_param.shape:
@@ -214,7 +214,7 @@ class LoopOptions:
   temperature: float = 4.0
   kd_weight: float = 1.0
   ce_weight: float = 0.0
-  teacher_decay: float = 0.999     # the seed's alpha
+  teacher_decay: float = 0.999     # the original's alpha
   student_decay: float = 0.0       # > 0: keep a StudentWeightsEMA, updated after each step
   warmup: bool = False
 
@@ -227,7 +227,7 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 500) -> to
 
 @torch.no_grad()
 def validate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> tuple[int, float]:
-  """(correct count, top-1 %) on a whole split, as the seed's per-epoch check."""
+  """(correct count, top-1 %) on a whole split, as the original's per-epoch check."""
   correct = int((predict(model, images).argmax(dim=1) == labels).sum())
   return correct, 100.0 * correct / len(labels)
 
@@ -252,7 +252,7 @@ def _run(epochs: Sequence[Batches], step: Callable, model, validation, after_ste
 
 def train_ce(model, optimizer, epochs: Sequence[Batches], validation=None, scheduler=None,
              options: LoopOptions = LoopOptions(), student_ema: StudentWeightsEMA | None = None):
-  """The seed's teacher loop (cross-entropy on labels); also kdjax's student_ce."""
+  """The original's teacher loop (cross-entropy on labels); also kdjax's student_ce."""
   criterion = nn.CrossEntropyLoss()
 
   def step(images, labels, count):
@@ -270,7 +270,7 @@ def train_ce(model, optimizer, epochs: Sequence[Batches], validation=None, sched
 
 def train_kd(student, teacher, optimizer, epochs: Sequence[Batches], validation=None, scheduler=None,
              options: LoopOptions = LoopOptions(), student_ema: StudentWeightsEMA | None = None):
-  """The seed's KD loop against a detached, frozen teacher."""
+  """The original's KD loop against a detached, frozen teacher."""
   criterion_kd, criterion_ce = DistillKL(options.temperature), nn.CrossEntropyLoss()
   teacher.eval()
 
@@ -291,7 +291,7 @@ def train_kd(student, teacher, optimizer, epochs: Sequence[Batches], validation=
 
 def train_kd_ema(student, teacher, optimizer, epochs: Sequence[Batches], validation=None, scheduler=None,
                  options: LoopOptions = LoopOptions(), student_ema: StudentWeightsEMA | None = None):
-  """The seed's EMA loop: teacher logits (no_grad), student logits, loss, the seed's EMA of the teacher from the
+  """The original's EMA loop: teacher logits (no_grad), student logits, loss, the original's EMA of the teacher from the
   student's current (pre-step) parameters, then backward and step. `teacher` is updated in place."""
   criterion_kd, criterion_ce = DistillKL(options.temperature), nn.CrossEntropyLoss()
   teacher.eval()

@@ -23,7 +23,7 @@ the float64 check fail.
 
 FLOAT32 is reported beside the rounding measured in the same run, and decided only where that is robust.
 Two frameworks round differently at every op (other conv and reduction algorithms, elementwise formulas contracted
-into FMAs or not, ~1e-7 relative each), and training amplifies it: the seed's activation-free teacher is
+into FMAs or not, ~1e-7 relative each), and training amplifies it: the original's activation-free teacher is
 ill-conditioned (its deep activations are mostly bias, the input-dependent part a small difference of large
 numbers) and Adam divides by sqrt(v), so a gradient that is mostly cancellation gives an O(lr) step difference.
 How far that goes depends on the CPU or GPU, its kernels and thread count: after 5 steps kdjax's and PyTorch's

@@ -108,7 +108,7 @@ def snapshot(directory) -> dict:
 
 def study_config(**overrides):
   """EMA_STUDY's config, in process (config.json of finished_run equals its config_json)."""
-  from kdjax import config as config_lib
+  from kdjax.config import defaults as config_lib
   config = config_lib.default_config()
   config.update_from_flattened_dict({"phases": ("teacher", "student_kd_ema"), "ema.student_decay": 0.5,
                                      "data.image_size": 16, "data.max_train_examples": 200,
@@ -126,7 +126,7 @@ def copy_of_finished_run(tmp_path, tmp_path_factory) -> pathlib.Path:
 def corrupt_an_array(step: pathlib.Path) -> str:
   """Flips one byte (xor 0x40) in the largest data file of a saved step, where it lands in an array's
   uncompressed bytes (which Orbax/TensorStore then read without complaint); returns the verifier's message."""
-  from kdjax import checkpoints as ckpt_lib
+  from kdjax.store import checkpoints as ckpt_lib
   data = max((step / "state" / "ocdbt.process_0" / "d").iterdir(), key=lambda path: path.stat().st_size)
   original = data.read_bytes()
   for fraction in (0.7, 0.9, 0.1, 0.3, 0.8, 0.6):

@@ -3,7 +3,7 @@
 import jax
 import pytest
 
-from kdjax import config as config_lib
+from kdjax.config import defaults as config_lib
 
 jax.config.update("jax_default_matmul_precision", "highest")
 

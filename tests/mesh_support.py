@@ -25,7 +25,7 @@ def main(argv):
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     overrides = {"distributed.coordinator_address": argv[3], "distributed.num_processes": int(argv[4]),
                  "distributed.process_id": int(argv[5])}
-  from kdjax import experiment
+  from kdjax.study import experiment
   experiment.train_and_evaluate(config(**overrides), workdir)
 
 

@@ -1,4 +1,4 @@
-"""kdjax.benchmark runs its real code on tiny shapes: the structure of what it reports, not the speed."""
+"""kdjax.tools.benchmark runs its real code on tiny shapes: the structure of what it reports, not the speed."""
 
 import json
 import os
@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from kdjax import benchmark
-from kdjax import models
+from kdjax.tools import benchmark
+from kdjax.nets import models
 from tests.conftest import tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -94,7 +94,7 @@ def test_study_runs_every_phase_in_both_frameworks(one_torch_thread):
 
 
 def _cli(*args):
-  return subprocess.run([sys.executable, "-m", "kdjax.benchmark", *args], cwd=ROOT, capture_output=True, text=True,
+  return subprocess.run([sys.executable, "-m", "kdjax.tools.benchmark", *args], cwd=ROOT, capture_output=True, text=True,
                         env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=120)
 
 
@@ -108,7 +108,7 @@ def test_bad_cli_input_is_one_line_and_exit_2(args, message):
   result = _cli(*args)
   assert result.returncode == 2
   lines = result.stderr.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith("kdjax.benchmark: error:") and message in lines[0]
+  assert len(lines) == 1 and lines[0].startswith("kdjax.tools.benchmark: error:") and message in lines[0]
 
 
 def test_channels_last_runs_the_seeds_view_and_computes_the_same(one_torch_thread):

@@ -1,4 +1,4 @@
-"""kdjax.block_conv: convs and pools on 2x2 pixel blocks compute the nets' own function.
+"""kdjax.nets.block_conv: convs and pools on 2x2 pixel blocks compute the nets' own function.
 
 float64 decides the convs (sums in another order: equal to ~1e-15); pools are selections, so their values and
 gradients equal max_pool_2x2's bit for bit, ties included.
@@ -13,10 +13,13 @@ import numpy as np
 import pytest
 from jax import lax
 
-from kdjax import block_conv
-from kdjax import config as config_lib
-from kdjax import models
-from kdjax.pooling import max_pool_2x2
+from kdjax.config import nets as config_nets
+from kdjax.nets import block_conv
+from kdjax.config import validation as config_validation
+from kdjax import errors
+from kdjax.config import defaults as config_lib
+from kdjax.nets import models
+from kdjax.nets.pooling import max_pool_2x2
 
 
 def _conv(x, kernel, bias):
@@ -110,15 +113,15 @@ def test_nets_on_blocks_compute_the_same_function(net, activation, image_size):
 def test_config_chooses_each_nets_convs_and_older_runs_mean_xla():
   config = config_lib.default_config()
   assert (config.speed.teacher_conv, config.speed.student_conv) == ("blocks", "xla")
-  assert models.from_config("teacher", 10, config).conv == "blocks"
-  assert models.from_config("student", 10, config).conv == "xla"
+  assert config_nets.from_config("teacher", 10, config).conv == "blocks"
+  assert config_nets.from_config("student", 10, config).conv == "xla"
   config.speed.teacher_conv = "winograd"
-  with pytest.raises(config_lib.ConfigError, match=r"^speed.teacher_conv must be one of"):
-    config_lib.validate(config)
+  with pytest.raises(errors.ConfigError, match=r"^speed.teacher_conv must be one of"):
+    config_validation.validate(config)
   # A workdir from before speed.teacher_conv existed computed with nn.Conv: resuming it with today's default is
   # a change, named; and its nets are rebuilt as they were.
   current = json.loads(config_lib.default_config().to_json_best_effort())
   older = json.loads(config_lib.default_config().to_json_best_effort())
   del older["speed"]["teacher_conv"], older["speed"]["student_conv"]
   assert config_lib.differences(older, current) == ['speed.teacher_conv ("xla" -> "blocks")']
-  assert models.from_config("teacher", 10, ml_collections.ConfigDict(older)).conv == "xla"
+  assert config_nets.from_config("teacher", 10, ml_collections.ConfigDict(older)).conv == "xla"

@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kdjax import checkpoints as ckpt_lib
-from kdjax import config as config_lib
+from kdjax.store import checkpoints as ckpt_lib
+from kdjax.config import defaults as config_lib
 
 from tests import ckpt_support as support
 
@@ -138,7 +138,7 @@ def _broken(kind: str, tmp_path: pathlib.Path, run: pathlib.Path) -> pathlib.Pat
 
 @pytest.mark.parametrize("kind", ["missing", "not orbax", "junk step", "truncated"])
 def test_bad_teacher_checkpoint_is_one_line_naming_the_path(tmp_path, tmp_path_factory, kind):
-  from kdjax import experiment
+  from kdjax.study import experiment
   run = support.finished_run(tmp_path_factory)
   path = _broken(kind, tmp_path, run)
   config = config_lib.default_config()
@@ -192,7 +192,7 @@ def test_unwritable_workdir_is_a_config_error(tmp_path):
 # After student_ce's epoch-1 save, the wrapper fills the disk (or remounts it read-only): a real ENOSPC/EROFS.
 SPOIL_DISK_AFTER_FIRST_SAVE = """
 import os, subprocess, sys
-from kdjax import checkpoints
+from kdjax.store import checkpoints
 mount, how = sys.argv.pop(1), sys.argv.pop(1)
 original = checkpoints.ModelCheckpoints.save
 def save(self, epoch, tree, meta):
@@ -209,7 +209,7 @@ def save(self, epoch, tree, meta):
     subprocess.run(["mount", "-o", "remount,ro", mount], check=True)
 checkpoints.ModelCheckpoints.save = save
 from absl import app
-from kdjax import main
+from kdjax.cli import main
 sys.argv[0] = "kdjax.main"
 app.run(main.main)
 """

@@ -6,10 +6,10 @@ import math
 import numpy as np
 import pytest
 
-from kdjax import collapse
-from kdjax import experiment
+from kdjax.report import collapse
+from kdjax.study import experiment
 from kdjax import phases
-from kdjax import sweep
+from kdjax.report import sweep
 from tests.conftest import tiny_config
 
 
@@ -17,7 +17,7 @@ def test_relative_distance_over_the_paired_teacher_tensors():
   reference = {"conv1": {"kernel": np.full((2,), 3.0), "bias": np.zeros(1)}, "conv2": {"kernel": np.ones(4)}}
   moved = {"conv1": {"kernel": np.full((2,), 4.0), "bias": np.zeros(1)}, "conv2": {"kernel": np.full(4, 9.0)}}
   pairs = [(("conv1", "kernel"), ("conv1", "kernel")), (("conv1", "bias"), ("conv1", "bias"))]
-  # conv2 is not updated by the seed's EMA here, so it does not count: |(1,1)| / |(3,3)| = 1/3.
+  # conv2 is not updated by the original's EMA here, so it does not count: |(1,1)| / |(3,3)| = 1/3.
   assert collapse.relative_distance(moved, reference, pairs) == pytest.approx(1 / 3)
 
 

@@ -6,7 +6,9 @@ import sys
 
 import pytest
 
-from kdjax import config as config_lib
+from kdjax.config import validation as config_validation
+from kdjax import errors
+from kdjax.config import defaults as config_lib
 from tests.conftest import tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -23,15 +25,15 @@ BAD_VALUES = [
 
 @pytest.mark.parametrize("field,value", BAD_VALUES)
 def test_bad_values_name_their_field(field, value):
-  with pytest.raises(config_lib.ConfigError) as error:
-    config_lib.validate(tiny_config(**{field: value}))
+  with pytest.raises(errors.ConfigError) as error:
+    config_validation.validate(tiny_config(**{field: value}))
   message = str(error.value)
   assert message.startswith(field) and "\n" not in message
 
 
 def test_defaults_are_valid_and_are_the_seeds():
   config = config_lib.default_config()
-  config_lib.validate(config)
+  config_validation.validate(config)
   assert config.epochs == 10 and config.model.activation == "none" and config.model.init == "pytorch"
   assert config.kd.kd_weight == 1.0 and config.kd.ce_weight == 0.0
 

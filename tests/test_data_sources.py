@@ -9,9 +9,9 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from kdjax import config as config_lib
+from kdjax.config import defaults as config_lib
 from kdjax import data as data_lib
-from kdjax import models
+from kdjax.nets import models
 from kdjax.data import cifar
 
 

@@ -12,9 +12,9 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from kdjax import config as config_lib
+from kdjax.config import defaults as config_lib
 from kdjax import data as data_lib
-from kdjax.data import __main__ as data_cli
+from kdjax.cli import data_info as data_cli
 from kdjax.data import tfds_common
 from kdjax.data import tiny_imagenet
 

@@ -4,9 +4,9 @@ import numpy as np
 import optax
 import pytest
 
-from kdjax import ema
-from kdjax import models
-from kdjax import train
+from kdjax.training import ema
+from kdjax.nets import models
+from kdjax.training import train
 
 SHAPE = (16, 16, 3)
 
@@ -94,7 +94,7 @@ def test_kd_ema_step_uses_pre_step_student_and_pre_update_teacher():
 
   images = batch["image"].astype(jnp.float32) / 255.0
   # The loss is taken against the teacher's logits *before* its EMA update ...
-  from kdjax import losses
+  from kdjax.training import losses
   teacher_logits = teacher.apply({"params": t_params}, images)
   loss, grads = jax.value_and_grad(
       lambda p: losses.distill_kl(student.apply({"params": p}, images), teacher_logits, temperature))(s_params)

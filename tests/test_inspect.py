@@ -1,4 +1,4 @@
-"""python -m kdjax.inspect: text and JSON views of a run's checkpoints, --evaluate against the report, and
+"""python -m kdjax.cli.inspection: text and JSON views of a run's checkpoints, --evaluate against the report, and
 one-line errors for paths that are not checkpoints."""
 
 import json
@@ -7,8 +7,8 @@ import shutil
 import numpy as np
 import pytest
 
-from kdjax import checkpoints as ckpt_lib
-from kdjax import inspect as inspect_lib
+from kdjax.store import checkpoints as ckpt_lib
+from kdjax.cli import inspection as inspect_lib
 
 from tests import ckpt_support as support
 
@@ -115,7 +115,7 @@ def test_bad_paths_are_one_line_naming_the_path_and_touch_nothing(tmp_path, tmp_
   code, out, err = _run(capsys, *argv)
   assert code == 2 and out == ""
   lines = err.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith("kdjax.inspect: error: ") and str(path) in lines[0]
+  assert len(lines) == 1 and lines[0].startswith("kdjax.cli.inspection: error: ") and str(path) in lines[0]
   assert support.snapshot(tmp_path) == before
 
 
@@ -127,8 +127,8 @@ def test_truncated_arrays_in_the_real_command_give_one_line(tmp_path, tmp_path_f
     data.write_bytes(data.read_bytes()[:10])
   # The run: the other models shown, this one marked, exit 1; --evaluate of it: nothing to show, exit 2.
   for argv, code in (([], 1), (["--evaluate", "teacher"], 2)):
-    result = support.kdjax([str(workdir), *argv], None, module="kdjax.inspect")
+    result = support.kdjax([str(workdir), *argv], None, module="kdjax.cli.inspection")
     assert result.returncode == code
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
-    assert result.stderr.startswith(f"kdjax.inspect: error: {step}: cannot restore")
+    assert result.stderr.startswith(f"kdjax.cli.inspection: error: {step}: cannot restore")
     assert ("== student_kd_ema  (" in result.stdout) == (code == 1)

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kdjax import losses
+from kdjax.training import losses
 
 STUDENT = jnp.array([[0.0, 0.0]])
 TEACHER = jnp.array([[math.log(3.0), 0.0]])

@@ -1,4 +1,4 @@
-"""Data parallel over a jax.sharding.Mesh (kdjax/mesh.py): one device keeps today's program; 4 forced host devices
+"""Data parallel over a jax.sharding.Mesh (kdjax/training/mesh.py): one device keeps today's program; 4 forced host devices
 and 2 processes x 2 devices (jax.distributed over 127.0.0.1, gloo collectives) equal it to float32 reduction
 order. The multi-device runs are subprocesses (tests/mesh_support.py); this process keeps its one device."""
 
@@ -14,12 +14,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kdjax import checkpoints as ckpt_lib
-from kdjax import config as config_lib
-from kdjax import losses
-from kdjax import mesh as mesh_lib
-from kdjax import tensorboard
-from kdjax.setup import Setup
+from kdjax.store import checkpoints as ckpt_lib
+from kdjax.config import validation as config_validation
+from kdjax import errors
+from kdjax.training import losses
+from kdjax.training import mesh as mesh_lib
+from kdjax.store import tensorboard
+from kdjax.study.builder import Setup
 from tests import mesh_support
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -127,7 +128,7 @@ def test_two_processes_equal_one_process_on_four_devices(runs, tmp_path):
 def test_batch_size_not_divisible_by_the_devices_is_one_line_exit_2(tmp_path):
   env_flags = "--xla_force_host_platform_device_count=4"
   result = subprocess.run(
-      [sys.executable, "-m", "kdjax.main", "--config=kdjax/configs/default.py", "--config.batch_size=30",
+      [sys.executable, "-m", "kdjax.main", "--config=kdjax/config/shipped/default.py", "--config.batch_size=30",
        f"--workdir={tmp_path / 'run'}"],
       cwd=ROOT, env={**os.environ, "XLA_FLAGS": env_flags, "JAX_PLATFORMS": "cpu"}, capture_output=True,
       text=True, timeout=TIMEOUT)
@@ -139,7 +140,7 @@ def test_batch_size_not_divisible_by_the_devices_is_one_line_exit_2(tmp_path):
 
 def test_one_device_keeps_the_single_device_program(make_config):
   """With one device nothing is sharded: the train split is one device array, the state unreplicated, no mask
-  in the batch, so the compiled step is the one kdjax built before kdjax/mesh.py."""
+  in the batch, so the compiled step is the one kdjax built before kdjax/training/mesh.py."""
   setup = Setup.build(make_config(**{"data.max_train_examples": 40, "data.max_val_examples": 20}))
   assert setup.parallel.mesh is None and setup.parallel.size == 1
   assert isinstance(setup.train_images, jax.Array)
@@ -154,12 +155,12 @@ def test_one_device_keeps_the_single_device_program(make_config):
     ("distributed.coordinator_address", "localhost", "distributed.coordinator_address must be"),
 ])
 def test_bad_mesh_fields_name_the_field(make_config, field, value, message):
-  with pytest.raises(config_lib.ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
-    config_lib.validate(make_config(**{field: value}))
+  with pytest.raises(errors.ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+    config_validation.validate(make_config(**{field: value}))
 
 
 def test_more_devices_than_jax_sees_names_the_field(make_config):
-  with pytest.raises(config_lib.ConfigError, match=r"mesh.num_devices must be <= the 1 devices jax sees, got 4"):
+  with pytest.raises(errors.ConfigError, match=r"mesh.num_devices must be <= the 1 devices jax sees, got 4"):
     mesh_lib.data_parallel(make_config(**{"mesh.num_devices": 4}))
 
 

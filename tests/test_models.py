@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kdjax import models
+from kdjax.nets import models
 
 
 @pytest.mark.parametrize("factory,expected", [(models.teacher_net, 53_324), (models.student_net, 42_860)])

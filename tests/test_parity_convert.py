@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from kdjax import models
+from kdjax.nets import models
 from parity import convert
 from parity import reference
 
@@ -33,7 +33,7 @@ def test_torch_to_flax_to_torch_is_exact(net):
   model = reference.NETS[net](num_classes=7, image_size=32)  # PyTorch's own init
   state = model.state_dict()
   back = convert.to_state_dict(convert.from_state_dict(state))
-  assert list(back) == list(state)  # the seed's keys, in registration order
+  assert list(back) == list(state)  # the original's keys, in registration order
   for key in state:
     assert torch.equal(back[key], state[key]), key
   model.load_state_dict(back, strict=True)
@@ -47,7 +47,7 @@ def test_state_dict_keys_and_shapes_are_the_seeds():
   assert tuple(state["conv2.weight"].shape) == (12, 12, 3, 3)
   assert tuple(state["fc.weight"].shape) == (200, 12 * 4 * 4)     # Linear (out, in)
   assert sum(value.numel() for value in state.values()) == 53_324  # the core's count at 200 classes
-  reference.TeacherNet().load_state_dict(state, strict=True)      # the seed's defaults: 200 classes, 64x64
+  reference.TeacherNet().load_state_dict(state, strict=True)      # the original's defaults: 200 classes, 64x64
   student = convert.to_state_dict(_flax_params("student", 200, 64))
   assert sum(value.numel() for value in student.values()) == 42_860
   reference.StudentNet().load_state_dict(student, strict=True)

@@ -1,12 +1,12 @@
-"""kdjax.ema against PyTorch: the seed's zip/shape-match EMA and the student-weights EMA (timm's ModelEmaV2)."""
+"""kdjax.training.ema against PyTorch: the original's zip/shape-match EMA and the student-weights EMA (timm's ModelEmaV2)."""
 
 import jax
 import numpy as np
 import pytest
 import torch
 
-from kdjax import ema
-from kdjax import models
+from kdjax.training import ema
+from kdjax.nets import models
 from parity import convert
 from parity import reference
 
@@ -49,7 +49,7 @@ def test_seed_ema_updates_the_tensors_and_values_pytorch_does(case):
   reference.seed_ema_update(s_torch, t_torch, ALPHA)
   after = t_torch.state_dict()
   torch_changed = {key for key in before if not torch.equal(before[key], after[key])}
-  assert torch_changed == expected  # the reference itself does what the seed's loop does
+  assert torch_changed == expected  # the reference itself does what the original's loop does
 
   pairs = ema.torch_zip_pairs(s_params, s_flax.layer_names, t_params, t_flax.layer_names)
   updated = ema.pull_teacher_toward_student(t_params, s_params, pairs, ALPHA)

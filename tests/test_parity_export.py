@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from configs import ema as ema_config
-from kdjax import experiment
+from kdjax.study import experiment
 from parity import convert
 from parity import export
 from parity import harness

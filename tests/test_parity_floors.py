@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from kdjax import models
+from kdjax.nets import models
 from parity import compare
 from parity import convert
 from parity import harness

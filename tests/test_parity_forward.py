@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from kdjax import models
+from kdjax.nets import models
 from parity import convert
 from parity import reference
 
@@ -28,7 +28,7 @@ def test_same_weights_same_logits(net, activation, init, image_size, count):
     torch_logits = torch_model(convert.images_to_torch(images)).numpy()
   assert np.max(np.abs(flax_logits - torch_logits)) <= FORWARD_ATOL
   if init == "lecun_normal":
-    # Not vacuous: the logits depend on the input. (With PyTorch's init the seed's activation-free teacher is
+    # Not vacuous: the logits depend on the input. (With PyTorch's init the original's activation-free teacher is
     # nearly constant in its input, ~1e-4, its deep activations being mostly bias.)
     assert np.ptp(flax_logits[:, 0]) > 100 * FORWARD_ATOL
 

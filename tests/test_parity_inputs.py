@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from kdjax import data as data_lib
-from kdjax import evaluate
-from kdjax import models
+from kdjax.training import evaluate
+from kdjax.nets import models
 from parity import harness
 
 # Constants whose float32 formula (x/255 - mean)/std rounds differently from the float64 one on many pixels.

@@ -1,4 +1,4 @@
-"""kdjax.losses against the seed's DistillKL and PyTorch's CrossEntropyLoss: values and gradients."""
+"""kdjax.training.losses against the original's DistillKL and PyTorch's CrossEntropyLoss: values and gradients."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from kdjax import losses
+from kdjax.training import losses
 from parity import reference
 
 # float32 on both sides: a loss is a sum of ~K*N terms, 1e-5 relative is a few ulps of accumulation. The KD loss

@@ -1,7 +1,7 @@
 """The float64 check catches semantic errors: each of the issue's five is injected into kdjax (monkeypatched for one
 test) and the float64 comparison with the unchanged PyTorch reference must fail, where the uninjected kdjax passes.
 
-  pairing     the seed's EMA pairs tensors in sorted key order (conv1, conv10, conv11, ...), not definition order
+  pairing     the original's EMA pairs tensors in sorted key order (conv1, conv10, conv11, ...), not definition order
   no T^2      the KD loss without its T*T factor
   flatten     the model flattens C*H*W (PyTorch's order) while its fc rows are H*W*C
   adam        Adam's bias correction with the step count off by one: 1 - b^(t+1)
@@ -20,11 +20,11 @@ import optax
 import pytest
 
 from configs import ema as ema_config
-from kdjax import ema
-from kdjax import evaluate
-from kdjax import losses
-from kdjax import optim
-from kdjax import train
+from kdjax.training import ema
+from kdjax.training import evaluate
+from kdjax.training import losses
+from kdjax.training import optim
+from kdjax.training import train
 from parity import compare
 from parity import harness
 
@@ -118,7 +118,7 @@ def adam_bias_correction_off_by_one(monkeypatch):
 
 def _reordered_ema_step(monkeypatch, order):
   """The kd_ema step rebuilt from kdjax's own kd step (teacher logits, then the student's step) and
-  ema.pull_teacher_toward_student, in the given order: "seed" (logits, EMA from the pre-step student, step: the seed's,
+  ema.pull_teacher_toward_student, in the given order: "seed" (logits, EMA from the pre-step student, step: the original's,
   a control), "after_step" (EMA from the post-step student), "before_logits" (EMA, then logits from the updated
   teacher). Constant decay (no warm-up in this config)."""
   make_train_step = train.make_train_step
@@ -158,7 +158,7 @@ def test_kdjax_as_is_passes(reference_runs, phase):
 
 
 def test_the_rebuilt_seed_order_passes(reference_runs, monkeypatch):
-  """Control for the EMA-point injections: the same rebuilt step in the seed's order passes."""
+  """Control for the EMA-point injections: the same rebuilt step in the original's order passes."""
   _reordered_ema_step(monkeypatch, "seed")
   assert _failures(reference_runs, "student_kd_ema") == []
 

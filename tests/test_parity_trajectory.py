@@ -1,4 +1,4 @@
-"""20-step trajectories of every kind of step, in kdjax and in the seed's PyTorch loops, from the same weights on
+"""20-step trajectories of every kind of step, in kdjax and in the original's PyTorch loops, from the same weights on
 the same batches, decided in float64 (parity/tolerances.py FLOAT64): every step's loss, the final params of every
 tracked model and their validation logits, where rounding is ~1e-16 and only semantics can differ."""
 
@@ -77,7 +77,7 @@ def test_trajectories(variant, digits):
 
 
 def test_warmup_trajectory(digits):
-  """The mean-teacher warm-up of both EMAs (ema.warmup) on the seed's EMA step, decided in float64 (kdjax takes
+  """The mean-teacher warm-up of both EMAs (ema.warmup) on the original's EMA step, decided in float64 (kdjax takes
   the update count in the params' dtype, so the decay min(1 - 1/(t + 1), alpha) carries no float32 rounding)."""
   setup = harness.make_setup(small_config({"ema.warmup": True, "ema.decay": 0.99}), "float64", dataset=digits)
   _, rows = _check(setup, "student_kd_ema", setup.initial_params["teacher"])

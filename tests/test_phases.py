@@ -2,9 +2,9 @@
 
 import pytest
 
-from kdjax import models
+from kdjax.nets import models
 from kdjax import phases
-from kdjax import train
+from kdjax.training import train
 
 
 def test_every_phase_names_a_net_and_a_step_kind():

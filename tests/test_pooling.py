@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kdjax import losses
-from kdjax import models
-from kdjax.pooling import max_pool_2x2
+from kdjax.training import losses
+from kdjax.nets import models
+from kdjax.nets.pooling import max_pool_2x2
 
 
 def _reference(x):

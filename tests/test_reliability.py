@@ -11,17 +11,19 @@ import subprocess
 import numpy as np
 import pytest
 
-from kdjax import checkpoints as ckpt_lib
-from kdjax import cli
-from kdjax import config as config_lib
+from kdjax.store import checkpoints as ckpt_lib
+from kdjax.cli import exits as cli
+from kdjax.config import validation as config_validation
 from kdjax import data as data_lib
-from kdjax import experiment
-from kdjax import inspect as inspect_lib
+from kdjax.study import experiment
+from kdjax.cli import inspection as inspect_lib
 from kdjax import progress
-from kdjax import resume
-from kdjax.config import ConfigError
-from kdjax.rundir import RunDir
-from kdjax.setup import Setup
+from kdjax.store import resume
+from kdjax.store import meta as run_meta
+from kdjax.store import teacher as teacher_lib
+from kdjax.errors import ConfigError
+from kdjax.store.rundir import RunDir
+from kdjax.study.builder import Setup
 
 from tests import ckpt_support as support
 from tests.test_resume import _assert_resumed_equals_uninterrupted
@@ -29,7 +31,7 @@ from tests.test_resume import _assert_resumed_equals_uninterrupted
 # kdjax.main, but waits (to be killed or interrupted) when about to save MODEL's epoch EPOCH (argv 1 and 2).
 WAIT_BEFORE_SAVE = """
 import sys, time
-from kdjax import checkpoints
+from kdjax.store import checkpoints
 model, epoch = sys.argv.pop(1), int(sys.argv.pop(1))
 original = checkpoints.ModelCheckpoints.save
 def save(self, saved_epoch, tree, meta):
@@ -39,7 +41,7 @@ def save(self, saved_epoch, tree, meta):
   return original(self, saved_epoch, tree, meta)
 checkpoints.ModelCheckpoints.save = save
 from absl import app
-from kdjax import main
+from kdjax.cli import main
 sys.argv[0] = "kdjax.main"
 app.run(main.main)
 """
@@ -91,7 +93,7 @@ def test_case1_finished_phase_must_reproduce_its_recorded_metrics(tmp_path, tmp_
   config = support.study_config()
   setup = Setup.build(config)
   run = RunDir(workdir)
-  saved, changes = resume.read_saved_phases(run, setup, ["teacher"], resume.config_json(config))
+  saved, changes = resume.read_saved_phases(run, setup, ["teacher"], run_meta.config_json(config))
   assert changes == [] and saved["teacher"].evaluated["teacher"][0]["val_loss"] == \
       support.read_report(workdir)["models"]["teacher"]["val_loss"]      # reproduced bit for bit
   original = Setup.evaluate
@@ -102,7 +104,7 @@ def test_case1_finished_phase_must_reproduce_its_recorded_metrics(tmp_path, tmp_
 
   monkeypatch.setattr(Setup, "evaluate", slightly_off)
   with pytest.raises(ckpt_lib.CheckpointError) as error:
-    resume.read_saved_phases(run, setup, ["teacher"], resume.config_json(config))
+    resume.read_saved_phases(run, setup, ["teacher"], run_meta.config_json(config))
   assert str(error.value).startswith(f"{workdir / 'checkpoints' / 'teacher' / '3'}: teacher re-evaluated gives")
   assert "recorded" in str(error.value)
 
@@ -157,11 +159,11 @@ def test_case3_teacher_trained_on_other_data_is_refused_unless_allowed(tmp_path_
   config = support.study_config(phases=("student_kd",), **{"teacher.checkpoint": str(source)})
   setup = Setup.build(config)
   with pytest.raises(ConfigError) as error:
-    resume.read_teacher(str(source), setup, resume.config_json(config))
+    teacher_lib.read_teacher(str(source), setup, run_meta.config_json(config))
   assert str(error.value).startswith(f"teacher.checkpoint {source / 'checkpoints' / 'teacher' / '3'} was "
                                      f"trained on other data") and "train labels" in str(error.value)
   config.checkpoint.allow_config_change = True
-  teacher = resume.read_teacher(str(source), Setup.build(config), resume.config_json(config))
+  teacher = teacher_lib.read_teacher(str(source), Setup.build(config), run_meta.config_json(config))
   assert teacher.provenance["data_differences"] == ["data: train labels"]
   assert "kdjax: warning: the teacher from" in capsys.readouterr().err
 
@@ -222,8 +224,8 @@ def test_case6_empty_workdir_is_refused(tmp_path, monkeypatch, capsys):
 def test_case7_seed_out_of_range_is_refused_before_anything_is_created(tmp_path):
   for seed in (-1, 2**31, True):
     with pytest.raises(ConfigError, match=r"^seed must be an integer in \[0, 2\*\*31 - 1\]"):
-      config_lib.validate(support.study_config(seed=seed))
-  config_lib.validate(support.study_config(seed=2**31 - 1))
+      config_validation.validate(support.study_config(seed=seed))
+  config_validation.validate(support.study_config(seed=2**31 - 1))
   with pytest.raises(ConfigError):
     experiment.train_and_evaluate(support.study_config(seed=-1), tmp_path / "run")
   assert not (tmp_path / "run").exists()
@@ -277,9 +279,9 @@ def test_case8_ctrl_c_is_one_line_exit_130_and_the_resume_is_exact(tmp_path, tmp
 def test_case8_temperature_bounds_and_the_divergence_message_names_it():
   for temperature in (1e-30, 5e-3, 2e3, 1e30):
     with pytest.raises(ConfigError, match=r"^kd\.temperature must be in \[0\.01, 1000\]"):
-      config_lib.validate(support.study_config(**{"kd.temperature": temperature}))
+      config_validation.validate(support.study_config(**{"kd.temperature": temperature}))
   for temperature in (0.01, 1000.0):
-    config_lib.validate(support.study_config(**{"kd.temperature": temperature}))
+    config_validation.validate(support.study_config(**{"kd.temperature": temperature}))
   config = support.study_config()
   loss = experiment.train.DivergenceError("non-finite loss")
   assert str(experiment.diverged(config, "student_kd", 2, loss)) == (
@@ -305,7 +307,7 @@ def test_case8_inspect_shows_the_good_models_and_marks_the_bad_one(tmp_path, tmp
   assert f"== teacher  ({workdir / 'checkpoints' / 'teacher'})\nBAD CHECKPOINT, not shown: {message}" in captured.out
   assert "== student_kd_ema  (" in captured.out and "== teacher_ema  (" in captured.out
   assert "params, in layer order:" in captured.out.split("== student_kd_ema")[1]
-  assert _one_line(captured.err) == f"kdjax.inspect: error: {message}"
+  assert _one_line(captured.err) == f"kdjax.cli.inspection: error: {message}"
   assert inspect_lib.main([str(workdir), "--json"]) == 1
   models = json.loads(capsys.readouterr().out)["models"]
   assert models[0] == {"model": "teacher", "path": str(workdir / "checkpoints" / "teacher"), "error": message}
@@ -317,10 +319,10 @@ def test_case8_missing_orbax_metadata_one_rule_for_the_run_and_inspect(tmp_path,
   (step / "state" / "_METADATA").unlink()
   expected = f"{step}: incomplete: state/_METADATA (Orbax's description of the saved tree) is missing"
   assert inspect_lib.main([str(workdir)]) == 1                              # inspect refuses the step ...
-  assert _one_line(capsys.readouterr().err) == f"kdjax.inspect: error: {expected}"
+  assert _one_line(capsys.readouterr().err) == f"kdjax.cli.inspection: error: {expected}"
   config = support.study_config()
   saved, _ = resume.read_saved_phases(RunDir(workdir), Setup.build(config), ["student_kd_ema"],
-                                      resume.config_json(config))
+                                      run_meta.config_json(config))
   assert saved["student_kd_ema"].epoch == 2                               # ... and so does the run, which
   assert _one_line(capsys.readouterr().err) == (                          # resumes from the intact epoch 2
       f"kdjax: warning: {expected}; using the latest intact save, {step.parent / '2'}")

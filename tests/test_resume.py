@@ -4,7 +4,7 @@ metrics.jsonl equal those of a run that was never interrupted, exactly (timing f
 
 import collections
 
-from kdjax import checkpoints as ckpt_lib
+from kdjax.store import checkpoints as ckpt_lib
 
 from tests import ckpt_support as support
 
@@ -12,7 +12,7 @@ from tests import ckpt_support as support
 # metrics rows are in metrics.jsonl, which the resumed run must not duplicate.
 BLOCK_BEFORE_SAVE = """
 import sys, time
-from kdjax import checkpoints
+from kdjax.store import checkpoints
 original = checkpoints.ModelCheckpoints.save
 def save(self, epoch, tree, meta):
   if self.directory.name == "student_kd_ema" and epoch == 2:
@@ -21,7 +21,7 @@ def save(self, epoch, tree, meta):
   return original(self, epoch, tree, meta)
 checkpoints.ModelCheckpoints.save = save
 from absl import app
-from kdjax import main
+from kdjax.cli import main
 sys.argv[0] = "kdjax.main"
 app.run(main.main)
 """
@@ -40,7 +40,7 @@ async def finalize(self, *args, **kwargs):
   return await original(self, *args, **kwargs)
 atomicity.AtomicRenameTemporaryPath.finalize = finalize
 from absl import app
-from kdjax import main
+from kdjax.cli import main
 sys.argv[0] = "kdjax.main"
 app.run(main.main)
 """

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from kdjax import experiment
-from kdjax import statistics
+from kdjax.study import experiment
+from kdjax.report import significance as statistics
 from tests.conftest import tiny_config
 
 PHASES = ("teacher", "student_ce", "student_kd")

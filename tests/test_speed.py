@@ -1,4 +1,4 @@
-"""The speed switches: config.speed and kdjax.xla's per-compile options (the pool and the cached teacher logits
+"""The speed switches: config.speed and kdjax.training.xla's per-compile options (the pool and the cached teacher logits
 have their bit-for-bit tests in test_pooling.py and test_train.py)."""
 
 import warnings
@@ -8,10 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kdjax import config as config_lib
-from kdjax import losses
-from kdjax import models
-from kdjax import xla
+from kdjax.config import validation as config_validation
+from kdjax import errors
+from kdjax.config import defaults as config_lib
+from kdjax.training import losses
+from kdjax.nets import models
+from kdjax.training import xla
 from tests.conftest import tiny_config
 
 on_cpu = pytest.mark.skipif(jax.default_backend() != "cpu", reason="the option is XLA:CPU's")
@@ -19,13 +21,13 @@ on_cpu = pytest.mark.skipif(jax.default_backend() != "cpu", reason="the option i
 
 def test_bad_speed_pool_names_its_field():
   # (The booleans cannot hold anything else: ConfigDict refuses a value of another type on assignment.)
-  with pytest.raises(config_lib.ConfigError, match=r"^speed\.pool must be one of"):
-    config_lib.validate(tiny_config(**{"speed.pool": "average"}))
+  with pytest.raises(errors.ConfigError, match=r"^speed\.pool must be one of"):
+    config_validation.validate(tiny_config(**{"speed.pool": "average"}))
 
 
 def test_speed_defaults_are_on_and_valid():
   config = config_lib.default_config()
-  config_lib.validate(config)
+  config_validation.validate(config)
   assert config.speed.pool == "fast" and config.speed.cached_teacher_logits and config.speed.xla_cpu_options
 
 

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from kdjax import statistics
+from kdjax.report import significance as statistics
 
 
 def test_mean_and_sample_std():

@@ -6,10 +6,10 @@ import jax
 import numpy as np
 import pytest
 
-from kdjax import checkpoints as ckpt_lib
-from kdjax import experiment
+from kdjax.store import checkpoints as ckpt_lib
+from kdjax.study import experiment
 from kdjax import phases
-from kdjax import train
+from kdjax.training import train
 from tests.conftest import tiny_config
 
 FIVE = ["teacher", "student_ce", "student_kd", "student_kd_ema", "teacher_ema"]
@@ -75,7 +75,7 @@ def test_the_ema_teacher_moved_and_the_kd_teacher_did_not(ema_run):
   # student_kd's state carries the teacher it distilled from: still exactly the trained teacher.
   for kd_teacher, teacher in zip(saved("student_kd", "teacher_params"), trained, strict=True):
     np.testing.assert_array_equal(kd_teacher, teacher)
-  # The seed's EMA moved the teacher copy of student_kd_ema.
+  # The original's EMA moved the teacher copy of student_kd_ema.
   assert any(not np.array_equal(ema_teacher, teacher)
              for ema_teacher, teacher in zip(saved("teacher_ema", "params"), trained, strict=True))
 

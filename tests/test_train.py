@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from kdjax import data as data_lib
-from kdjax import models
-from kdjax import optim
-from kdjax import train
-from kdjax.config import default_config
+from kdjax.nets import models
+from kdjax.training import optim
+from kdjax.training import train
+from kdjax.config.defaults import default_config
 
 
 def _batch(count=32, size=16, seed=0):

@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 
 import kdjax
-from kdjax import configs
-from kdjax import experiment
+from kdjax.config import lookup as configs
+from kdjax.study import experiment
 from kdjax import progress
-from kdjax import report as report_lib
-from kdjax import tensorboard
-from kdjax import train
-from kdjax.config import ConfigError
+from kdjax.report import build as report_lib
+from kdjax.store import tensorboard
+from kdjax.training import train
+from kdjax.errors import ConfigError
 from tests.conftest import tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -237,11 +237,11 @@ def test_curves_single_epoch_panels_and_integer_ticks():
   figure = report_lib.curves_figure(results)
   panels = {axis.get_title(): axis for axis in figure.axes if axis.get_visible()}
   assert list(panels) == ["train loss: cross-entropy on labels", "train loss: KD objective",
-                          "validation top-1", "the seed's EMA loop: validation top-1"]
+                          "validation top-1", "the original's EMA loop: validation top-1"]
   legend = lambda title: [text.get_text() for text in panels[title].get_legend().get_texts()]
   assert legend("train loss: cross-entropy on labels") == ["teacher"]
   assert legend("train loss: KD objective") == ["student_kd", "student_kd_ema"]
-  assert legend("the seed's EMA loop: validation top-1")[:2] == ["student_kd_ema", "teacher_ema"]
+  assert legend("the original's EMA loop: validation top-1")[:2] == ["student_kd_ema", "teacher_ema"]
   for axis in panels.values():
     ticks = [tick for tick in axis.get_xticks() if axis.get_xlim()[0] <= tick <= axis.get_xlim()[1]]
     assert ticks == [1.0], axis.get_title()

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from kdjax import configs
-from kdjax.config import ConfigError
+from kdjax.config import lookup as configs
+from kdjax.errors import ConfigError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY_ARGS = ["--config.data.image_size=16", "--config.data.max_train_examples=96",

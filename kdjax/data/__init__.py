@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kdjax.errors import DataError  # noqa: F401  (data.DataError)
+
 # name -> module (imported lazily, so the embedded set never pays for TFDS).
 SOURCES = {
     "digits": "kdjax.data.digits",
@@ -38,10 +40,6 @@ SOURCES = {
     "image_folder": "kdjax.data.image_folder",
 }
 NORMALIZATIONS = ("standardize", "unit")
-
-
-class DataError(ValueError):
-  """A data set that cannot be loaded; the message is one line naming the field or path."""
 
 
 @dataclasses.dataclass(frozen=True)

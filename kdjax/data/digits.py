@@ -1,7 +1,7 @@
 """The embedded data set: scikit-learn's digits (1,797 real 8x8 handwritten digits, 10 classes).
 
 It installs with a registry package, so the default study runs offline. Each 8x8 image (values 0..16) is
-scaled to 0..255, resized bilinearly to data.image_size (64 by default, the seed's input size) and repeated
+scaled to 0..255, resized bilinearly to data.image_size (64 by default, the original's input size) and repeated
 to 3 channels. The train/validation split is fixed and stratified: 20 % validation (360), 80 % train (1,437).
 """
 
@@ -10,7 +10,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-import kdjax.data as data_lib
+from kdjax import data as data_lib
 
 VALIDATION_FRACTION = 0.2
 SPLIT_SEED = 0

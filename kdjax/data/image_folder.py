@@ -20,6 +20,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from kdjax import data as data_lib
+from kdjax import progress
 
 EXTENSIONS = (".jpg", ".jpeg", ".png")
 VALIDATION_NAMES = ("val", "validation")
@@ -62,7 +63,7 @@ def _read_split(split_dir: str, class_names: tuple[str, ...], size: int, split: 
                                     file=sys.stderr, disable=None, mininterval=1.0)):
     images[index] = _read_image(path, size)
   seconds = time.perf_counter() - start
-  print(f"image_folder: read {split} ({len(paths):,} images) in {seconds:.1f} s", file=sys.stderr)
+  progress.say(f"image_folder: read {split} ({len(paths):,} images) in {seconds:.1f} s")
   return images, np.asarray(labels, np.int32)
 
 

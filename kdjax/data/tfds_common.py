@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from kdjax import progress
 from kdjax.data import DataError
 from kdjax.data import Dataset
 
@@ -100,8 +101,8 @@ def read_split(builder, split: str, *, image_key: str, label_key: str, order_key
       bar.update(1024)
   bar.close()
   seconds = time.perf_counter() - start
-  print(f"{description}: read {split} ({count:,} images) in {seconds:.1f} s "
-        f"({count / max(seconds, 1e-9):,.0f} images/s)", file=sys.stderr)
+  progress.say(f"{description}: read {split} ({count:,} images) in {seconds:.1f} s "
+               f"({count / max(seconds, 1e-9):,.0f} images/s)")
   return images, labels[order], seconds
 
 

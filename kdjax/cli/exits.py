@@ -1,0 +1,162 @@
+"""What every command-line entry point shares (kdjax.main, kdjax.data, kdjax.cli.inspection, kdjax.tools.benchmark,
+parity.check, parity.export): one error printer, one exit-code table, one way to find a config by name, and a
+stderr they can read.
+
+Library modules raise one-line errors (kdjax/errors.py); the CLIs print them as `PROG: error: MESSAGE` and exit
+with the code of EXIT_CODES: 2 for a usage error, 1 for a run that broke, 130 for Ctrl-C. After a failed Orbax read TensorStore's threads print
+tracebacks about a closed event loop, during the read and at interpreter teardown; `quiet_stderr` drops the
+first kind and `exit_now` skips the second, so the one line stays the last thing a user reads.
+"""
+
+import io
+import os
+import sys
+import threading
+from typing import NoReturn
+
+from absl import flags
+
+from kdjax import errors
+from kdjax.config import lookup
+
+
+class _DropClosedLoopTracebacks(io.TextIOBase):
+  """sys.stderr, less the tracebacks "RuntimeError: Event loop is closed" that TensorStore prints from its
+  own threads when a read finishes after Orbax gave up on a broken checkpoint (its asyncio loop is closed
+  by then). They say nothing the one-line CheckpointError does not, and they would bury it."""
+
+  _START = "Traceback (most recent call last):"
+
+  def __init__(self, stream):
+    self.stream = stream
+    self.pending: dict[int, str] = {}
+    self.lock = threading.Lock()
+
+  def write(self, text: str) -> int:
+    if threading.current_thread() is threading.main_thread():
+      return self.stream.write(text)
+    with self.lock:
+      ident = threading.get_ident()
+      buffered = self.pending.pop(ident, "") + text
+      if not buffered.startswith(self._START[:len(buffered)]) or (
+          not buffered.startswith(self._START) and "\n" in buffered):
+        return self.stream.write(buffered)
+      last = buffered.splitlines()[-1] if buffered.endswith("\n") else ""
+      if last and not last.startswith((" ", "Traceback")):   # the traceback's final "Kind: message" line
+        if last.strip() != "RuntimeError: Event loop is closed":
+          self.stream.write(buffered)
+        return len(text)
+      self.pending[ident] = buffered
+      return len(text)
+
+  def flush(self) -> None:
+    self.stream.flush()
+
+  def fileno(self) -> int:
+    return self.stream.fileno()
+
+  def isatty(self) -> bool:  # progress bars go to a terminal only
+    return self.stream.isatty()
+
+  @property
+  def encoding(self):
+    return self.stream.encoding
+
+
+def quiet_stderr() -> None:
+  """For the command-line entry points: see _DropClosedLoopTracebacks."""
+  if not isinstance(sys.stderr, _DropClosedLoopTracebacks):
+    sys.stderr = _DropClosedLoopTracebacks(sys.stderr)
+
+
+def exit_now(code: int) -> None:
+  """Ends the process after a one-line error, skipping the interpreter's teardown: after a failed read,
+  TensorStore can leave callbacks for Orbax's closed asyncio loop that print tracebacks at exit, which would
+  bury the one line. Nothing is left to write when this is called."""
+  for stream in (sys.stdout, sys.stderr):
+    try:
+      stream.flush()
+    except (OSError, ValueError):  # a closed pipe: nothing more can be said
+      pass
+  os._exit(code)
+
+
+# (error types, exit code): 2 for what the user asked for (a config value, a data path), 1 for a run that broke
+# (a diverging loss, an unreadable checkpoint, a file that cannot be written).
+EXIT_CODES = (((errors.ConfigError, errors.DataError), 2),
+              ((errors.DivergenceError, errors.CheckpointError, errors.WriteError), 1))
+USAGE = 2
+
+
+class UsageError(Exception):
+  """A command line that cannot run; the message is one line."""
+
+
+def say_error(prog: str, message) -> None:
+  """The one error printer: `PROG: error: MESSAGE` on stderr, the message on one line."""
+  print(f"{prog}: error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+
+
+def usage_error(prog: str, message) -> NoReturn:
+  """say_error, then exit 2: the command line asked for what cannot run."""
+  say_error(prog, message)
+  sys.exit(USAGE)
+
+
+def parse_flags(prog: str, argv: list[str], config_flag: str | None = "config",
+                config_required: bool = True) -> list[str]:
+  """absl's flag parsing for an entry point, with kdjax's rules: `--config` takes a shipped config's name
+  (ema.py, ema, configs/ema.py) from any folder or a file's path (kdjax.config.lookup), every
+  `--config.FIELD=...` must name a real field, and a mistake is usage_error's one line (absl's own prints a
+  usage hint and exits 1). Returns absl's remaining argv."""
+  try:
+    if config_flag is not None:
+      given = lookup.given(argv, config_flag)
+      if given is None and config_required:
+        raise UsageError(f"--{config_flag} is required: one of "
+                         f"{', '.join(f'{name}.py' for name in lookup.available())} or a config file (see --help)")
+      if given is not None:
+        config = lookup.load(given)   # ml_collections loads it again; loaded here for one clear line
+        argv = lookup.resolve_flag(argv, config_flag)
+        for field in lookup.overridden_fields(argv, config_flag):
+          lookup.check_field(config, field, where=f"--{config_flag}", listing="--show_config lists them all"
+                             if prog == "kdjax" else "kdjax.main --show_config lists them all")
+    return flags.FLAGS(argv)
+  except (UsageError, errors.ConfigError, flags.Error) as error:
+    usage_error(prog, error)
+
+
+def describe(error: BaseException) -> str:
+  """The one line that a known error prints (an OSError as `path: reason`)."""
+  if isinstance(error, OSError) and not isinstance(error, (BrokenPipeError,)):
+    return f"{error.filename or ''}: {error.strerror or error}"
+  return str(error)
+
+
+INTERRUPTED = 130   # the shell's code for a process ended by SIGINT (128 + 2)
+
+
+def run_main(prog: str, body) -> int:
+  """Runs `body()`; a known error becomes `PROG: error: ONE LINE` on stderr and its exit code.
+
+  Known: every error of EXIT_CODES, and OSError (e.g. a full disk while writing report.md), exit 1.
+  Ctrl-C (KeyboardInterrupt) prints `PROG: interrupted; rerun the same command to resume`, exit 130: saves
+  are atomic and the workdir lock goes with the process, so the rerun resumes exactly.
+  Exit codes other than 2 end the process at once (exit_now): nothing is left to write by then.
+  """
+  try:
+    body()
+  except KeyboardInterrupt:
+    print(f"{prog}: interrupted; rerun the same command to resume", file=sys.stderr)
+    exit_now(INTERRUPTED)
+  except Exception as error:  # noqa: BLE001  (matched against the known kinds below, else re-raised)
+    code = next((code for kinds, code in EXIT_CODES if isinstance(error, kinds)), None)
+    if code is None and isinstance(error, OSError):
+      code = 1
+    if code is None:
+      raise
+    say_error(prog, describe(error))
+    if code != 2:
+      exit_now(code)
+    return code
+  return 0

@@ -1,0 +1,133 @@
+"""The checks that stop a bad config value before anything runs: `validate` raises ConfigError with one line
+naming the first field whose value cannot run. The allowed values come from the tables of the modules that use
+them (nets, data, training), so a new option is allowed where it is implemented."""
+
+import math
+
+import ml_collections
+
+from kdjax import data as data_lib
+from kdjax.errors import ConfigError
+from kdjax.nets import models
+from kdjax.phases import PHASE_NAMES
+from kdjax.training import optim
+
+
+def _check(condition: bool, field: str, requirement: str, value) -> None:
+  if not condition:
+    raise ConfigError(f"{field} {requirement}, got {value!r}")
+
+
+def _is_number(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError naming the first field whose value cannot run."""
+  # numpy's default_rng([seed, epoch]) (the data order) needs seed >= 0; 32 bits suit every RNG that takes it
+  # (jax.random.PRNGKey, numpy, torch.manual_seed in parity/).
+  _check(isinstance(config.seed, int) and not isinstance(config.seed, bool) and 0 <= config.seed < 2**31,
+         "seed", "must be an integer in [0, 2**31 - 1]", config.seed)
+  _check(isinstance(config.num_seeds, int) and config.num_seeds >= 1, "num_seeds", "must be an integer >= 1",
+         config.num_seeds)
+  _check(config.seed + config.num_seeds <= 2**31, "num_seeds",
+         f"must keep the last seed (seed + num_seeds - 1) <= 2**31 - 1 (seed is {config.seed})", config.num_seeds)
+  _check(isinstance(config.epochs, int) and config.epochs >= 1, "epochs", "must be an integer >= 1",
+         config.epochs)
+  for field in ("batch_size", "eval_batch_size"):
+    _check(isinstance(config[field], int) and config[field] >= 1, field, "must be an integer >= 1",
+           config[field])
+  phases = tuple(config.phases)
+  _check(len(phases) > 0, "phases", "must name at least one phase", config.phases)
+  for phase in phases:
+    _check(phase in PHASE_NAMES, "phases", f"must only hold {PHASE_NAMES}", phase)
+  _check(len(set(phases)) == len(phases), "phases", "must not repeat a phase", config.phases)
+  _check(isinstance(config.teacher.checkpoint, str), "teacher.checkpoint", "must be a path string",
+         config.teacher.checkpoint)
+  if any(phase.startswith("student_kd") for phase in phases) and not config.teacher.checkpoint:
+    _check("teacher" in phases, "phases", "needs 'teacher' (or teacher.checkpoint) before a KD phase",
+           config.phases)
+
+  _check(config.data.name in data_lib.SOURCES, "data.name",
+         f"must be one of {sorted(data_lib.SOURCES)}", config.data.name)
+  _check(config.data.normalization in data_lib.NORMALIZATIONS, "data.normalization",
+         f"must be one of {data_lib.NORMALIZATIONS}", config.data.normalization)
+  _check(isinstance(config.data.image_size, int) and config.data.image_size >= 16, "data.image_size",
+         "must be an integer >= 16 (four 2x2 pools)", config.data.image_size)
+  for field in ("max_train_examples", "max_val_examples"):
+    _check(isinstance(config.data[field], int) and config.data[field] >= 0, f"data.{field}",
+           "must be an integer >= 0 (0 = all)", config.data[field])
+
+  _check(config.model.activation in models.ACTIVATIONS, "model.activation",
+         f"must be one of {tuple(models.ACTIVATIONS)}", config.model.activation)
+  _check(config.model.init in models.INITS, "model.init", f"must be one of {models.INITS}",
+         config.model.init)
+
+  opt = config.optimizer
+  _check(opt.name in optim.OPTIMIZERS, "optimizer.name", f"must be one of {optim.OPTIMIZERS}", opt.name)
+  _check(opt.schedule in optim.SCHEDULES, "optimizer.schedule", f"must be one of {optim.SCHEDULES}",
+         opt.schedule)
+  _check(_is_number(opt.learning_rate) and opt.learning_rate > 0, "optimizer.learning_rate",
+         "must be > 0", opt.learning_rate)
+  _check(_is_number(opt.weight_decay) and opt.weight_decay >= 0, "optimizer.weight_decay",
+         "must be >= 0", opt.weight_decay)
+  for field in ("momentum", "b1", "b2"):
+    _check(_is_number(opt[field]) and 0 <= opt[field] < 1, f"optimizer.{field}", "must be in [0, 1)",
+           opt[field])
+  _check(_is_number(opt.eps) and opt.eps > 0, "optimizer.eps", "must be > 0", opt.eps)
+
+  # Bounds where the float32 KD loss still means distillation: above 1e3 it drifts from its float64 value
+  # (0.2 % at T=1e3, 7 % at 1e4: softmax(z/T) is uniform to float32 rounding); below 1e-2 softmax(t/T) is the
+  # teacher's one-hot argmax and the T^2 factor shrinks the gradients 100-fold or more.
+  _check(_is_number(config.kd.temperature) and config.kd.temperature > 0, "kd.temperature",
+         "must be > 0", config.kd.temperature)
+  _check(1e-2 <= config.kd.temperature <= 1e3, "kd.temperature",
+         "must be in [0.01, 1000] (float32 KD loses its meaning outside)", config.kd.temperature)
+  for field in ("kd_weight", "ce_weight"):
+    _check(_is_number(config.kd[field]) and config.kd[field] >= 0, f"kd.{field}", "must be >= 0",
+           config.kd[field])
+  _check(config.kd.kd_weight + config.kd.ce_weight > 0, "kd.kd_weight",
+         "and kd.ce_weight must not both be 0", config.kd.kd_weight)
+  for field in ("decay", "student_decay"):
+    _check(_is_number(config.ema[field]) and 0 <= config.ema[field] <= 1, f"ema.{field}",
+           "must be in [0, 1]", config.ema[field])
+  for decay in config.ema.sweep:
+    _check(_is_number(decay) and 0 <= decay <= 1, "ema.sweep", "must hold decays in [0, 1]", decay)
+  _check(len(set(config.ema.sweep)) == len(config.ema.sweep), "ema.sweep", "must not repeat a decay",
+         config.ema.sweep)
+  for warmup in config.ema.sweep_warmup:
+    _check(isinstance(warmup, bool), "ema.sweep_warmup", "must hold True/False", warmup)
+  _check(len(config.ema.sweep_warmup) >= 1 and len(set(config.ema.sweep_warmup)) == len(config.ema.sweep_warmup),
+         "ema.sweep_warmup", "must hold False and/or True once each", config.ema.sweep_warmup)
+  _check(isinstance(config.ema.diagnostics_every, int) and config.ema.diagnostics_every >= 0,
+         "ema.diagnostics_every", "must be an integer >= 0 (0 = per epoch only)", config.ema.diagnostics_every)
+  if config.ema.sweep and not config.teacher.checkpoint:
+    _check("teacher" in phases, "ema.sweep", "needs the 'teacher' phase (or teacher.checkpoint) to distil from",
+           config.phases)
+
+  for field in ("every_epochs", "keep"):
+    _check(isinstance(config.checkpoint[field], int) and config.checkpoint[field] >= 1,
+           f"checkpoint.{field}", "must be an integer >= 1", config.checkpoint[field])
+  _check(isinstance(config.checkpoint.allow_config_change, bool), "checkpoint.allow_config_change",
+         "must be True or False", config.checkpoint.allow_config_change)
+
+  _check(config.speed.pool in models.POOLS, "speed.pool", f"must be one of {tuple(models.POOLS)}",
+         config.speed.pool)
+  for net in ("teacher", "student"):
+    _check(config.speed[f"{net}_conv"] in models.CONVS, f"speed.{net}_conv", f"must be one of {models.CONVS}",
+           config.speed[f"{net}_conv"])
+  _check(isinstance(config.mesh.num_devices, int) and not isinstance(config.mesh.num_devices, bool)
+         and config.mesh.num_devices >= 0, "mesh.num_devices", "must be an integer >= 0 (0 = all devices)",
+         config.mesh.num_devices)
+  dist = config.distributed
+  _check(isinstance(dist.coordinator_address, str), "distributed.coordinator_address",
+         "must be '' (one process), 'auto' or 'host:port'", dist.coordinator_address)
+  _check(dist.coordinator_address in ("", "auto") or dist.coordinator_address.rpartition(":")[2].isdigit(),
+         "distributed.coordinator_address", "must be '' (one process), 'auto' or 'host:port'",
+         dist.coordinator_address)
+  _check(isinstance(dist.num_processes, int) and dist.num_processes >= 1, "distributed.num_processes",
+         "must be an integer >= 1", dist.num_processes)
+  _check(isinstance(dist.process_id, int) and 0 <= dist.process_id < dist.num_processes,
+         "distributed.process_id", f"must be an integer in [0, {dist.num_processes - 1}]", dist.process_id)
+  for field in ("cached_teacher_logits", "xla_cpu_options"):
+    _check(isinstance(config.speed[field], bool), f"speed.{field}", "must be True or False", config.speed[field])

@@ -1,0 +1,29 @@
+"""The errors kdjax raises on purpose. Each message is one line that names the field, file or path at fault;
+the entry points print it as `PROG: error: MESSAGE` and exit with the code `kdjax.cli.exits` gives its type
+(2: what the user asked for cannot run; 1: a run that broke). This module imports nothing, so every layer can
+raise them."""
+
+
+class ConfigError(ValueError):
+  """A config value that cannot run; the message is one line that names the field."""
+
+
+class DataError(ValueError):
+  """A data set that cannot be loaded; the message is one line naming the field or path."""
+
+
+class DivergenceError(RuntimeError):
+  """A non-finite training loss."""
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint that cannot be found, read or written; the message is one line naming the path."""
+
+
+class CorruptCheckpointError(CheckpointError):
+  """A saved step whose content is not what was saved (a hash differs, a file is missing or truncated): an
+  earlier intact step, where one exists, can stand in for it (store.resume.read_saved_phases)."""
+
+
+class WriteError(RuntimeError):
+  """A file of the run that cannot be written (disk full, read-only); one line naming the path."""

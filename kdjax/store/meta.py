@@ -1,0 +1,74 @@
+"""The checkpoint meta: what a save says of itself, so that a resume, a reused teacher and `inspect` can check
+it. `phase_meta` builds it; store.resume, store.teacher and store.run read it:
+
+  phase, model, net, layer_names, epoch, epochs_total, finished, step, steps_per_epoch,
+  data_order {seed, next_epoch, rule}, data (data_fingerprint), epochs (the model's metric rows),
+  config (config.json's content);
+  the phase's own model also: records (every metrics.jsonl row of the phase so far) and
+  results {model: {epochs, train_seconds, train_images}} for each model of the phase;
+  integrity (added by checkpoints.ModelCheckpoints.save: the sha256 of every array and of the meta).
+"""
+
+import hashlib
+import json
+
+import numpy as np
+
+from kdjax import data as data_lib
+from kdjax import phases
+
+
+def config_json(config) -> dict:
+  """The config as config.json holds it."""
+  return json.loads(config.to_json_best_effort())
+
+
+FINGERPRINT_SAMPLE = 256   # images per split whose bytes are hashed: evenly spaced, first and last included
+
+
+def _sha256(array) -> str:
+  return hashlib.sha256(np.ascontiguousarray(array).reshape(-1).view(np.uint8)).hexdigest()
+
+
+def data_fingerprint(dataset: data_lib.Dataset) -> dict:
+  """What identifies the data a model was trained and evaluated on, whatever path it was read from: the split
+  sizes, image shape, class names, a hash of all labels and of a fixed sample of images per split."""
+  fingerprint = {"name": dataset.name, "image_shape": list(dataset.image_shape),
+                 "num_classes": dataset.num_classes,
+                 "class_names_sha256": hashlib.sha256(json.dumps(list(dataset.class_names)).encode()).hexdigest()}
+  for split in ("train", "validation"):
+    images, labels = dataset.split(split)
+    sample = np.unique(np.linspace(0, len(labels) - 1, min(len(labels), FINGERPRINT_SAMPLE)).round().astype(int))
+    fingerprint[f"{split}_examples"] = int(len(labels))
+    fingerprint[f"{split}_labels_sha256"] = _sha256(np.asarray(labels, np.int64))
+    fingerprint[f"{split}_images_sample_sha256"] = _sha256(images[sample])
+  return fingerprint
+
+
+def fingerprint_differences(saved: dict, current: dict) -> list[str]:
+  """What differs between two data fingerprints, e.g. "train_examples (256 -> 300)", "validation labels"."""
+  changes = []
+  for key in sorted(set(saved) | set(current)):
+    old, new = saved.get(key), current.get(key)
+    if old == new:
+      continue
+    if key.endswith("_sha256"):
+      changes.append(key.removesuffix("_sha256").replace("_", " "))
+    else:
+      changes.append(f"{key} ({json.dumps(old)} -> {json.dumps(new)})")
+  return changes
+
+
+def phase_meta(setup, phase: str, model: phases.Model, epoch: int, step: int, epochs: list,
+               config_dict: dict) -> dict:
+  """The meta saved with `model`'s checkpoint of `phase` at `epoch` (the phase's own model adds `records`
+  and `results`, see experiment.save_phase)."""
+  config = setup.config
+  return {"phase": phase, "model": model.name, "net": model.net,
+          "layer_names": list(setup.nets[model.net].layer_names),
+          "epoch": epoch, "epochs_total": config.epochs, "finished": epoch == config.epochs,
+          "step": step, "steps_per_epoch": setup.steps_per_epoch,
+          # epoch_order(n, seed, epoch) depends on nothing else: the next epoch's order is known.
+          "data_order": {"seed": config.seed, "next_epoch": epoch + 1,
+                         "rule": "numpy default_rng([seed, epoch]).permutation(train_examples)"},
+          "data": data_fingerprint(setup.dataset), "epochs": epochs, "config": config_dict}

@@ -1,0 +1,122 @@
+"""A run's directory: config.json at start, one JSON line per model and epoch in metrics.jsonl, and the
+paths of everything else a run writes (checkpoints/, report.json, report.md, curves.png), and .lock, which a
+running study holds (an fcntl lock: the OS releases it when the process ends, however it ends)."""
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import pathlib
+
+from kdjax.errors import ConfigError
+from kdjax.errors import WriteError  # noqa: F401  (rundir.WriteError)
+
+
+def _write_failed(path, error: OSError) -> WriteError:
+  return WriteError(f"cannot write {path}: {error.strerror or error}")
+
+
+class RunDir:
+  """WORKDIR, checked writable on creation (ConfigError naming `workdir` otherwise). writer False (every
+  process of a multi-host run but process 0): the lock, config.json and metrics.jsonl are process 0's; this
+  process writes only its part of the checkpoints (Orbax)."""
+
+  def __init__(self, path: str | os.PathLike, writer: bool = True):
+    self.writer = writer
+    if not str(path).strip():   # Path("") is the current directory: an unset shell variable would write there
+      raise ConfigError(f"workdir: empty ({str(path)!r}; an unset shell variable?): give the run's directory, "
+                        f"e.g. --workdir=runs/kd")
+    self.path = pathlib.Path(path)
+    try:
+      self.path.mkdir(parents=True, exist_ok=True)
+      probe = self.path / f".write_probe.{os.getpid()}"
+      probe.write_text("")
+      probe.unlink()
+    except OSError as error:
+      raise ConfigError(f"workdir: cannot write to {self.path}: {error.strerror or error}") from None
+
+  @contextlib.contextmanager
+  def locked(self):
+    """Holds WORKDIR/.lock exclusively while the block runs, so two runs never share a workdir. A second
+    run gets ConfigError naming the workdir and the holder's PID; a killed holder (even kill -9) leaves no
+    stale lock, since the OS drops an flock with the process."""
+    if not self.writer:
+      yield self
+      return
+    lock_path = self.path / ".lock"
+    try:
+      # Held through a read-only descriptor (flock needs no write access), so that a filesystem can still be
+      # remounted read-only under a run; the PID is written through a short-lived one.
+      descriptor = os.open(lock_path, os.O_RDONLY | os.O_CREAT, 0o644)
+    except OSError as error:
+      raise ConfigError(f"workdir: cannot write to {self.path}: {error.strerror or error}") from None
+    try:
+      try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except OSError as error:
+        if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+          raise ConfigError(f"workdir: cannot lock {lock_path}: {error.strerror or error}") from None
+        holder = lock_path.read_text().strip() or "unknown"
+        raise ConfigError(f"workdir {self.path.absolute()} is in use by another kdjax run (PID {holder}); "
+                          f"wait for it to end, or use another workdir") from None
+      try:
+        lock_path.write_text(f"{os.getpid()}\n")
+      except OSError as error:
+        raise ConfigError(f"workdir: cannot write to {self.path}: {error.strerror or error}") from None
+      yield self
+    finally:
+      os.close(descriptor)   # releases the lock
+
+  @property
+  def checkpoints(self) -> pathlib.Path:
+    return self.path / "checkpoints"
+
+  @property
+  def metrics_path(self) -> pathlib.Path:
+    return self.path / "metrics.jsonl"
+
+  def file(self, name: str) -> pathlib.Path:
+    return self.path / name
+
+  def write_json(self, name: str, payload) -> pathlib.Path:
+    """Writes atomically (temp file + rename), so a crash never leaves half a file."""
+    if not self.writer:
+      return self.path / name
+    return self._replace(self.path / name, json.dumps(payload, indent=2, sort_keys=False) + "\n")
+
+  def write_text(self, name: str, text: str) -> pathlib.Path:
+    """Writes a text file atomically, as write_json."""
+    if not self.writer:
+      return self.path / name
+    return self._replace(self.path / name, text)
+
+  def _replace(self, target: pathlib.Path, text: str) -> pathlib.Path:
+    temporary = target.with_suffix(target.suffix + ".tmp")
+    try:
+      temporary.write_text(text)
+      os.replace(temporary, target)
+    except OSError as error:
+      temporary.unlink(missing_ok=True)
+      raise _write_failed(target, error) from None
+    return target
+
+  def append_metrics(self, record: dict) -> None:
+    if not self.writer:
+      return
+    try:
+      with self.metrics_path.open("a") as stream:
+        stream.write(json.dumps(record) + "\n")
+    except OSError as error:
+      raise _write_failed(self.metrics_path, error) from None
+
+  def rewrite_metrics(self, records: list[dict]) -> None:
+    """Replaces metrics.jsonl by `records` (on resume: the rows of the saved epochs, so no epoch that is
+    trained again appears twice). Nothing is created when there is no file and nothing to write."""
+    if self.writer and (records or self.metrics_path.exists()):
+      self._replace(self.metrics_path, "".join(json.dumps(record) + "\n" for record in records))
+
+
+def seed_dir(workdir, seed: int) -> pathlib.Path:
+  """Where a several-seed run keeps seed `seed`'s own one-seed run: WORKDIR/seed_<seed>/."""
+  return pathlib.Path(workdir) / f"seed_{seed}"

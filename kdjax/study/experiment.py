@@ -1,0 +1,279 @@
+"""The study: train the teacher, then the students, evaluate each every epoch, and write the report.
+
+Phases (kdjax/phases.py; each config.epochs epochs, evaluated on the whole validation split after every epoch):
+  teacher         TeacherNet on labels (cross-entropy)
+  student_ce      StudentNet on labels: the baseline that says whether KD helps
+  student_kd      StudentNet by the original's KD loss against the frozen trained teacher
+  student_kd_ema  the original's EMA loop: KD against a copy of the trained teacher that the original's EMA pulls toward
+                  the student every step; that copy is evaluated and reported as `teacher_ema`
+All students start from the same initial weights and see the same batches in the same order.
+
+    train_and_evaluate(config, workdir)
+      Setup.build(config)                 data, nets, initial weights        (study/builder.py)
+      resume.read_* before writing        what the workdir or a teacher holds (store/resume.py)
+      run_phase(...) for each phase       epochs of train.run_epoch, evaluation, saves
+      report.build / report.write         report.json, report.md, curves.png (report/build.py)
+"""
+
+import dataclasses
+import time
+
+from kdjax import data as data_lib
+from kdjax import phases
+from kdjax import progress
+from kdjax.config import validation as config_validation
+from kdjax.report import build as report_lib
+from kdjax.report import collapse
+from kdjax.report import over_seeds
+from kdjax.report.build import ModelResult
+from kdjax.store import checkpoints as ckpt_lib
+from kdjax.store import resume
+from kdjax.store import meta as run_meta
+from kdjax.store import teacher as teacher_lib
+from kdjax.store import tensorboard
+from kdjax.store.rundir import RunDir
+from kdjax.study import seeds
+from kdjax.study.builder import Setup
+from kdjax.training import mesh as mesh_lib
+from kdjax.training import train
+
+
+@dataclasses.dataclass
+class PhaseOutcome:
+  results: dict                    # model name -> ModelResult
+  state: train.TrainState
+  loaded_epoch: int | None = None  # finished earlier: loaded from this saved epoch, not trained
+  resumed_epoch: int | None = None  # interrupted earlier: continued after this saved epoch
+
+
+def phases_to_run(config, teacher_source) -> tuple[str, ...]:
+  """config.phases in the registry's order (phases.PHASE_NAMES), which is their dependency order: the teacher
+  before any KD phase, whatever order the config lists them in; the teacher added when teacher.checkpoint
+  provides it; the EMA sweep's variants of student_kd_ema last. The report lists its models in this order."""
+  names = set(config.phases) | ({"teacher"} if teacher_source is not None else set())
+  return (tuple(name for name in phases.PHASE_NAMES if name in names)
+          + tuple(variant.name for variant in phases.sweep_phases(config)))
+
+
+def diverged(config, phase: str, epoch: int, error: train.DivergenceError) -> train.DivergenceError:
+  """A non-finite loss, with the fields that set the loss's scale: KD phases name kd.temperature too."""
+  fields = f"optimizer.learning_rate={config.optimizer.learning_rate}"
+  if phases.phase(phase).needs_teacher:
+    fields += f", kd.temperature={config.kd.temperature}"
+  return train.DivergenceError(f"phase {phase}, epoch {epoch}: {error} (check {fields})")
+
+
+def new_result(setup: Setup, model: phases.Model) -> ModelResult:
+  params, flops = setup.model_stats(model.net)
+  return ModelResult(name=model.name, net=model.net, phase=model.phase, params=params, flops_per_image=flops)
+
+
+def use_teacher_source(setup: Setup, run: RunDir, source: teacher_lib.TeacherSource) -> dict:
+  """The teacher phase when teacher.checkpoint is set: evaluate the given teacher, keep a copy here."""
+  result = new_result(setup, phases.models_of("teacher", 0.0)[0])
+  result.epochs = list(source.meta.get("epochs", []))
+  result.source = source.provenance
+  result.final, result.val_logits = setup.evaluate("teacher", source.params)
+  teacher_lib.keep_teacher_copy(run, source, setup.config.checkpoint.keep)
+  progress.say(f"[teacher] loaded from {source.provenance['checkpoint']} (epoch {source.epoch}), not trained: "
+               f"val_top1 {result.final['val_top1']:.2f}% on this run's validation split")
+  return {"teacher": result}
+
+
+def save_phase(setup: Setup, savers: dict, state: train.TrainState, phase: str, epoch: int,
+               results: dict, records: list, config_dict: dict) -> None:
+  """One save per model with a folder: the phase's own model holds everything a resume needs (the whole
+  TrainState, the metrics of every model of the phase so far, the data-order state); teacher_ema its params."""
+  step = int(state.step)
+  phase_results = {name: {"epochs": result.epochs, "train_seconds": result.train_seconds,
+                          "train_images": result.train_images, "diagnostics": result.diagnostics}
+                   for name, result in results.items()}
+  for model, saver in savers.items():
+    tree = (ckpt_lib.state_tree(state) if model.name == phase
+            else {"params": getattr(state, model.state_field)})
+    meta = run_meta.phase_meta(setup, phase, model, epoch, step, results[model.name].epochs, config_dict)
+    if model.name == phase:
+      meta.update(records=records, results=phase_results)
+    saver.save(epoch, tree, meta)
+
+
+def run_phase(setup: Setup, run: RunDir, phase: str, teacher_params, saved: resume.SavedPhase | None,
+              config_dict: dict, events: tensorboard.Events) -> PhaseOutcome:
+  """Trains `phase` (or continues it after `saved`, or loads it when `saved` is its last epoch)."""
+  config, spec = setup.config, phases.phase(phase)
+  optimizer = setup.optimizer()
+  state = setup.fresh_state(phase, optimizer, teacher_params=teacher_params if spec.needs_teacher else None)
+  tracked = phases.models_of(phase, config.ema.student_decay)
+  results = {model.name: new_result(setup, model) for model in tracked}
+  outcome = PhaseOutcome(results, state)
+  records: list[dict] = []
+  # kd_ema: how the EMA-updated teacher changes (collapse.py), kept with its row.
+  ema_teacher = results.get(phases.TEACHER_EMA + spec.variant) if spec.step_kind == "kd_ema" else None
+
+  def evaluate_all(state) -> dict:
+    for model in tracked:
+      results[model.name].final, results[model.name].val_logits = setup.evaluate(
+          model.net, getattr(state, model.state_field))
+    return {model.name: results[model.name].final for model in tracked}
+
+  def diagnose(state, epoch: int, kd_loss, top1: tuple[float, float] | None = None) -> None:
+    if top1 is None:
+      top1 = (setup.evaluate("teacher", state.teacher_params)[0]["val_top1"],
+              setup.evaluate(spec.net, state.params)[0]["val_top1"])
+    ema_teacher.diagnostics.append(collapse.measure(
+        setup, state.teacher_params, teacher_params, epoch=epoch, step=int(state.step),
+        kd_loss=None if kd_loss is None else float(kd_loss), teacher_top1=top1[0], student_top1=top1[1]))
+
+  start_epoch = 0
+  if saved is not None:
+    state = setup.parallel.replicate(ckpt_lib.state_from_tree(state, saved.tree))
+    start_epoch = saved.epoch
+    records = list(saved.meta["records"])
+    for name, saved_result in saved.meta["results"].items():
+      results[name].epochs = list(saved_result["epochs"])
+      results[name].train_seconds = saved_result["train_seconds"]
+      results[name].train_images = saved_result["train_images"]
+      results[name].diagnostics = list(saved_result.get("diagnostics", []))
+    if start_epoch >= config.epochs:   # evaluated (and checked against its record) by read_saved_phases
+      for name, (final, logits) in saved.evaluated.items():
+        results[name].final, results[name].val_logits = final, logits
+      progress.say(f"[{phase}] finished earlier: loaded epoch {start_epoch} from {saved.where}")
+      outcome.state, outcome.loaded_epoch = state, start_epoch
+      return outcome
+    outcome.resumed_epoch = start_epoch
+    progress.say(f"[{phase}] resuming after epoch {start_epoch} from {saved.where}")
+
+  step_fn = setup.train_step(phase, optimizer)
+  teacher_logits = setup.cached_teacher_logits(phase, state.teacher_params)
+  savers = {model: ckpt_lib.ModelCheckpoints(run.checkpoints / model.name, config.checkpoint.keep)
+            for model in tracked if model.own_checkpoint}
+  for saver in savers.values():
+    saver.delete_after(start_epoch)  # epochs of an interrupted attempt that the phase's own save lacks
+  events.start_phase([model.name for model in tracked], int(state.step))
+
+  if ema_teacher is not None and start_epoch == 0:
+    diagnose(state, 0, None)
+  for epoch in range(start_epoch + 1, config.epochs + 1):
+    order = data_lib.epoch_order(setup.num_train, config.seed, epoch)
+    description = f"{phase} epoch {epoch}/{config.epochs}"
+    watch = ema_teacher is not None and epoch == 1 and config.ema.diagnostics_every > 0
+    try:
+      state, epoch_result = train.run_epoch(
+          step_fn, state, setup.train_images, setup.train_labels, order, config.batch_size,
+          config.data.drop_remainder, description, config.progress,
+          every=config.ema.diagnostics_every if watch else 0,
+          after_step=(lambda state, loss: diagnose(state, 1, loss)) if watch else None,
+          teacher_logits=teacher_logits, parallel=setup.parallel if setup.parallel.mesh is not None else None)
+    except train.DivergenceError as error:
+      raise diverged(config, phase, epoch, error) from None
+    step = int(state.step)
+    events.step_losses(phase, step - epoch_result.steps + 1, epoch_result.step_losses)
+    evaluated = evaluate_all(state)
+    if ema_teacher is not None:
+      diagnose(state, epoch, epoch_result.train_loss,
+               (evaluated[ema_teacher.name]["val_top1"], evaluated[phase]["val_top1"]))
+    for name, metrics in evaluated.items():
+      record = {"phase": phase, "model": name, "epoch": epoch,
+                "train_loss": epoch_result.train_loss if name == phase else None,
+                "val_loss": metrics["val_loss"], "val_top1": metrics["val_top1"],
+                "val_top5": metrics["val_top5"], "step": step, "seconds": epoch_result.seconds,
+                "train_top1": epoch_result.train_top1 if name == phase else None}
+      results[name].epochs.append({k: record[k] for k in ("epoch", "train_loss", "val_loss", "val_top1")})
+      records.append(record)
+      run.append_metrics(record)
+      events.epoch(name, step, record)
+      if config.log_every_epoch:
+        trained = (f"train_loss {epoch_result.train_loss:.4f}  train_top1 {epoch_result.train_top1:.2f}%  "
+                   if name == phase else "")
+        progress.say(f"[{name}] epoch {epoch}/{config.epochs}  {trained}val_loss {metrics['val_loss']:.4f}  "
+                     f"val_top1 {metrics['val_top1']:.2f}%  val_top5 {metrics['val_top5']:.2f}%  "
+                     f"({epoch_result.seconds:.1f} s)")
+    events.flush()
+    trained = results[phase]
+    trained.train_seconds += epoch_result.seconds
+    trained.train_images += setup.num_train
+    for result in results.values():  # the phase's other models were trained by the same steps
+      result.train_seconds, result.train_images = trained.train_seconds, trained.train_images
+    if epoch % config.checkpoint.every_epochs == 0 or epoch == config.epochs:
+      save_phase(setup, savers, state, phase, epoch, results, records, config_dict)
+  for saver in savers.values():
+    saver.close()
+  events.close()
+  outcome.state = state
+  return outcome
+
+
+def train_and_evaluate(config, workdir) -> dict:
+  """Runs every phase in config.phases and returns report.json's content (also written to workdir).
+
+  A workdir that already holds a run is resumed (store/resume.py): everything that can be wrong with it or with
+  teacher.checkpoint shows before anything in the workdir is written. The run holds WORKDIR/.lock throughout:
+  a second run on the same workdir stops with one line.
+  """
+  start = time.perf_counter()
+  config_validation.validate(config)
+  mesh_lib.initialize(config)   # several hosts: before any device is touched
+  mesh_lib.data_parallel(config)   # batch sizes that the devices cannot split stop here, before any write
+  run = RunDir(workdir, writer=mesh_lib.is_writer())
+  with run.locked():
+    if config.num_seeds > 1:   # each seed's run in seed_<s>/ holds a lock of its own
+      return seeds.run(config, run, train_and_evaluate)
+    return _run_locked(config, run, start)
+
+
+def _run_locked(config, run: RunDir, start: float) -> dict:
+  config_dict = run_meta.config_json(config)
+  config_changes = resume.check_config(run, config_dict, config.checkpoint.allow_config_change)
+  setup = Setup.build(config)
+  teacher_source = (teacher_lib.read_teacher(config.teacher.checkpoint, setup, config_dict)
+                    if config.teacher.checkpoint else None)
+  if teacher_source is not None:   # read onto one device; several devices take it replicated
+    teacher_source.params = setup.parallel.replicate(teacher_source.params)
+  names = phases_to_run(config, teacher_source)
+  if [name for name in names if name in config.phases] != list(config.phases):
+    progress.say(f"kdjax: note: phases run in dependency order: {', '.join(names)}")
+  trained_here = [name for name in names if not (name == "teacher" and teacher_source is not None)]
+  saved, saved_changes = resume.read_saved_phases(run, setup, trained_here, config_dict,
+                                                  config.checkpoint.allow_config_change)
+  checkpoint_changes = [change for change in saved_changes if change not in config_changes]
+  if checkpoint_changes:   # allowed (checkpoint.allow_config_change), but config.json did not show them
+    progress.warn(f"resuming checkpoints saved with another config or data: {'; '.join(checkpoint_changes)}")
+  config_changes += checkpoint_changes
+  run.write_json("config.json", config_dict)
+  run.rewrite_metrics([record for phase_save in saved.values() for record in phase_save.meta["records"]])
+
+  results: dict[str, ModelResult] = {}
+  loaded, resumed = {}, {}
+  teacher_params = None
+  events = tensorboard.Events(run.path / "tensorboard", config.log_every_steps, enabled=run.writer)
+  try:
+    for phase in names:
+      if phase not in trained_here:
+        results.update(use_teacher_source(setup, run, teacher_source))
+        teacher_params = teacher_source.params
+        continue
+      outcome = run_phase(setup, run, phase, teacher_params, saved.get(phase), config_dict, events)
+      results.update(outcome.results)
+      if outcome.loaded_epoch is not None:
+        loaded[phase] = outcome.loaded_epoch
+      if outcome.resumed_epoch is not None:
+        resumed[phase] = outcome.resumed_epoch
+      if phase == "teacher":
+        teacher_params = outcome.state.params
+  finally:
+    events.close()  # what was flushed stays readable after an error
+
+  report_lib.compare_to_teachers(results)
+  checkpoints = {"directory": str(run.checkpoints.absolute()), "loaded": loaded, "resumed": resumed,
+                 "config_changes": config_changes}
+  report = report_lib.build(config, setup.dataset, results, checkpoints, time.perf_counter() - start,
+                            data_parallel=setup.parallel.size)
+  summary = over_seeds.summarize([report], [config.seed])  # one seed: std None, per_seed of one, comparisons
+  for name, entry in summary["models"].items():
+    report["models"][name].update({key: value for key, value in entry.items()
+                                   if key.endswith("_std") or key == "per_seed"})
+  report["comparisons"] = summary["comparisons"]
+  if run.writer:
+    report_lib.write(run, report, report_lib.markdown(report),
+                     lambda path: report_lib.plot_curves(results, path))
+  return report

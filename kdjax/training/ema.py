@@ -1,0 +1,63 @@
+"""Exponential moving averages of parameters.
+
+The original's EMA moves the *teacher* toward the *student* every step:
+
+  for s, t in zip(student.parameters(), teacher.parameters()):
+      if s.shape == t.shape: t = alpha * t + (1 - alpha) * s
+
+PyTorch's parameters() yields each layer's weight then bias, layers in definition order, and zip stops at the
+shorter list. `jax.tree_util` flattens dicts in sorted key order (conv1, conv10, conv11, conv12, conv2, ...),
+which would pair the wrong tensors, so the pairing here is built from the models' `layer_names`.
+
+`optax.incremental_update(new, old, step_size)` is step_size*new + (1-step_size)*old, so the original's update is
+incremental_update(student, teacher, 1 - alpha). The student-weights EMA (Polyak averaging, as in timm and
+mean-teacher) is incremental_update(student, student_ema, 1 - decay).
+
+Mean-teacher warm-up (optional): alpha_t = min(1 - 1/(t + 1), alpha), t = 1 on the first update.
+"""
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+PARAM_ORDER = ("kernel", "bias")  # PyTorch registers weight before bias.
+
+
+def torch_order(params, layer_names: Sequence[str]) -> list[tuple[str, str]]:
+  """Parameter paths (layer, name) in the order PyTorch's .parameters() would yield them."""
+  return [(layer, name) for layer in layer_names for name in PARAM_ORDER if name in params[layer]]
+
+
+def torch_zip_pairs(student_params, student_layers: Sequence[str], teacher_params,
+               teacher_layers: Sequence[str]) -> list[tuple[tuple[str, str], tuple[str, str]]]:
+  """(student path, teacher path) pairs the original's EMA updates: zip in torch order, equal shapes only."""
+  pairs = []
+  for s_path, t_path in zip(torch_order(student_params, student_layers),
+                            torch_order(teacher_params, teacher_layers)):
+    if student_params[s_path[0]][s_path[1]].shape == teacher_params[t_path[0]][t_path[1]].shape:
+      pairs.append((s_path, t_path))
+  return pairs
+
+
+def warmup_decay(decay: float, update_count: jax.Array) -> jax.Array:
+  """Mean-teacher warm-up: min(1 - 1/(t + 1), decay) for the t-th update (t >= 1)."""
+  return jnp.minimum(1.0 - 1.0 / (update_count + 1.0), decay)
+
+
+def pull_teacher_toward_student(teacher_params, student_params, pairs, decay) -> dict:
+  """The original's EMA: teacher = decay*teacher + (1-decay)*student on each paired tensor; others unchanged.
+
+  `pairs` comes from `torch_zip_pairs` (static, computed once from shapes); `decay` may be a traced scalar.
+  """
+  updated = {layer: dict(tensors) for layer, tensors in teacher_params.items()}
+  for (s_layer, s_name), (t_layer, t_name) in pairs:
+    updated[t_layer][t_name] = optax.incremental_update(
+        student_params[s_layer][s_name], teacher_params[t_layer][t_name], step_size=1.0 - decay)
+  return updated
+
+
+def polyak_update(average_params, params, decay):
+  """Student-weights EMA: average = decay*average + (1-decay)*params, over the whole tree."""
+  return optax.incremental_update(params, average_params, step_size=1.0 - decay)
