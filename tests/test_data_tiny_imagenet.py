@@ -275,7 +275,7 @@ def test_info_bad_manual_dir_is_one_line(tmp_path):
   result = subprocess.run([sys.executable, "-m", "kdjax.data", "info", *args], capture_output=True, text=True,
                           cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
   assert result.returncode == 2
-  assert result.stderr.strip() == f"kdjax: error: data.manual_dir: {tmp_path / 'nowhere'} does not exist"
+  assert result.stderr.strip() == f"kdjax.data: error: data.manual_dir: {tmp_path / 'nowhere'} does not exist"
 
 
 @pytest.mark.skipif(not (DEV_ZIP_DIR / "tiny-imagenet-200.zip").exists(),
