@@ -40,7 +40,8 @@ def layout(wnids) -> dict[str, bytes]:
     files[f"train/{wnid}/{wnid}_boxes.txt"] = f"{wnid}_0.JPEG\t0\t0\t63\t63\n".encode()
   files["val/images/val_0.JPEG"] = _jpeg(1000)
   files["val/images/val_1.JPEG"] = _jpeg(1001)
-  files["val/val_annotations.txt"] = f"val_0.JPEG\t{wnids[0]}\t0\t0\t63\t63\nval_1.JPEG\t{wnids[-1]}\t0\t0\t63\t63\n".encode()
+  files["val/val_annotations.txt"] = (f"val_0.JPEG\t{wnids[0]}\t0\t0\t63\t63\n"
+                                      f"val_1.JPEG\t{wnids[-1]}\t0\t0\t63\t63\n").encode()
   return files
 
 
@@ -86,7 +87,8 @@ def test_load_warns_once_for_202_classes_none_for_200(tmp_path, caplog, fake_off
     dataset = data_lib.load(data_config(tmp_path / "copy202", tmp_path / "tfds202"))
   assert dataset.num_classes == 202 and len(dataset.train_labels) == 202   # read as it is: a warning, not a crash
   assert warnings_in(caplog) == [f"tiny_imagenet: {MARK}: 202 classes: the official 200 wnids (labels 0-199) "
-                                 f"plus 2 more (n02480855, n10148035); prepared in {tmp_path}/tfds202/tiny_imagenet/1.1.0"]
+                                 f"plus 2 more (n02480855, n10148035); "
+                                 f"prepared in {tmp_path}/tfds202/tiny_imagenet/1.1.0"]
   caplog.clear()
   with caplog.at_level(logging.WARNING):
     dataset = data_lib.load(data_config(tmp_path / "copy200", tmp_path / "tfds200"))
