@@ -132,7 +132,7 @@ def test_builds_from_zip_in_manual_dir(tmp_path):
   assert builder.info.splits["train"].num_examples == 12
   assert builder.info.splits["validation"].num_examples == 6
   assert list(builder.info.features["label"].names) == list(dataset.class_names)
-  assert list((tmp_path / "tfds" / "tiny_imagenet" / "1.0.0").glob("*.array_record-*"))
+  assert list((tmp_path / "tfds" / "tiny_imagenet" / "1.1.0").glob("*.array_record-*"))
 
 
 def test_builds_from_extracted_folder_same_as_zip(tmp_path):

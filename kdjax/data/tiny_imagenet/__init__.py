@@ -7,11 +7,14 @@ download the official archive (checked: size and md5). The prepared set (ArrayRe
 cached in data.data_dir (TFDS's default when empty) and reused by later runs. Examples are in file-name order
 (train: by wnid then image number as text; validation: val_<n>.JPEG as text), whatever order TFDS stored them in.
 Images are 64x64x3 uint8 (greyscale JPEGs decoded to 3 equal channels); data.image_size does not apply.
+A load whose prepared classes are not the official 200 wnids says so in one warning line (official.py).
 """
 
+from absl import logging
 
 from kdjax import data as data_lib
 from kdjax.data import tfds_common
+from kdjax.data.tiny_imagenet import official
 from kdjax.data.tiny_imagenet import source as source_lib
 
 
@@ -34,8 +37,26 @@ def prepare(data_config):
   return builder, seconds
 
 
+def class_list_warning(builder) -> str | None:
+  """One line when the prepared set's classes are not the official 200 wnids; None when they are.
+
+  Checked on the prepared set, not the manual copy: a cache is reused whatever data.manual_dir says now.
+  """
+  wnids = (builder.info.metadata or {}).get("wnids")
+  if wnids is None:  # a set prepared by hand or by another builder version: nothing to check against
+    difference = f"{builder.info.features['label'].num_classes} classes, wnids not recorded"
+  else:
+    difference = official.difference(wnids)
+  if difference is None:
+    return None
+  return f"tiny_imagenet: not the official class list: {difference}; prepared in {builder.data_dir}"
+
+
 def load(data_config) -> data_lib.Dataset:
   builder, _ = prepare(data_config)
+  warning = class_list_warning(builder)
+  if warning:
+    logging.warning(warning)
   return tfds_common.read_dataset(builder, "tiny_imagenet",
                                   splits={"train": "train", "validation": "validation"},
                                   order_key="file_name", image_shape=source_lib.IMAGE_SHAPE)

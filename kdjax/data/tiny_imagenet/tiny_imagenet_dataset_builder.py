@@ -9,6 +9,8 @@ Layout read (see source.py): wnids.txt (label = line index), words.txt (class na
 train/<wnid>/images/*.JPEG with <wnid>_boxes.txt, val/images/*.JPEG labelled by val/val_annotations.txt.
 test/ is unlabelled and not a split here. Features: image, label (ClassLabel, the words.txt names), wnid,
 file_name, bbox (the annotated box; the whole image when a train image has no line in its boxes file).
+The metadata (metadata.json beside the prepared set) records the source's wnids in label order, so a later
+load can tell the official 200 classes from another copy's without the source (official.py).
 
 Images are stored as the source's JPEG bytes, untouched (no re-encoding): the Image feature is declared
 64x64x3, and TFDS decodes a greyscale JPEG to 3 equal channels, as TensorFlow does. Read it without TF with
@@ -31,8 +33,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   """Tiny ImageNet: 200 classes, 100,000 train and 10,000 validation 64x64 colour images."""
 
   name = "tiny_imagenet"
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release: train and validation, source JPEG bytes, boxes."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "First release: train and validation, source JPEG bytes, boxes.",
+                   "1.1.0": "The source's wnids (label order) in the metadata: a load says when they are not "
+                            "the official 200."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
   Offline: put the official archive `{source_lib.ARCHIVE_NAME}` ({URL}) or its extracted
   `{source_lib.ROOT}/` folder in the manual dir (kdjax: --config.data.manual_dir=DIR). Online, with no
@@ -57,6 +61,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         homepage="http://cs231n.stanford.edu/",
         citation="Le, Y. and Yang, X. Tiny ImageNet Visual Recognition Challenge. CS231N, 2015.",
         license="For non-commercial research and educational use only (ImageNet terms of access).",
+        metadata=tfds.core.MetadataDict(),  # "wnids": set from the source
     )
 
   def _locate(self, dl_manager) -> epath.Path:
@@ -77,6 +82,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager):
     source = source_lib.TinyImageNetSource(self._locate(dl_manager))
     self.info.features["label"].names = list(source.class_names)
+    self.info.metadata["wnids"] = list(source.wnids)
     return {
         "train": self._generate_examples(source, "train"),
         "validation": self._generate_examples(source, "validation"),
