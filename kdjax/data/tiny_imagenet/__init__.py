@@ -10,13 +10,11 @@ Images are 64x64x3 uint8 (greyscale JPEGs decoded to 3 equal channels); data.ima
 A load whose prepared classes are not the official 200 wnids says so in one warning line (official.py).
 """
 
-from absl import logging
-
 from kdjax import data as data_lib
+from kdjax import progress
 from kdjax.data import tfds_common
 from kdjax.data.tiny_imagenet import official
 from kdjax.data.tiny_imagenet import source as source_lib
-
 
 
 def make_builder(data_config):
@@ -56,7 +54,7 @@ def load(data_config) -> data_lib.Dataset:
   builder, _ = prepare(data_config)
   warning = class_list_warning(builder)
   if warning:
-    logging.warning(warning)
+    progress.warn(warning)
   return tfds_common.read_dataset(builder, "tiny_imagenet",
                                   splits={"train": "train", "validation": "validation"},
                                   order_key="file_name", image_shape=source_lib.IMAGE_SHAPE)
