@@ -50,11 +50,12 @@ def test_the_schedule_is_log_spaced_through_the_whole_phase():
 def test_the_probe_costs_at_most_its_budget():
   # points * P <= 5 % of the images the phase trains on, within [32, 1000] and the validation split.
   assert collapse.probe_size(360, 10 * 1437, 28) == 32          # digits: the floor (25 would fit the budget)
-  assert collapse.probe_size(5000, 10 * 16000, 36) == 222       # Tiny ImageNet dev subset
-  assert collapse.probe_size(10000, 10 * 100000, 44) == 1000    # full Tiny ImageNet: the cap
+  assert len(collapse.mid_epoch_steps(10 * 250, 250, 8)) + 10 + 1 == 35
+  assert collapse.probe_size(5000, 10 * 16000, 35) == 228       # Tiny ImageNet dev subset (24 + 10 + 1 points)
+  assert collapse.probe_size(10000, 10 * 100000, 43) == 1000    # full Tiny ImageNet: the cap
   assert collapse.probe_size(20, 10 * 100000, 44) == 20
-  probe = collapse.probe_indices(5000, 222)
-  assert len(set(probe)) == 222 and list(probe) == sorted(probe)
+  probe = collapse.probe_indices(5000, 228)
+  assert len(set(probe)) == 228 and list(probe) == sorted(probe)
   assert list(collapse.probe_indices(5000, 100)) == sorted(set(probe) & set(collapse.probe_indices(5000, 100)))
 
 
