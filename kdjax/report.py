@@ -151,7 +151,8 @@ def short_verdict(comparison: dict | None) -> str:
   holm = f"Holm p = {comparison['holm_p']:.2g}"
   if comparison["test"] == statistics.T_TEST:
     low, high = comparison["ci95"]
-    verdict = "distinguishable from zero" if comparison["distinguishable_from_zero"] else "not distinguishable from zero"
+    verdict = ("distinguishable from zero" if comparison["distinguishable_from_zero"]
+               else "not distinguishable from zero")
     return f" (95 % CI {low:+.2f} to {high:+.2f} over {comparison['n']} seeds, {holm}: {verdict})"
   verdict = ("more than the validation set's noise" if comparison["distinguishable_from_zero"]
              else "within the validation set's noise")
