@@ -6,7 +6,9 @@ With num_seeds = N > 1, seed s runs as an ordinary one-seed study in WORKDIR/see
 weights and data order; its teacher distils its students; its own checkpoints, so an interrupted run resumes
 seed by seed and a seed's numbers equal a one-seed run with config.seed = s). WORKDIR/report.json then holds,
 per model, the mean over seeds in the usual fields (val_top1, ...), `<field>_std` beside each, and `per_seed`;
-and `comparisons`: the paired differences that answer the question (statistics.py), each with a 95 % interval.
+and `comparisons`: the paired differences that answer the question (statistics.py), each with its raw 95 %
+interval over seeds, the per-seed exact test over validation examples and Holm's verdict over the report's family
+(`comparison_family`).
 
 The seeds run one after another. On this project's 2-core CPU a vmap of three students' params into one step
 measured 0.56x the throughput of three separate steps (XLA:CPU lowers it to grouped convolutions), and
