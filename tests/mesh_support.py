@@ -11,7 +11,7 @@ def config(**overrides):
   # 238 training rows: the last batch of each epoch holds 14 rows, padded to 32 over several devices.
   return tiny_config(**{"phases": ("teacher", "student_kd", "student_kd_ema"), "epochs": 1,
                         "data.max_train_examples": 238, "log_every_steps": 1, "ema.student_decay": 0.9,
-                        "ema.diagnostics_every": 3, **overrides})
+                        "ema.diagnostics_per_decade": 8, **overrides})
 
 
 def main(argv):

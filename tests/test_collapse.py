@@ -31,33 +31,68 @@ def test_soft_target_entropy_is_one_when_flat_and_near_zero_when_one_hot():
   assert collapse.soft_target_entropy(logits, 2.0) == pytest.approx(-(p * np.log(p)).sum() / math.log(2))
 
 
-def _point(step, teacher, student, entropy, distance, loss):
-  return {"epoch": 1, "step": step, "distance": distance, "entropy": entropy, "kd_loss": loss,
-          "teacher_top1": teacher, "student_top1": student}
+def _point(step, teacher, student, entropy, distance, loss, epoch=1, full=None):
+  return {"epoch": epoch, "step": step, "distance": distance, "entropy": entropy, "kd_loss": loss,
+          "probe_size": 32, "probe_teacher_top1": teacher, "probe_student_top1": student,
+          "teacher_top1": full, "student_top1": None if full is None else student, "seconds": 0.5}
 
 
-def test_findings_say_when_the_teacher_falls_below_the_student():
-  points = [_point(0, 9.0, 0.5, 0.40, 0.0, None), _point(25, 6.0, 3.0, 0.6, 0.1, 0.2),
-            _point(50, 2.0, 4.0, 0.95, 0.2, 0.8), _point(75, 0.5, 1.0, 0.99, 0.3, 4.6)]
-  text = " ".join(collapse.findings(points, "teacher_ema", "student_kd_ema"))
-  assert "falls below student_kd_ema at step 50 (epoch 1): 2.00 % vs 4.00 %" in text
-  assert "from 0.40 to 0.99" in text and "from step 50" in text
+def test_the_schedule_is_log_spaced_through_the_whole_phase():
+  # Digits, the seed's 10 epochs of 23 steps: 8 points a decade, 1 to 178.
+  assert collapse.schedule(230, 8) == [1, 2, 3, 4, 6, 7, 10, 13, 18, 24, 32, 42, 56, 75, 100, 133, 178]
+  assert collapse.schedule(230, 0) == [] and collapse.schedule(1, 8) == []
+  assert collapse.schedule(15630, 8)[-1] == 13335   # full Tiny ImageNet, 10 epochs: up to the last epoch
+  # An epoch's end is measured anyway (on the whole validation split), not again.
+  assert collapse.mid_epoch_steps(16, 8, 8) == {1, 2, 3, 4, 6, 7, 10, 13}
+  assert 8 not in collapse.mid_epoch_steps(100, 4, 8) and 7 in collapse.mid_epoch_steps(100, 4, 8)
+
+
+def test_the_probe_costs_at_most_its_budget():
+  # points * P <= 5 % of the images the phase trains on, within [32, 1000] and the validation split.
+  assert collapse.probe_size(360, 10 * 1437, 28) == 32          # digits: the floor (25 would fit the budget)
+  assert len(collapse.mid_epoch_steps(10 * 250, 250, 8)) + 10 + 1 == 35
+  assert collapse.probe_size(5000, 10 * 16000, 35) == 228       # Tiny ImageNet dev subset (24 + 10 + 1 points)
+  assert collapse.probe_size(10000, 10 * 100000, 43) == 1000    # full Tiny ImageNet: the cap
+  assert collapse.probe_size(20, 10 * 100000, 44) == 20
+  probe = collapse.probe_indices(5000, 228)
+  assert len(set(probe)) == 228 and list(probe) == sorted(probe)
+  assert list(collapse.probe_indices(5000, 100)) == sorted(set(probe) & set(collapse.probe_indices(5000, 100)))
+
+
+def test_findings_bracket_when_the_teacher_falls_below_the_student_and_halves():
+  points = [_point(0, 9.0, 0.5, 0.40, 0.0, None, epoch=0, full=9.2), _point(25, 6.0, 3.0, 0.6, 0.1, 0.2),
+            _point(50, 2.0, 4.0, 0.95, 0.2, 0.8), _point(75, 0.5, 1.0, 0.99, 0.3, 4.6, full=0.7)]
+  text = " ".join(collapse.findings(points, "teacher_ema", "student_kd_ema", temperature=4.0, train_seconds=20.0))
+  assert ("falls below student_kd_ema on the 32-image probe between step 25 and step 50 (epoch 1): 2.00 % vs "
+          "4.00 % at step 50, from 9.00 % at the start") in text
+  assert ("It has lost half its top-1 on the 32-image probe between step 25 and step 50 (epoch 1) "
+          "(6.00 % then 2.00 %; moved 10.0% then 20.0% of its norm)") in text
+  assert "entropy at T = 4 on the 32-image probe goes from 0.40 to 0.99" in text
   assert "30.0% of its norm" in text and "peak 4.6" in text
+  assert "Measured at 4 points" in text and "they took 2.0 s, 10.0 % of the phase's 20 s of training" in text
   steady = [_point(0, 9.0, 0.5, 0.4, 0.0, None), _point(25, 9.0, 3.0, 0.4, 0.01, 0.2)]
   assert "stays at or above" in collapse.findings(steady, "teacher_ema", "student_kd_ema")[0]
+  # Points saved before the probe existed: the whole validation split's top-1.
+  old = [{k: v for k, v in p.items() if not k.startswith("probe")} for p in steady]
+  for p in old:
+    p["teacher_top1"], p["student_top1"] = 9.0, 0.5
+  assert "on the validation split" in collapse.findings(old, "teacher_ema", "student_kd_ema")[0]
 
 
-def test_findings_say_when_the_teacher_halves_and_reaches_chance():
-  # 200 classes: chance is 0.50 %; a dip to chance at step 50 that recovers does not count, step 100 does.
-  points = [_point(0, 9.0, 0.3, 0.97, 0.0, None), _point(25, 4.0, 1.0, 0.97, 0.1, 1.2),
-            _point(50, 0.6, 0.5, 0.98, 0.2, 0.9), _point(75, 1.0, 0.5, 0.98, 0.3, 0.1),
-            _point(100, 0.5, 0.5, 0.98, 0.4, 0.01), _point(125, 0.7, 0.5, 0.98, 0.5, 0.005)]
-  text = " ".join(collapse.findings(points, "teacher_ema", "student_kd_ema", num_classes=200))
-  assert "It has lost half its top-1 by step 25 (epoch 1: 4.00 %)" in text
-  assert "at chance level (100/K = 0.50 %) from step 100 (epoch 1) on" in text
-  assert "chance" not in " ".join(collapse.findings(points, "teacher_ema", "student_kd_ema"))
-  steady = [_point(0, 9.0, 0.5, 0.4, 0.0, None), _point(25, 8.0, 3.0, 0.4, 0.01, 0.2)]
-  assert "half" not in " ".join(collapse.findings(steady, "teacher_ema", "student_kd_ema", num_classes=10))
+def test_findings_test_chance_on_the_whole_validation_split():
+  # 200 classes, 5,000 images: chance 0.50 % = 25 images. 0.88 % (44) is above it (exact binomial p = 3.6e-4),
+  # 0.56 % (28) is not distinguishable from it.
+  def run(*ends, start=9.0):
+    points = [_point(0, start, 0.3, 0.97, 0.0, None, epoch=0, full=start)]
+    for epoch, top1 in enumerate(ends, start=1):
+      points += [_point(epoch * 25 - 10, top1, 0.5, 0.98, 0.1 * epoch, 0.5, epoch=epoch),
+                 _point(epoch * 25, top1, 0.5, 0.98, 0.1 * epoch, 0.5, epoch=epoch, full=top1)]
+    return " ".join(collapse.findings(points, "teacher_ema", "student_kd_ema", num_classes=200,
+                                      val_examples=5000))
+  assert ("ends at 0.56 %, not distinguishable from chance (1/K = 0.50 %; exact binomial p = 0.3) at every "
+          "epoch's end from epoch 3 on") in run(4.0, 0.88, 0.5, 0.56)
+  assert "ends at 0.88 %, above chance (1/K = 0.50 %; exact binomial p = 0.00036)" in run(4.0, 0.5, 0.88)
+  assert "chance" not in run(0.5, 0.56, start=0.56)   # never above chance: nothing to say about reaching it
 
 
 def test_sweep_phase_names_round_trip():
@@ -74,8 +109,7 @@ def test_sweep_phase_names_round_trip():
 @pytest.fixture(scope="module")
 def sweep_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("sweep")
-  config = tiny_config(phases=phases.PHASE_NAMES, **{"ema.sweep": (0.5, 0.999), "ema.sweep_warmup": (False,),
-                                                     "ema.diagnostics_every": 3})
+  config = tiny_config(phases=phases.PHASE_NAMES, **{"ema.sweep": (0.5, 0.999), "ema.sweep_warmup": (False,)})
   return workdir, config, experiment.train_and_evaluate(config, workdir)
 
 
@@ -94,26 +128,48 @@ def test_the_sweep_adds_rows_and_a_plot(sweep_run):
   assert sweep.points(config, models) == rows
 
 
-def test_the_variant_equals_a_run_with_that_alpha(sweep_run, tmp_path):
+def test_the_variant_equals_a_run_with_that_alpha_and_measuring_changes_nothing(sweep_run, tmp_path):
+  # The sweep measured its teacher_ema@0.5 at 8 log-spaced points a decade; this run measures epoch ends only.
   _, _, report = sweep_run
-  alone = experiment.train_and_evaluate(tiny_config(phases=("teacher", "student_kd_ema"), **{"ema.decay": 0.5}),
+  alone = experiment.train_and_evaluate(tiny_config(phases=("teacher", "student_kd_ema"),
+                                                    **{"ema.decay": 0.5, "ema.diagnostics_per_decade": 0}),
                                         tmp_path / "alone")
   for field in ("val_top1", "val_loss"):
     assert report["models"]["student_kd_ema@0.5"][field] == alone["models"]["student_kd_ema"][field]
     assert report["models"]["teacher_ema@0.5"][field] == alone["models"]["teacher_ema"][field]
+  for name, alone_name in (("student_kd_ema@0.5", "student_kd_ema"), ("teacher_ema@0.5", "teacher_ema")):
+    assert report["models"][name]["epochs"] == alone["models"][alone_name]["epochs"]   # train and val, bit for bit
+  assert [(p["epoch"], p["step"]) for p in alone["models"]["teacher_ema"]["collapse"]] == [(0, 0), (1, 8), (2, 16)]
 
 
 def test_collapse_points_are_measured_and_reported(sweep_run):
   workdir, _, report = sweep_run
   points = report["models"]["teacher_ema@0.5"]["collapse"]
-  # The start, every 3 steps of the first epoch (8 steps: 3, 6), and each epoch's end (8, 16).
-  assert [(p["epoch"], p["step"]) for p in points] == [(0, 0), (1, 3), (1, 6), (1, 8), (2, 16)]
+  # The start, the log-spaced steps 1, 2, 3, 4, 6, 7, 10, 13 of the 16, and each epoch's end (8, 16).
+  assert [(p["epoch"], p["step"]) for p in points] == [(0, 0), (1, 1), (1, 2), (1, 3), (1, 4), (1, 6), (1, 7),
+                                                       (1, 8), (2, 10), (2, 13), (2, 16)]
   assert points[0]["distance"] == 0.0 and points[0]["kd_loss"] is None
   assert all(b["distance"] > a["distance"] for a, b in zip(points, points[1:]))  # alpha 0.5 keeps pulling
   assert all(0.0 <= p["entropy"] <= 1.0 for p in points)
+  assert all(p["probe_size"] == 32 and p["seconds"] >= 0 for p in points)
+  assert all(round(p["probe_teacher_top1"] * 32 / 100, 9).is_integer() for p in points)
+  # The whole validation split only at the start and the epochs' ends.
+  assert [p["step"] for p in points if p["teacher_top1"] is not None] == [0, 8, 16]
   assert points[-1]["teacher_top1"] == report["models"]["teacher_ema@0.5"]["val_top1"]
   assert points[-1]["student_top1"] == report["models"]["student_kd_ema@0.5"]["val_top1"]
   saved = json.loads((workdir / "report.json").read_text())["models"]["teacher_ema"]["collapse"]
-  assert len(saved) == 5
+  assert len(saved) == 11
   assert (workdir / "ema_collapse.png").stat().st_size > 0
   assert "**teacher_ema@0.5** (ema_collapse.png)" in (workdir / "report.md").read_text()
+
+
+def test_the_schedules_field_is_checked_and_an_older_runs_field_does_not_block_resume():
+  from kdjax import config as config_lib
+  for bad in (-1, 101):   # (ConfigDict itself refuses a float or a bool in an int field)
+    with pytest.raises(config_lib.ConfigError, match="ema.diagnostics_per_decade"):
+      config_lib.validate(tiny_config(**{"ema.diagnostics_per_decade": bad}))
+  current = json.loads(config_lib.default_config().to_json_best_effort())
+  older = json.loads(json.dumps(current))
+  del older["ema"]["diagnostics_per_decade"]
+  older["ema"]["diagnostics_every"] = 25   # what a workdir written before the log-spaced schedule holds
+  assert config_lib.differences(older, current) == []

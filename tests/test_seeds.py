@@ -2,10 +2,12 @@
 
 import json
 
+import numpy as np
 import pytest
 
-from kdjax.study import experiment
+from kdjax.report import build as report_lib
 from kdjax.report import significance as statistics
+from kdjax.study import experiment
 from tests.conftest import tiny_config
 
 PHASES = ("teacher", "student_ce", "student_kd")
@@ -62,3 +64,53 @@ def test_a_one_seed_report_keeps_its_meaning(runs):
   comparison = next(c for c in singles[3]["comparisons"] if (c["a"], c["b"]) == ("student_kd", "teacher"))
   assert comparison["n"] == 1 and comparison["ci95"] is None
   assert comparison["mean"] == entry["val_top1"] - singles[3]["models"]["teacher"]["val_top1"]
+
+
+def test_each_model_records_its_per_example_correctness(runs):
+  _, _, singles = runs
+  for report in singles.values():
+    vectors = report_lib.correct_vectors(report)
+    assert set(vectors) == set(report["models"])
+    for name, entry in report["models"].items():
+      assert vectors[name].shape == (report["dataset"]["val_examples"],)
+      assert int(vectors[name].sum()) == entry["val_correct"]
+
+
+def test_comparisons_carry_the_per_example_test_and_holm(runs):
+  workdir, several, singles = runs
+  saved = json.loads((workdir / "both" / "report.json").read_text())
+  assert saved["comparison_family"]["method"].startswith("Holm")
+  assert saved["comparison_family"]["size"] == len(saved["comparisons"]) == 2
+  for comparison in several["comparisons"]:
+    a, b = comparison["a"], comparison["b"]
+    per_seed = comparison["per_example"]["per_seed"]
+    assert [t["seed"] for t in per_seed] == [3, 4]
+    for test in per_seed:   # the bits give each seed's gap exactly
+      models = singles[test["seed"]]["models"]
+      assert test["difference"] == pytest.approx(models[a]["val_top1"] - models[b]["val_top1"])
+    assert comparison["holm_p"] >= comparison["test_p"]
+    assert comparison["distinguishable_from_zero"] == (comparison["holm_p"] <= 0.05)
+  text = (workdir / "both" / "report.md").read_text()
+  assert "Holm over 2 p = " in text and "What these cover" in text
+  assert text.index("Mean top-1 over 2 seeds: ") < text.index("Paired differences")
+
+
+def test_a_one_seed_report_tests_against_the_validation_sets_noise(runs):
+  _, _, singles = runs
+  comparison = next(c for c in singles[3]["comparisons"] if (c["a"], c["b"]) == ("student_kd", "teacher"))
+  assert comparison["test"] == statistics.EXACT and comparison["ci95"] is None
+  pooled = comparison["per_example"]["pooled"]
+  assert comparison["test_p"] == pooled["p_value"] and pooled["difference"] == pytest.approx(comparison["mean"])
+  sentence = report_lib.comparison_sentence(comparison, singles[3]["comparison_family"])
+  assert f"{pooled['a_only']} right only by student_kd, {pooled['b_only']} only by teacher" in sentence
+  assert "validation set's noise" in sentence
+
+
+def test_the_same_difference_on_every_seed_is_said_so():
+  a, b = np.array([[True, True, False, True]] * 3), np.array([[True, False, False, True]] * 3)
+  comparison = statistics.compare("student_kd", "teacher", [75.0] * 3, [50.0] * 3, a, b)
+  statistics.family([comparison])
+  sentence = report_lib.comparison_sentence(comparison)
+  assert "the same on every seed (3 seeds)" in sentence and "CI" not in sentence.split(";")[0]
+  assert "pooled over seeds: 3 right only by student_kd, 0 only by teacher, p = 0.25" in sentence
+  assert sentence.endswith("within the validation set's noise")

@@ -99,8 +99,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check(isinstance(warmup, bool), "ema.sweep_warmup", "must hold True/False", warmup)
   _check(len(config.ema.sweep_warmup) >= 1 and len(set(config.ema.sweep_warmup)) == len(config.ema.sweep_warmup),
          "ema.sweep_warmup", "must hold False and/or True once each", config.ema.sweep_warmup)
-  _check(isinstance(config.ema.diagnostics_every, int) and config.ema.diagnostics_every >= 0,
-         "ema.diagnostics_every", "must be an integer >= 0 (0 = per epoch only)", config.ema.diagnostics_every)
+  _check(isinstance(config.ema.diagnostics_per_decade, int) and not isinstance(config.ema.diagnostics_per_decade, bool)
+         and 0 <= config.ema.diagnostics_per_decade <= 100, "ema.diagnostics_per_decade",
+         "must be an integer in [0, 100] (0 = epoch ends only)", config.ema.diagnostics_per_decade)
   if config.ema.sweep and not config.teacher.checkpoint:
     _check("teacher" in phases, "ema.sweep", "needs the 'teacher' phase (or teacher.checkpoint) to distil from",
            config.phases)

@@ -6,18 +6,21 @@ A ModelResult per report row is filled in while the phases run; `compare_to_teac
 agreement with and KL to the teacher once every phase is done; `build` makes report.json's content.
 """
 
+import base64
 import dataclasses
 import platform
 from typing import Any
 
 import flax
 import jax
+import numpy as np
 
 from kdjax.report import collapse
 from kdjax.report import figures
 from kdjax.training import evaluate
 from kdjax import phases
 from kdjax import progress
+from kdjax.report import significance
 from kdjax.report import sweep
 from kdjax.phases import EMA_WEIGHTS_SUFFIX, TEACHER_EMA
 
@@ -82,6 +85,27 @@ def environment(data_parallel: int = 1) -> dict:
           "machine": platform.machine(), "processor": platform.processor() or platform.machine()}
 
 
+PER_EXAMPLE_ENCODING = ("base64 of numpy.packbits(correct) (bit order big, padded with zeros to a whole byte): "
+                        "correct[i] = 1 when the model's top-1 on validation example i is its label")
+
+
+def per_example(labels: np.ndarray, results: dict) -> dict:
+  """report.json's `per_example`: each model's final per-example correctness on the validation split (top-1
+  == label), one bit an example, so that paired tests over examples (significance.mcnemar) can be run from
+  the report alone. 10,000 examples cost 1,668 characters a model."""
+  return {"encoding": PER_EXAMPLE_ENCODING, "examples": int(len(labels)),
+          "val_correct": {name: base64.b64encode(np.packbits(result.val_logits.argmax(axis=-1) == labels))
+                          .decode("ascii") for name, result in results.items() if result.val_logits is not None}}
+
+
+def correct_vectors(report: dict) -> dict[str, np.ndarray]:
+  """{model: bool [N]} from report.json's `per_example` ({} when the report has none: an older run)."""
+  block = report.get("per_example") or {}
+  count = block.get("examples", 0)
+  return {name: np.unpackbits(np.frombuffer(base64.b64decode(text), np.uint8))[:count].astype(bool)
+          for name, text in block.get("val_correct", {}).items()}
+
+
 def build(config, dataset, results, checkpoints: dict, wall_seconds: float, data_parallel: int = 1) -> dict:
   """report.json's content: dataset, models (in phase order), config, environment, what was loaded or
   resumed from checkpoints, and the run's wall time."""
@@ -94,6 +118,7 @@ def build(config, dataset, results, checkpoints: dict, wall_seconds: float, data
       "environment": environment(data_parallel),
       "checkpoints": checkpoints,
       "ema_sweep": sweep.points(config, {name: _model_entry(result) for name, result in results.items()}),
+      "per_example": per_example(np.asarray(dataset.val_labels), results),
       "wall_seconds": wall_seconds,
   }
 
@@ -111,32 +136,120 @@ def _compare(value: float, reference: float) -> str:
   return f"{abs(difference):.2f} points {'above' if difference > 0 else 'below'}"
 
 
-def answer(models: dict) -> str:
-  """Two sentences answering "how does the student perform against the teacher, with and without EMA?"."""
+def _find(comparisons, a: str, b: str) -> dict | None:
+  return next((c for c in comparisons or [] if (c["a"], c["b"]) == (a, b)), None)
+
+
+def short_verdict(comparison: dict | None) -> str:
+  """" (…: verdict)" for the answer's sentences, from a comparison's test and Holm p ("" without a test)."""
+  if comparison is None or comparison.get("holm_p") is None:
+    return ""
+  holm = f"Holm p = {comparison['holm_p']:.2g}"
+  if comparison["test"] == significance.T_TEST:
+    low, high = comparison["ci95"]
+    verdict = ("distinguishable from zero" if comparison["distinguishable_from_zero"]
+               else "not distinguishable from zero")
+    return f" (95 % CI {low:+.2f} to {high:+.2f} over {comparison['n']} seeds, {holm}: {verdict})"
+  verdict = ("more than the validation set's noise" if comparison["distinguishable_from_zero"]
+             else "within the validation set's noise")
+  same = "the same on every seed; " if comparison.get("same_on_every_seed") else ""
+  return f" ({same}exact McNemar over validation examples, {holm}: {verdict})"
+
+
+def answer(models: dict, comparisons: list | None = None, num_seeds: int = 1) -> str:
+  """Sentences answering "how does the student perform against the teacher, with and without EMA?": first
+  student_kd_ema − teacher, then student_kd − teacher (and against the label-trained student), each with its
+  comparison's verdict (significance.compare / family) where the report has one."""
   sentences = []
-  if TEACHER in models and KD in models:
-    teacher, kd = models[TEACHER]["val_top1"], models[KD]["val_top1"]
-    sentence = (f"Distilled from the teacher ({teacher:.2f} % top-1), the student reaches {kd:.2f} %, "
-                f"{_compare(kd, teacher)} the teacher")
-    if BASELINE in models:
-      sentence += (f" and {_compare(kd, models[BASELINE]['val_top1'])} the same student trained on labels "
-                   f"alone ({models[BASELINE]['val_top1']:.2f} %)")
-    sentences.append(sentence + ".")
+  lead = f"Mean top-1 over {num_seeds} seeds: " if num_seeds > 1 else ""
   if KD_EMA in models and TEACHER in models:
     kd_ema, teacher = models[KD_EMA]["val_top1"], models[TEACHER]["val_top1"]
     sentence = (f"With the original's EMA updates the student reaches {kd_ema:.2f} %, "
-                f"{_compare(kd_ema, teacher)} the teacher")
-    if KD in models:
-      sentence += f" and {_compare(kd_ema, models[KD]['val_top1'])} plain KD"
+                f"{_compare(kd_ema, teacher)} the teacher's {teacher:.2f} %"
+                f"{short_verdict(_find(comparisons, KD_EMA, TEACHER))}")
     if TEACHER_EMA in models:
       ema_teacher = models[TEACHER_EMA]["val_top1"]
       sentence += (f", while the EMA-updated teacher itself ends at {ema_teacher:.2f} % "
                    f"({_compare(ema_teacher, teacher)} the trained teacher)")
     sentences.append(sentence + ".")
+  if TEACHER in models and KD in models:
+    teacher, kd = models[TEACHER]["val_top1"], models[KD]["val_top1"]
+    sentence = (f"Distilled from the frozen teacher without EMA, the student reaches {kd:.2f} %, "
+                f"{_compare(kd, teacher)} the teacher{short_verdict(_find(comparisons, KD, TEACHER))}")
+    if BASELINE in models:
+      sentence += (f" and {_compare(kd, models[BASELINE]['val_top1'])} the same student trained on labels "
+                   f"alone ({models[BASELINE]['val_top1']:.2f} %)")
+    sentences.append(sentence + ".")
   if not sentences:
     trained = ", ".join(f"{name} {entry['val_top1']:.2f} %" for name, entry in models.items())
     sentences.append(f"This run trained no teacher/student pair to compare; validation top-1: {trained}.")
+  if sentences:
+    sentences[0] = lead + sentences[0]
   return " ".join(sentences)
+
+
+def _p(value: float) -> str:
+  return f"{value:.2g}"
+
+
+def comparison_sentence(comparison: dict, family: dict | None = None) -> str:
+  """`a − b: +m points (what it rests on): verdict` — the raw 95 % t-interval over seeds (or "the same on
+  every seed", or one seed), the per-example exact test(s), the bootstrap interval, and the Holm verdict over
+  the report's family."""
+  a, b, n = comparison["a"], comparison["b"], comparison["n"]
+  text = f"{a} − {b}: {comparison['mean']:+.2f} points"
+  parts = []
+  if comparison.get("same_on_every_seed"):
+    parts.append(f"the same on every seed ({n} seeds): no seed-to-seed interval")
+  elif comparison["ci95"] is not None:
+    low, high = comparison["ci95"]
+    p = comparison.get("p_value")
+    parts.append(f"raw 95 % CI {low:+.2f} to {high:+.2f} over {n} seeds"
+                 + (f", paired t p = {_p(p)}" if p is not None else ""))
+  else:
+    parts.append(f"{n} seed")
+  per_example = comparison.get("per_example")
+  if per_example:
+    examples = per_example["examples"]
+    if n == 1 or comparison.get("same_on_every_seed"):
+      pooled = per_example["pooled"]
+      over = "" if n == 1 else ", pooled over seeds"
+      parts.append(f"exact McNemar over {examples} validation examples{over}: {pooled['a_only']} right only by "
+                   f"{a}, {pooled['b_only']} only by {b}, p = {_p(pooled['p_value'])}")
+    else:
+      parts.append("per seed exact McNemar p " + ", ".join(_p(t["p_value"]) for t in per_example["per_seed"]))
+    if n > 1 and comparison.get("ci95_bootstrap"):
+      low, high = comparison["ci95_bootstrap"]
+      parts.append(f"bootstrap over seeds and validation examples {low:+.2f} to {high:+.2f}")
+  text += f" ({'; '.join(parts)})"
+  if comparison.get("holm_p") is None:
+    return text + (": no test (one seed, and the report has no per-example record); run several seeds"
+                   if comparison.get("test_p") is None else "")
+  size = f" over {family['size']}" if family else ""
+  exact = comparison["test"] != significance.T_TEST
+  yes, no = (("more than the validation set's noise", "within the validation set's noise") if exact
+             else ("distinguishable from zero", "not distinguishable from zero"))
+  verdict = yes if comparison["distinguishable_from_zero"] else no
+  raw = ""
+  if comparison["distinguishable_raw"] and not comparison["distinguishable_from_zero"]:
+    raw = " (at 5 % on its own it would be; not after the correction)"
+  return text + f": Holm{size} p = {_p(comparison['holm_p'])}, {verdict}{raw}"
+
+
+def coverage_note(report: dict) -> str:
+  """What the comparisons' tests cover, for report.md."""
+  examples = report.get("dataset", {}).get("val_examples")
+  image = f" (one image = {100 / examples:.2f} points)" if examples else ""
+  n = report.get("num_seeds", 1)
+  if n > 1:
+    return (f"What these cover: the raw 95 % intervals and the paired t tests vary the seed (initial weights and "
+            f"data order) over {n} seeds, all scored on the same {examples} validation images{image}; they do not "
+            f"cover which images the validation set holds. The per-seed exact McNemar tests test each seed's gap "
+            f"against that set's noise; the bootstrap interval resamples seeds and images together. Holm's "
+            f"correction is over the comparisons listed (report.json `comparison_family`).")
+  return (f"One seed: each gap is tested only against the validation set's noise (exact McNemar over its "
+          f"{examples} images{image}), Holm-corrected over the comparisons listed; seed-to-seed variation "
+          f"(initial weights, data order) is not measured here: --config.num_seeds=5 measures it.")
 
 
 def markdown(report: dict) -> str:
@@ -160,27 +273,18 @@ def markdown(report: dict) -> str:
   env = report["environment"]
   sources = [f"{name} was loaded from {entry['source']['checkpoint']}, not trained in this run."
              for name, entry in models.items() if entry.get("source")]
-  comparisons = [f"- {comparison_sentence(comparison)}" for comparison in report.get("comparisons", [])]
+  comparisons = [f"- {comparison_sentence(comparison, report.get('comparison_family'))}"
+                 for comparison in report.get("comparisons", [])]
   if comparisons:
-    comparisons = ["", "Paired differences in top-1:", "", *comparisons]
-  lines += ["", answer(models), *(["", *sources] if sources else []), *comparisons, *ema_sections(report), "",
+    comparisons = ["", "Paired differences in top-1:", "", *comparisons, "", coverage_note(report)]
+  lines += ["", answer(models, report.get("comparisons")), *(["", *sources] if sources else []), *comparisons,
+            *ema_sections(report), "",
             "![curves](curves.png)", "",
             f"Environment: jax {env['jax']}, flax {env['flax']}, backend {env['backend']}, "
             f"devices {', '.join(env['devices'])}"
             f"{', data parallel over %d' % env['mesh']['data'] if env.get('mesh', {}).get('data', 1) > 1 else ''}.",
             ""]
   return "\n".join(lines)
-
-
-def comparison_sentence(comparison: dict) -> str:
-  """`a − b: +m points (95 % CI lo to hi, n seeds): distinguishable / not distinguishable from zero`."""
-  text = f"{comparison['a']} − {comparison['b']}: {comparison['mean']:+.2f} points"
-  if comparison["ci95"] is None:
-    return text + f" ({comparison['n']} seed: no interval; run several seeds to tell it from seed noise)"
-  low, high = comparison["ci95"]
-  verdict = ("distinguishable from zero" if comparison["distinguishable_from_zero"]
-             else "not distinguishable from zero")
-  return text + f" (95 % CI {low:+.2f} to {high:+.2f}, {comparison['n']} seeds): {verdict}"
 
 
 def ema_sections(report: dict) -> list[str]:
@@ -190,10 +294,14 @@ def ema_sections(report: dict) -> list[str]:
   table = sweep.markdown(report.get("ema_sweep", []))
   if table:
     lines += ["", "The original's EMA against alpha (ema_sweep.png):", "", *table]
+  data = report.get("dataset", {})
   for name, entry in report["models"].items():
-    points = entry.get("collapse") or (entry.get("per_seed") or [{}])[0].get("collapse")
+    source = entry if entry.get("collapse") else (entry.get("per_seed") or [{}])[0]
     student = "student_kd_ema" + name[len(TEACHER_EMA):]
-    sentences = collapse.findings(points or [], name, student, report.get("dataset", {}).get("num_classes"))
+    sentences = collapse.findings(source.get("collapse") or [], name, student,
+                                  num_classes=data.get("num_classes"), val_examples=data.get("val_examples"),
+                                  temperature=report.get("config", {}).get("kd", {}).get("temperature"),
+                                  train_seconds=source.get("train_seconds"))
     if sentences:
       seed_note = "" if entry.get("collapse") else f" (seed {entry['per_seed'][0]['seed']})"
       lines += ["", f"**{name}**{seed_note} (ema_collapse.png): " + " ".join(sentences)]

@@ -1,27 +1,86 @@
 """Why the original's EMA collapses: what the EMA-updated teacher becomes, measured while it happens.
 
 The seed pulls the trained teacher θ_T toward the student every step (teacher = α·teacher + (1−α)·student on
-the tensors that pair by shape, ema.py), then distils the student from it. At each point (the start, every
-ema.diagnostics_every steps of the first epoch, and each epoch's end) of every kd_ema phase:
+the tensors that pair by shape, ema.py), then distils the student from it. Each kd_ema phase is measured at
+its start, at log-spaced steps through the whole phase (`schedule`: ema.diagnostics_per_decade points per
+factor of 10 of steps, so step 1, 2, 3, 4, 6, 7, 10, 13, 18, 24, ... at 8 a decade) and at every epoch's end:
 
   distance      ‖θ_ema − θ_T‖ / ‖θ_T‖ over the teacher tensors the original's EMA updates
-  entropy       mean over a fixed probe batch of H(softmax(t/T)) / log K: 0 = one-hot, 1 = flat soft targets
+  entropy       mean over the probe of H(softmax(t/T)) / log K: 0 = one-hot, 1 = flat soft targets (at this T)
   kd_loss       the step's KD loss (at an epoch's end: the epoch's mean, as the train loss)
-  teacher_top1  the EMA-updated teacher's validation top-1; student_top1 the student's
+  probe_teacher_top1, probe_student_top1   the EMA-updated teacher's and its student's top-1 on the probe
+  teacher_top1, student_top1               the same on the whole validation split: at the start and at each
+                                           epoch's end only (None between)
+  seconds       the time this point took (beyond the evaluation an epoch's end does anyway)
 
-`findings` turns the points into sentences: when (if) the teacher falls below its student, what happens to the
-soft targets, how far the teacher moved. Nothing in them is written by hand.
+The probe (`probe_indices`) is a fixed subset of the validation split: the first P of a seed-0 permutation,
+the same for every phase and seed of a data set. P is chosen so that the probe points cost at most BUDGET of
+the phase's training: (number of points) · P <= BUDGET · (images the phase trains on); one probe image is a
+teacher and a student forward, less than one training image (a teacher forward, a student forward and
+backward). P is at least PROBE_MIN (tiny test runs then exceed the budget) and at most PROBE_MAX.
+
+`findings` turns the points into sentences. A point is a sample, so a change between two points is reported
+as a bracket: "between step a (the last point before) and step b (the first point after)".
 """
 
 import math
+import time
 
 import numpy as np
+from scipy import stats as scipy_stats
 
 from kdjax.report import figures
 from kdjax.training import evaluate
 
-PROBE_SIZE = 256   # the first validation images: the same probe for every phase and seed of a data set
-FLAT = 0.9         # entropy / log K above which the soft targets carry almost no class information
+BUDGET = 0.05      # probe images over the phase's training images
+PROBE_MIN = 32
+PROBE_MAX = 1000
+CHANCE_LEVEL = 0.05   # "at chance": an exact binomial test cannot tell the top-1 from 1/K at this level
+
+
+def schedule(total_steps: int, per_decade: int) -> list[int]:
+  """The log-spaced steps 1 <= s < total_steps: round(10^(k / per_decade)) for k = 0, 1, ..., without
+  repeats; [] when per_decade is 0."""
+  if per_decade <= 0:
+    return []
+  steps, k = set(), 0
+  while (value := round(10 ** (k / per_decade))) < total_steps:
+    steps.add(int(value))
+    k += 1
+  return sorted(steps)
+
+
+def mid_epoch_steps(total_steps: int, steps_per_epoch: int, per_decade: int) -> set[int]:
+  """The scheduled steps that are not an epoch's end (an epoch's end is measured anyway)."""
+  return {step for step in schedule(total_steps, per_decade) if step % steps_per_epoch}
+
+
+def probe_size(num_val: int, train_images: int, num_points: int) -> int:
+  """P = floor(BUDGET · train_images / num_points), clipped to [PROBE_MIN, PROBE_MAX] and to num_val."""
+  budget = math.floor(BUDGET * train_images / max(num_points, 1))
+  return int(min(num_val, PROBE_MAX, max(PROBE_MIN, budget)))
+
+
+def probe_indices(num_val: int, size: int) -> np.ndarray:
+  """The probe: the first `size` of a seed-0 permutation of the validation split, sorted."""
+  return np.sort(np.random.default_rng(0).permutation(num_val)[:size])
+
+
+class Probe:
+  """The probe's images and labels (host arrays) and the batch its forwards run in (one batch, rounded up to a
+  multiple of the data-parallel device count)."""
+
+  def __init__(self, setup, num_points: int):
+    num_val = len(setup.dataset.val_labels)
+    size = probe_size(num_val, setup.config.epochs * setup.num_train, num_points)
+    keep = probe_indices(num_val, size)
+    self.images, self.labels = setup.dataset.val_images[keep], setup.dataset.val_labels[keep]
+    devices = setup.parallel.size
+    self.batch_size = -(-size // devices) * devices
+
+  @property
+  def size(self) -> int:
+    return len(self.labels)
 
 
 def relative_distance(params, reference, pairs) -> float:
@@ -43,68 +102,122 @@ def soft_target_entropy(logits: np.ndarray, temperature: float) -> float:
   return float(entropy.mean() / math.log(logits.shape[-1]))
 
 
-def measure(setup, teacher_params, trained_teacher, *, epoch: int, step: int, kd_loss: float | None,
-            teacher_top1: float, student_top1: float) -> dict:
-  """One point of the diagnostics (see the module docstring)."""
-  probe = setup.dataset.val_images[:PROBE_SIZE]
-  logits = evaluate.predict(setup.nets["teacher"], teacher_params, probe, setup.mean, setup.std,
-                            setup.config.eval_batch_size, setup.parallel)
-  return {"epoch": epoch, "step": step,
-          "distance": relative_distance(teacher_params, trained_teacher, setup.ema_pairs()),
-          "entropy": soft_target_entropy(logits, float(setup.config.kd.temperature)),
-          "kd_loss": kd_loss, "teacher_top1": teacher_top1, "student_top1": student_top1}
+def measure(setup, probe: Probe, teacher_params, student_net: str, student_params, trained_teacher, *,
+            epoch: int, step: int, kd_loss: float | None,
+            full_top1: tuple[float, float] | None = None) -> dict:
+  """One point of the diagnostics (see the module docstring). full_top1: (teacher, student) top-1 on the whole
+  validation split when the caller has it (the start, an epoch's end)."""
+  start = time.perf_counter()
+
+  def probe_logits(net, params):
+    return evaluate.predict(setup.nets[net], params, probe.images, setup.mean, setup.std, probe.batch_size,
+                            setup.parallel)
+
+  teacher_logits = probe_logits("teacher", teacher_params)
+  student_logits = probe_logits(student_net, student_params)
+  top1 = lambda logits: float(100.0 * np.mean(logits.argmax(axis=-1) == probe.labels))
+  point = {"epoch": epoch, "step": step,
+           "distance": relative_distance(teacher_params, trained_teacher, setup.ema_pairs()),
+           "entropy": soft_target_entropy(teacher_logits, float(setup.config.kd.temperature)),
+           "kd_loss": kd_loss, "probe_size": probe.size,
+           "probe_teacher_top1": top1(teacher_logits), "probe_student_top1": top1(student_logits),
+           "teacher_top1": None if full_top1 is None else full_top1[0],
+           "student_top1": None if full_top1 is None else full_top1[1]}
+  point["seconds"] = time.perf_counter() - start
+  return point
 
 
-def findings(points: list[dict], teacher: str, student: str, num_classes: int | None = None) -> list[str]:
-  """Sentences from the points of one kd_ema phase (its EMA-updated teacher `teacher`, its student): when the
-  teacher falls below the student, when it has lost half its top-1, when it sits at chance (<= 1.5 x 100/K %
-  from then on; K = num_classes), and what happens to the distance, the soft targets and the KD loss."""
+def _series(point: dict, who: str) -> float:
+  """A point's top-1 of `who` ("teacher"/"student") on the probe; points saved before the probe existed
+  carry the whole validation split's."""
+  value = point.get(f"probe_{who}_top1")
+  return point[f"{who}_top1"] if value is None else value
+
+
+def _bracket(points: list[dict], index: int) -> str:
+  """"between step a and step b (epoch e)": the last point before `index` and the point itself."""
+  before, after = points[index - 1], points[index]
+  return f"between step {before['step']} and step {after['step']} (epoch {after['epoch']})"
+
+
+def format_p(p: float) -> str:
+  return "< 0.0001" if p < 1e-4 else f"= {p:.2g}"
+
+
+def chance_p(top1: float, examples: int, num_classes: int) -> float:
+  """One-sided exact binomial p of `top1` % of `examples` against accuracy 1/K (H1: above chance)."""
+  correct = round(top1 * examples / 100.0)
+  return float(scipy_stats.binomtest(correct, examples, 1.0 / num_classes, alternative="greater").pvalue)
+
+
+def findings(points: list[dict], teacher: str, student: str, *, num_classes: int | None = None,
+             val_examples: int | None = None, temperature: float | None = None,
+             train_seconds: float | None = None) -> list[str]:
+  """Sentences from the points of one kd_ema phase (its EMA-updated teacher `teacher`, its student): between
+  which two points the teacher falls below the student and has lost half its top-1 (on the probe), whether
+  it ends at chance on the whole validation split (exact binomial test against 1/K; K = num_classes,
+  val_examples its size), what happens to the distance, the soft targets and the KD loss, and what the
+  points cost (train_seconds: the phase's training time)."""
   if len(points) < 2:
     return []
   first, last = points[0], points[-1]
+  probe = last.get("probe_size")
+  where = f"on the {probe}-image probe" if probe else "on the validation split"
   sentences = []
-  below = next((p for p in points[1:] if p["teacher_top1"] < p["student_top1"]), None)
+  below = next((i for i in range(1, len(points))
+                if _series(points[i], "teacher") < _series(points[i], "student")), None)
   if below is None:
-    sentences.append(f"{teacher} stays at or above {student} at every measured point "
-                     f"(last: {last['teacher_top1']:.2f} % vs {last['student_top1']:.2f} %).")
+    sentences.append(f"{teacher} stays at or above {student} at every measured point {where} "
+                     f"(last: {_series(last, 'teacher'):.2f} % vs {_series(last, 'student'):.2f} %).")
   else:
-    sentences.append(f"{teacher} falls below {student} at step {below['step']} (epoch {below['epoch']}): "
-                     f"{below['teacher_top1']:.2f} % vs {below['student_top1']:.2f} %, from "
-                     f"{first['teacher_top1']:.2f} % at the start; it ends at {last['teacher_top1']:.2f} %.")
-  course = []
-  halved = next((p for p in points[1:] if p["teacher_top1"] <= first["teacher_top1"] / 2), None)
-  if halved is not None and first["teacher_top1"] > 0:
-    course.append(f"it has lost half its top-1 by step {halved['step']} (epoch {halved['epoch']}: "
-                  f"{halved['teacher_top1']:.2f} %)")
-  if num_classes:
-    chance = 100.0 / num_classes
-    at_chance = next((i for i, p in enumerate(points)
-                      if all(q["teacher_top1"] <= 1.5 * chance for q in points[i:])), None)
-    if at_chance is not None and first["teacher_top1"] > 1.5 * chance:
-      p = points[at_chance]
-      course.append(f"it is at chance level (100/K = {chance:.2f} %) from step {p['step']} (epoch {p['epoch']}) on")
-  if course:
-    text = " and ".join(course)
-    sentences.append(text[0].upper() + text[1:] + ".")
-  entropy_change = (f"its soft targets' entropy goes from {first['entropy']:.2f} to {last['entropy']:.2f} of "
-                    f"the maximum (log K)")
-  flat = next((p for p in points if p["entropy"] > FLAT), None)
-  if flat is not None:
-    entropy_change += (f", past {FLAT:.1f} (almost flat: little class information left to distil) from step "
-                       f"{flat['step']}")
-  sentences.append(f"Pulled {last['distance']:.1%} of its norm away from the trained teacher, "
-                   f"{entropy_change}.")
+    point = points[below]
+    sentences.append(f"{teacher} falls below {student} {where} {_bracket(points, below)}: "
+                     f"{_series(point, 'teacher'):.2f} % vs {_series(point, 'student'):.2f} % at step "
+                     f"{point['step']}, from {_series(first, 'teacher'):.2f} % at the start.")
+  start_top1 = _series(first, "teacher")
+  halved = next((i for i in range(1, len(points)) if _series(points[i], "teacher") <= start_top1 / 2), None)
+  if halved is not None and start_top1 > 0:
+    before, after = points[halved - 1], points[halved]
+    sentences.append(f"It has lost half its top-1 {where} {_bracket(points, halved)} "
+                     f"({_series(before, 'teacher'):.2f} % then {_series(after, 'teacher'):.2f} %; moved "
+                     f"{before['distance']:.1%} then {after['distance']:.1%} of its norm).")
+  ends = [p for p in points if p.get("teacher_top1") is not None]
+  if num_classes and val_examples and ends and ends[-1]["epoch"] == last["epoch"]:
+    final, chance = ends[-1], 100.0 / num_classes
+    p_final = chance_p(final["teacher_top1"], val_examples, num_classes)
+    started_above = chance_p(ends[0]["teacher_top1"], val_examples, num_classes) < CHANCE_LEVEL
+    if started_above and p_final >= CHANCE_LEVEL:
+      since = next(i for i in range(len(ends)) if all(
+          chance_p(p["teacher_top1"], val_examples, num_classes) >= CHANCE_LEVEL for p in ends[i:]))
+      sentences.append(f"On the whole validation split ({val_examples} images) it ends at "
+                       f"{final['teacher_top1']:.2f} %, not distinguishable from chance (1/K = {chance:.2f} %; "
+                       f"exact binomial p {format_p(p_final)}) at every epoch's end from epoch "
+                       f"{ends[since]['epoch']} on.")
+    elif started_above:
+      sentences.append(f"On the whole validation split ({val_examples} images) it ends at "
+                       f"{final['teacher_top1']:.2f} %, above chance (1/K = {chance:.2f} %; exact binomial "
+                       f"p {format_p(p_final)}).")
+  at = f" at T = {temperature:g}" if temperature else ""
+  sentences.append(f"Pulled {last['distance']:.1%} of its norm away from the trained teacher by the end; its soft "
+                   f"targets' entropy{at} {where} goes from {first['entropy']:.2f} to {last['entropy']:.2f} "
+                   f"of the maximum (log K).")
   losses = [p["kd_loss"] for p in points if p["kd_loss"] is not None]
   if len(losses) >= 2:
-    peak = max(losses)
-    sentences.append(f"The KD loss goes from {losses[0]:.3g} to {losses[-1]:.3g} (peak {peak:.3g}).")
+    sentences.append(f"The KD loss goes from {losses[0]:.3g} to {losses[-1]:.3g} (peak {max(losses):.3g}).")
+  cost = [p["seconds"] for p in points if p.get("seconds") is not None]
+  if cost and probe:
+    share = (f", {100 * sum(cost) / train_seconds:.1f} % of the phase's {train_seconds:.0f} s of training"
+             if train_seconds else "")
+    sentences.append(f"Measured at {len(points)} points (step {first['step']} to {last['step']}, log-spaced, "
+                     f"and each epoch's end); they took {sum(cost):.1f} s{share}.")
   return sentences
 
 
 def plot(diagnostics: dict[str, list[dict]], path) -> None:
-  """Four panels against the training step, one line per EMA-updated teacher: distance from the trained
-  teacher, soft-target entropy / log K, KD loss (log axis), and validation top-1 (teacher solid, student
-  dashed)."""
+  """Four panels against the training step (symmetric-log axis: the points are log-spaced), one line per
+  EMA-updated teacher: distance from the trained teacher, soft-target entropy / log K, KD loss (log axis),
+  and top-1 on the probe (teacher solid, student dashed), with the whole validation split's at epoch ends
+  as open circles."""
 
   figure = figures.new(figsize=(11, 7))
   axes = figure.subplots(2, 2)
@@ -117,14 +230,20 @@ def plot(diagnostics: dict[str, list[dict]], path) -> None:
     loss_points = [(p["step"], p["kd_loss"]) for p in points if p["kd_loss"] is not None]
     if loss_points:
       loss_axis.plot(*zip(*loss_points), marker=".", color=color, label=name)
-    top1_axis.plot(steps, [p["teacher_top1"] for p in points], marker=".", color=color, label=f"{name}")
-    top1_axis.plot(steps, [p["student_top1"] for p in points], linestyle="--", color=color,
-                   label=f"its student")
-  distance_axis.set(title="‖θ_ema − θ_teacher‖ / ‖θ_teacher‖", xlabel="step")
-  entropy_axis.set(title="soft-target entropy / log K (1 = flat)", xlabel="step", ylim=(0, 1.02))
-  loss_axis.set(title="KD loss", xlabel="step", yscale="log")
-  top1_axis.set(title="validation top-1 % (student dashed)", xlabel="step")
+    top1_axis.plot(steps, [_series(p, "teacher") for p in points], marker=".", color=color, label=name)
+    top1_axis.plot(steps, [_series(p, "student") for p in points], linestyle="--", color=color,
+                   label="its student")
+    full = [(p["step"], p["teacher_top1"]) for p in points if p.get("teacher_top1") is not None]
+    if full and any("probe_size" in p for p in points):
+      top1_axis.plot(*zip(*full), linestyle="none", marker="o", fillstyle="none", color=color,
+                     label=f"{name}, whole validation")
+  distance_axis.set(title="‖θ_ema − θ_teacher‖ / ‖θ_teacher‖")
+  entropy_axis.set(title="soft-target entropy / log K (1 = flat)", ylim=(0, 1.02))
+  loss_axis.set(title="KD loss", yscale="log")
+  top1_axis.set(title="top-1 % on the probe (student dashed)")
   for axis in axes.flat:
+    axis.set_xscale("symlog", linthresh=1)
+    axis.set_xlabel("step")
     axis.grid(alpha=0.3)
     if axis.lines:
       axis.legend(fontsize=7)

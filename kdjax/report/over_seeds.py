@@ -4,6 +4,8 @@ With num_seeds = N > 1 each seed runs as an ordinary one-seed study in WORKDIR/s
 `build` makes WORKDIR/report.json from their reports: per model, the mean over seeds in the usual fields
 (val_top1, ...), `<field>_std` beside each, and `per_seed`; and `comparisons`: the paired differences that
 answer the question (significance.py), each with a 95 % interval. `markdown` and `plot` show it.
+Each comparison carries its raw 95 % interval over seeds, the per-seed exact test over validation examples and
+Holm's verdict over the report's family (`comparison_family`).
 """
 
 from kdjax.report import build as report_lib
@@ -15,9 +17,10 @@ from kdjax.store.rundir import seed_dir
 # Per-model metrics summarised over seeds (those a model has).
 SEED_METRICS = ("val_top1", "val_top5", "val_loss", "agreement_with_teacher", "kl_to_teacher",
                 "agreement_with_teacher_ema")
-# The paired differences a - b that answer "student vs teacher, with and without EMA" (val_top1, points).
-COMPARISONS = (("student_kd", "student_ce"), ("student_kd", "teacher"), ("student_kd_ema", "student_kd"),
-               ("teacher_ema", "teacher"))
+# The paired differences a - b that answer "student vs teacher, with and without EMA" (val_top1, points): the
+# question's own two first, then what KD and the seed's EMA each change. Holm's family: those a report has.
+COMPARISONS = (("student_kd_ema", "teacher"), ("student_kd", "teacher"), ("student_kd", "student_ce"),
+               ("student_kd_ema", "student_ce"), ("student_kd_ema", "student_kd"), ("teacher_ema", "teacher"))
 
 
 def summarize(reports: list[dict], seeds: list[int]) -> dict:
@@ -36,17 +39,21 @@ def summarize(reports: list[dict], seeds: list[int]) -> dict:
         summary[field] = significance.mean(values)
         summary[f"{field}_std"] = significance.std(values)
     summary["per_seed"] = [dict({field: entry[field] for field in SEED_METRICS if field in entry}, seed=seed,
-                                epochs=entry["epochs"], **({"collapse": entry["collapse"]} if "collapse" in entry
-                                                           else {}))
+                                epochs=entry["epochs"], train_seconds=entry.get("train_seconds"),
+                                **({"collapse": entry["collapse"]} if "collapse" in entry else {}))
                            for seed, entry in zip(seeds, entries)]
     models[name] = summary
+  correct = [report_lib.correct_vectors(report) for report in reports]
   comparisons = []
   for a, b in COMPARISONS:
     if a in models and b in models:
-      comparisons.append(significance.paired_difference(
+      bits = all(a in vectors and b in vectors for vectors in correct)
+      comparisons.append(significance.compare(
           a, b, [report["models"][a]["val_top1"] for report in reports],
-          [report["models"][b]["val_top1"] for report in reports]).to_json())
-  return {"models": models, "comparisons": comparisons}
+          [report["models"][b]["val_top1"] for report in reports],
+          [vectors[a] for vectors in correct] if bits else None,
+          [vectors[b] for vectors in correct] if bits else None, seeds))
+  return {"models": models, "comparisons": comparisons, "comparison_family": significance.family(comparisons)}
 
 
 def mean_curve(per_seed: list[dict], field: str) -> list[dict]:
@@ -70,6 +77,7 @@ def build(config, reports: list[dict], seeds: list[int], wall_seconds: float) ->
                  train_seconds=sum(report["models"][name]["train_seconds"] for report in reports))
   return {"dataset": reports[0]["dataset"], "seeds": seeds, "num_seeds": len(seeds),
           "models": summary["models"], "comparisons": summary["comparisons"],
+          "comparison_family": summary["comparison_family"],
           "ema_sweep": sweep.points(config, summary["models"]),
           "seed_workdirs": [str(seed_dir(".", seed)) for seed in seeds],
           "config": config.to_dict(), "environment": reports[0]["environment"], "wall_seconds": wall_seconds}
@@ -93,8 +101,11 @@ def markdown(report: dict) -> str:
     agreement = _pm(entry, "agreement_with_teacher") if "agreement_with_teacher" in entry else ""
     lines.append(f"| {name} | {entry['params']:,} | {_pm(entry, 'val_top1')} | {_pm(entry, 'val_top5')} "
                  f"| {_pm(entry, 'val_loss', 4)} | {agreement} | {entry['train_seconds']:.1f} |")
+  lines += ["", report_lib.answer(report["models"], report["comparisons"], n)]
   lines += ["", "Paired differences in top-1 (same seed: same initial weights and data order):", ""]
-  lines += [f"- {report_lib.comparison_sentence(comparison)}" for comparison in report["comparisons"]]
+  lines += [f"- {report_lib.comparison_sentence(comparison, report.get('comparison_family'))}"
+            for comparison in report["comparisons"]]
+  lines += ["", report_lib.coverage_note(report)]
   lines += [*report_lib.ema_sections(report), "", "![curves](curves.png)", ""]
   return "\n".join(lines)
 

@@ -116,13 +116,15 @@ def run_phase(setup: Setup, run: RunDir, phase: str, teacher_params, saved: resu
           model.net, getattr(state, model.state_field))
     return {model.name: results[model.name].final for model in tracked}
 
-  def diagnose(state, epoch: int, kd_loss, top1: tuple[float, float] | None = None) -> None:
-    if top1 is None:
-      top1 = (setup.evaluate("teacher", state.teacher_params)[0]["val_top1"],
-              setup.evaluate(spec.net, state.params)[0]["val_top1"])
+  if ema_teacher is not None:   # the log-spaced steps between epoch ends, and the probe they are measured on
+    mid_steps = collapse.mid_epoch_steps(config.epochs * setup.steps_per_epoch, setup.steps_per_epoch,
+                                         config.ema.diagnostics_per_decade)
+    probe = collapse.Probe(setup, len(mid_steps) + config.epochs + 1)
+
+  def diagnose(state, epoch: int, kd_loss, full_top1: tuple[float, float] | None = None) -> None:
     ema_teacher.diagnostics.append(collapse.measure(
-        setup, state.teacher_params, teacher_params, epoch=epoch, step=int(state.step),
-        kd_loss=None if kd_loss is None else float(kd_loss), teacher_top1=top1[0], student_top1=top1[1]))
+        setup, probe, state.teacher_params, spec.net, state.params, teacher_params, epoch=epoch,
+        step=int(state.step), kd_loss=None if kd_loss is None else float(kd_loss), full_top1=full_top1))
 
   start_epoch = 0
   if saved is not None:
@@ -152,17 +154,25 @@ def run_phase(setup: Setup, run: RunDir, phase: str, teacher_params, saved: resu
   events.start_phase([model.name for model in tracked], int(state.step))
 
   if ema_teacher is not None and start_epoch == 0:
-    diagnose(state, 0, None)
+    diagnose(state, 0, None, (setup.evaluate("teacher", state.teacher_params)[0]["val_top1"],
+                              setup.evaluate(spec.net, state.params)[0]["val_top1"]))
   for epoch in range(start_epoch + 1, config.epochs + 1):
     order = data_lib.epoch_order(setup.num_train, config.seed, epoch)
     description = f"{phase} epoch {epoch}/{config.epochs}"
-    watch = ema_teacher is not None and epoch == 1 and config.ema.diagnostics_every > 0
+    first_step = (epoch - 1) * setup.steps_per_epoch
+    watch = ema_teacher is not None and any(first_step < step < first_step + setup.steps_per_epoch
+                                            for step in mid_steps)
+    step_of = iter(range(first_step + 1, first_step + setup.steps_per_epoch))  # after_step's steps, in order
+
+    def after_step(state, loss, epoch=epoch, step_of=step_of):  # every step but the epoch's last
+      if next(step_of) in mid_steps:   # counted on the host: reading state.step would wait for the step
+        diagnose(state, epoch, loss)
+
     try:
       state, epoch_result = train.run_epoch(
           step_fn, state, setup.train_images, setup.train_labels, order, config.batch_size,
           config.data.drop_remainder, description, config.progress,
-          every=config.ema.diagnostics_every if watch else 0,
-          after_step=(lambda state, loss: diagnose(state, 1, loss)) if watch else None,
+          every=1 if watch else 0, after_step=after_step if watch else None,
           teacher_logits=teacher_logits, parallel=setup.parallel if setup.parallel.mesh is not None else None)
     except train.DivergenceError as error:
       raise diverged(config, phase, epoch, error) from None
@@ -272,7 +282,7 @@ def _run_locked(config, run: RunDir, start: float) -> dict:
   for name, entry in summary["models"].items():
     report["models"][name].update({key: value for key, value in entry.items()
                                    if key.endswith("_std") or key == "per_seed"})
-  report["comparisons"] = summary["comparisons"]
+  report["comparisons"], report["comparison_family"] = summary["comparisons"], summary["comparison_family"]
   if run.writer:
     report_lib.write(run, report, report_lib.markdown(report),
                      lambda path: report_lib.plot_curves(results, path))
