@@ -164,10 +164,12 @@ def test_collapse_points_are_measured_and_reported(sweep_run):
 
 
 def test_the_schedules_field_is_checked_and_an_older_runs_field_does_not_block_resume():
-  from kdjax import config as config_lib
+  from kdjax import errors
+  from kdjax.config import defaults as config_lib
+  from kdjax.config import validation
   for bad in (-1, 101):   # (ConfigDict itself refuses a float or a bool in an int field)
-    with pytest.raises(config_lib.ConfigError, match="ema.diagnostics_per_decade"):
-      config_lib.validate(tiny_config(**{"ema.diagnostics_per_decade": bad}))
+    with pytest.raises(errors.ConfigError, match="ema.diagnostics_per_decade"):
+      validation.validate(tiny_config(**{"ema.diagnostics_per_decade": bad}))
   current = json.loads(config_lib.default_config().to_json_best_effort())
   older = json.loads(json.dumps(current))
   del older["ema"]["diagnostics_per_decade"]
