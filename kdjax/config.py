@@ -96,6 +96,10 @@ def default_config() -> ml_collections.ConfigDict:
   config.speed.teacher_conv = "blocks"  # "blocks": kdjax.block_conv, on 2x2 pixel blocks; "xla": nn.Conv (sums move
                                         # ~1 ulp); XLA:CPU: teacher CE step 1.13x faster on blocks
   config.speed.student_conv = "xla"     # as speed.teacher_conv; "xla" as the student's step is 0.89x on blocks
+  # Who computes the convs (kdjax/onednn_conv.py): "auto" = oneDNN for float32 on an x86_64 CPU with the extension
+  # built and one data-parallel device, else XLA as speed.{net}_conv; "xla" = XLA as speed.{net}_conv (what kdjax
+  # computed before this field); "blocks" = XLA on blocks for both nets; "onednn" = oneDNN (sums move ~1 ulp)
+  config.speed.conv = "auto"
 
   return config
 
@@ -111,7 +115,7 @@ RESULT_NEUTRAL = ("progress", "log_every_epoch", "log_every_steps", "checkpoint.
 
 
 # What a field meant in a run written before the field existed, where that is not today's default.
-ABSENT_MEANS = {"speed.teacher_conv": "xla", "speed.student_conv": "xla"}
+ABSENT_MEANS = {"speed.teacher_conv": "xla", "speed.student_conv": "xla", "speed.conv": "xla"}
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
@@ -269,5 +273,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
          "must be an integer >= 1", dist.num_processes)
   _check(isinstance(dist.process_id, int) and 0 <= dist.process_id < dist.num_processes,
          "distributed.process_id", f"must be an integer in [0, {dist.num_processes - 1}]", dist.process_id)
+  from kdjax import onednn_conv
+  speed_conv_error = onednn_conv.validation_error(config)
+  if speed_conv_error:
+    raise ConfigError(speed_conv_error)
   for field in ("cached_teacher_logits", "xla_cpu_options"):
     _check(isinstance(config.speed[field], bool), f"speed.{field}", "must be True or False", config.speed[field])

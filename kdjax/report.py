@@ -20,6 +20,7 @@ from matplotlib import ticker  # noqa: E402
 
 from kdjax import collapse
 from kdjax import evaluate
+from kdjax import onednn_conv
 from kdjax import phases
 from kdjax import progress
 from kdjax import sweep
@@ -95,7 +96,8 @@ def build(config, dataset, results, checkpoints: dict, wall_seconds: float, data
                   "image_shape": list(dataset.image_shape)},
       "models": {name: _model_entry(result) for name, result in results.items()},
       "config": config.to_dict(),
-      "environment": environment(data_parallel),
+      # which convolution path ran, and why (kdjax.onednn_conv.choose)
+      "environment": dict(environment(data_parallel), conv=onednn_conv.describe(config)),
       "checkpoints": checkpoints,
       "ema_sweep": sweep.points(config, {name: _model_entry(result) for name, result in results.items()}),
       "wall_seconds": wall_seconds,
@@ -171,9 +173,15 @@ def markdown(report: dict) -> str:
             "![curves](curves.png)", "",
             f"Environment: jax {env['jax']}, flax {env['flax']}, backend {env['backend']}, "
             f"devices {', '.join(env['devices'])}"
-            f"{', data parallel over %d' % env['mesh']['data'] if env.get('mesh', {}).get('data', 1) > 1 else ''}.",
+            f"{', data parallel over %d' % env['mesh']['data'] if env.get('mesh', {}).get('data', 1) > 1 else ''}"
+            f"{_conv_paths(env)}.",
             ""]
   return "\n".join(lines)
+
+
+def _conv_paths(env: dict) -> str:
+  """"; teacher convs: onednn (why); ..." from the environment's conv entry (absent in older reports)."""
+  return "".join(f"; {net} convs: {entry['path']} ({entry['why']})" for net, entry in env.get("conv", {}).items())
 
 
 def comparison_sentence(comparison: dict) -> str:
