@@ -192,15 +192,19 @@ def random_batch(batch_size: int, image_size: int, num_classes: int, seed: int =
           "label": rng.integers(0, num_classes, batch_size).astype(np.int32)}
 
 
-def kdjax_step(kind: str, batch: dict, num_classes: int, fast: bool = True) -> Runner:
+def kdjax_step(kind: str, batch: dict, num_classes: int, fast: bool = True, conv: str | None = None) -> Runner:
   """kdjax's step of `kind` on `batch`, as the training path builds it (fast=True: every config.speed switch on)
-  or as it was before them (fast=False). Compiled ahead of time, so compile_seconds is the compile alone."""
+  or as it was before them (fast=False: XLA's nn.Conv). conv: config speed.conv ("xla": XLA's convs as the
+  training path compiled them before oneDNN; None: the default, oneDNN where it runs). Compiled ahead of time, so
+  compile_seconds is the compile alone."""
   net, step_kind = KINDS[kind]
   image_shape = batch["image"].shape[1:]
   config = config_lib.default_config()
+  if conv is not None:
+    config.speed.conv = conv
   if not fast:
     config.speed.update(pool="reduce_window", teacher_conv="xla", student_conv="xla", xla_cpu_options=False,
-                        cached_teacher_logits=False)
+                        cached_teacher_logits=False, conv="xla")
   nets = {role: models.from_config(role, num_classes, config) for role in models.MODEL_FACTORIES}
   teacher_params = models.init_params(nets["teacher"], jax.random.PRNGKey(0), image_shape)
   params = models.init_params(nets[net], jax.random.PRNGKey(1), image_shape)
