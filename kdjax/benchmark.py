@@ -384,9 +384,19 @@ def data_parallel(batch_size: int, image_size: int, num_classes: int, steps: int
 
 
 def compare_torch(batch_size: int, image_size: int, num_classes: int, steps: int, repeats: int,
-                  peak_gflops: float = 0.0, kinds=tuple(KINDS)) -> dict:
-  """kdjax now and before, PyTorch NCHW and channels_last at 1 and core_count() threads: one table."""
+                  peak_gflops: float = 0.0, kinds=tuple(KINDS), xla_beside: bool = False,
+                  allocators: tuple[str, ...] = ()) -> dict:
+  """kdjax now and before, PyTorch NCHW and channels_last at 1 and core_count() threads: one table.
+
+  xla_beside: also kdjax with speed.conv "xla" ("kdjax_xla"), where kdjax's default runs the convs in oneDNN.
+  allocators: run PyTorch in child processes with these kdjax.torch_peer.ALLOCATORS ("plain", "tuned"): NCHW with
+  the first, channels_last with each (the others' variants named torch_channels_last_{n}t_{allocator}); ratios
+  use the fastest. () = PyTorch in this process, with whatever allocator it has."""
+  from kdjax import onednn_conv, torch_peer
+
   load_before = load_average()
+  peers = {allocator: torch_peer.Peer(allocator) for allocator in allocators}
+  xla_beside = xla_beside and onednn_conv.choose(config_lib.default_config(), "teacher")[0] != "xla"
   threads = core_count()
   thread_counts = sorted({1, threads})
   peak = {"peak_gflops": peak_gflops, "source": "--peak_gflops"} if peak_gflops else dict(
@@ -396,9 +406,17 @@ def compare_torch(batch_size: int, image_size: int, num_classes: int, steps: int
   for kind in kinds:
     runners = {"kdjax": kdjax_step(kind, batch, num_classes, fast=True),
                "kdjax_before": kdjax_step(kind, batch, num_classes, fast=False)}
+    if xla_beside:
+      runners["kdjax_xla"] = kdjax_step(kind, batch, num_classes, fast=True, conv="xla")
     for layout in ("nchw", "channels_last"):
       for count in thread_counts:
-        runners[f"torch_{layout}_{count}t"] = torch_step(kind, batch, num_classes, count, layout != "nchw")
+        if not peers:
+          runners[f"torch_{layout}_{count}t"] = torch_step(kind, batch, num_classes, count, layout != "nchw")
+        for index, (allocator, peer) in enumerate(peers.items()):
+          if index and layout == "nchw":
+            continue
+          name = f"torch_{layout}_{count}t" + (f"_{allocator}" if index else "")
+          runners[name] = peer.runner(kind, batch_size, image_size, num_classes, count, layout != "nchw")
     timings = time_alternating(runners, steps, repeats)
     row = {name: {"images_per_second": _rate(timing, batch_size), "step_ms": 1e3 * timing["step_s"],
                   "min_step_ms": 1e3 * timing["min_step_s"],
@@ -413,12 +431,26 @@ def compare_torch(batch_size: int, image_size: int, num_classes: int, steps: int
       best = max(thread_counts, key=lambda count: row[f"torch_{layout}_{count}t"]["images_per_second"])
       summary[f"torch_{layout}_threads"] = best
       summary[f"vs_torch_{layout}"] = kdjax / row[f"torch_{layout}_{best}t"]["images_per_second"]
+    if len(peers) > 1:   # the fastest channels_last over thread counts and allocators
+      names = [name for name in row if name.startswith("torch_channels_last_")]
+      best_name = max(names, key=lambda name: row[name]["images_per_second"])
+      summary["torch_channels_last_variant"] = best_name
+      summary["torch_channels_last_allocator"] = next(
+          (allocator for allocator in peers if best_name.endswith(f"_{allocator}")), next(iter(peers)))
+      summary["vs_torch_channels_last"] = kdjax / row[best_name]["images_per_second"]
+    if "kdjax_xla" in row:
+      best_cl = row[summary.get("torch_channels_last_variant",
+                                f"torch_channels_last_{summary['torch_channels_last_threads']}t")]
+      summary["xla_vs_torch_channels_last"] = row["kdjax_xla"]["images_per_second"] / best_cl["images_per_second"]
     rows[kind] = {"variants": row, "summary": summary}
+  for peer in peers.values():
+    peer.close()
   import torch
   return {"mode": "compare_torch", **_shapes(batch_size, image_size, num_classes, steps, repeats),
           "threads": {"jax": threads, "torch": thread_counts,
                       "rule": "ratios use the faster PyTorch thread count (never a collapsed baseline)"},
           "peak": peak, "kinds": rows, "load_average_before": load_before, "load_average_after": load_average(),
+          "torch_allocators": {name: peer.info for name, peer in peers.items()} or "this process's", "conv": onednn_conv.describe(config_lib.default_config()),
           "environment": dict(_environment(), torch=torch.__version__)}
 
 
@@ -740,6 +772,13 @@ def _print_compare(figures: dict) -> None:
   print(f"fp32 peak {peak['peak_gflops']:.1f} GFLOP/s ({peak['source']})")
   print(f"kdjax now: fast pool, XLA options {env['xla_cpu_options']}, cached teacher logits (student_kd); "
         f"before: nn.max_pool, XLA defaults, inline teacher")
+  for net, conv in figures.get("conv", {}).items():
+    print(f"kdjax {net} convs: {conv['path']} ({conv['why']})")
+  if isinstance(figures.get("torch_allocators"), dict):
+    allocators = ", ".join(f"{name} ({info['malloc'] or 'glibc defaults'})"
+                           for name, info in figures["torch_allocators"].items())
+    print(f"PyTorch in child processes, one per allocator (kdjax/torch_peer.py): {allocators}; NCHW with the "
+          f"first; channels_last ratios use the fastest thread count and allocator")
   header = (f"{'kind':<16}{'kdjax img/s':>12}{'before':>9}{'x before':>9}{'torch NCHW':>12}{'x NCHW':>8}"
             f"{'torch CL':>10}{'x CL':>7}{'% peak':>8}{'compile s':>10}")
   print(header)
@@ -753,6 +792,14 @@ def _print_compare(figures: dict) -> None:
           f"{cl['images_per_second']:>6.0f} ({summary['torch_channels_last_threads']}t)"
           f"{summary['vs_torch_channels_last']:>7.2f}{100 * row['kdjax']['peak_fraction']:>8.1f}"
           f"{row['kdjax']['compile_s']:>10.2f}")
+    if "kdjax_xla" in row:
+      print(f"{'  (XLA convs)':<16}{row['kdjax_xla']['images_per_second']:>12.0f}{'':>44}"
+            f"{summary['xla_vs_torch_channels_last']:>7.2f}"
+            f"{100 * row['kdjax_xla']['peak_fraction']:>8.1f}{row['kdjax_xla']['compile_s']:>10.2f}")
+    if "torch_channels_last_variant" in summary:
+      print(f"{'':<16}fastest PyTorch channels_last: {summary['torch_channels_last_variant']} "
+            f"({row[summary['torch_channels_last_variant']]['images_per_second']:.0f} img/s, "
+            f"allocator {summary['torch_channels_last_allocator']})")
   print("PyTorch at each thread count, images/s (NCHW / channels_last):")
   for kind, entry in figures["kinds"].items():
     row = entry["variants"]
@@ -835,7 +882,8 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # no INFO line about absent TPU backends
   shapes = (_BATCH.value, _IMAGE.value, _CLASSES.value, _STEPS.value, _REPEATS.value)
   if _COMPARE.value:
-    figures, show = compare_torch(*shapes, peak_gflops=_PEAK.value), _print_compare
+    figures, show = compare_torch(*shapes, peak_gflops=_PEAK.value, xla_beside=True,
+                                  allocators=("tuned", "plain")), _print_compare
   elif _PROFILE.value:
     figures, show = profile(*shapes), _print_profile
   elif _MESH.value:
