@@ -487,8 +487,18 @@ def _teacher_ops(batch_size: int, image_size: int, num_classes: int) -> list[dic
   return ops
 
 
-def _op_timers(op: dict, num_classes: int, options_now, options_default, repeats: int) -> list[tuple]:
-  """[(variant, seconds)] for one op: kdjax's way, and XLA's default / nn.max_pool's way where they differ."""
+def _op_timers(op: dict, num_classes: int, options_now, options_default, repeats: int,
+               onednn: bool = False) -> list[tuple]:
+  """[(variant, seconds)] for one op: kdjax's way, and XLA's default / nn.max_pool's way where they differ.
+  onednn: kdjax runs its convs in oneDNN (kdjax.onednn_conv): that is kdjax's way, XLA's ways beside it."""
+  if onednn and op["op"].startswith("conv"):
+    from kdjax import onednn_conv
+
+    xla_ways = _op_timers(op, num_classes, options_now, options_default, repeats)
+    bias = jnp.zeros(op["cout"], jnp.float32)
+    on_onednn = lambda x, k: onednn_conv.conv(x, k, bias)
+    seconds = _conv_op_seconds(op, on_onednn, options_now, repeats)
+    return [("kdjax", seconds), *((f"xla:{label}", value) for label, value in xla_ways)]
   rng = np.random.default_rng(0)
   normal = lambda *shape: jnp.asarray(rng.standard_normal(shape).astype(np.float32))
   compile_with = lambda fn, options: jax.jit(fn, compiler_options=options)
@@ -550,6 +560,19 @@ def _op_timers(op: dict, num_classes: int, options_now, options_default, repeats
   raise ValueError(name)
 
 
+def _conv_op_seconds(op: dict, conv: Callable, options, repeats: int) -> float:
+  """Median seconds of one conv op ("conv forward" / "conv input grad" / "conv weight grad") of `conv(x, k)`."""
+  rng = np.random.default_rng(0)
+  normal = lambda *shape: jnp.asarray(rng.standard_normal(shape).astype(np.float32))
+  n, h, w, cin = op["shape"]
+  x, kernel, grad = normal(n, h, w, cin), normal(3, 3, cin, op["cout"]), normal(n, h, w, op["cout"])
+  fn = {"conv forward": lambda x, k, g: conv(x, k),
+        "conv input grad": lambda x, k, g: jax.vjp(lambda x_: conv(x_, k), x)[1](g)[0],
+        "conv weight grad": lambda x, k, g: jax.vjp(lambda k_: conv(x, k_), k)[1](g)[0]}[op["op"]]
+  compiled = jax.jit(fn, compiler_options=options)
+  return _median_seconds(lambda: compiled(x, kernel, grad), repeats)
+
+
 def _torch_op_timers(op: dict, num_classes: int, repeats: int) -> dict:
   """PyTorch channels_last (oneDNN) on the same op, at the faster of 1 and core_count() threads:
   {"torch_cl": seconds} (pools: {"torch_cl": (forward, backward)}); {} for the ops it is not shown for."""
@@ -594,8 +617,11 @@ def profile(batch_size: int, image_size: int, num_classes: int, steps: int, repe
             with_torch: bool = True) -> dict:
   """Where the teacher-CE step's time goes: each op compiled and timed alone at the step's shapes, times its
   count in the step, against the whole step timed in the same run; GFLOP/s per op."""
+  from kdjax import onednn_conv
+
   load_before = load_average()
   options_now, options_default = xla.compiler_options(True), None
+  onednn = onednn_conv.choose(config_lib.default_config(), "teacher")[0] != "xla"
   batch = random_batch(batch_size, image_size, num_classes)
   step = kdjax_step("teacher_ce", batch, num_classes)
   step_seconds = time_alternating({"step": step}, steps, repeats)["step"]["step_s"]
@@ -603,7 +629,7 @@ def profile(batch_size: int, image_size: int, num_classes: int, steps: int, repe
   op_repeats = max(7, 2 * repeats)  # ops alone take milliseconds: more repeats for a steadier median
   for op in _teacher_ops(batch_size, image_size, num_classes):
     count = len(op["layers"])
-    timings = _op_timers(op, num_classes, options_now, options_default, op_repeats)
+    timings = _op_timers(op, num_classes, options_now, options_default, op_repeats, onednn)
     torch_timings = _torch_op_timers(op, num_classes, op_repeats) if with_torch else {}
     if op["op"] == "pool":
       timings += [(label, *values) for label, values in torch_timings.items()]
@@ -617,7 +643,8 @@ def profile(batch_size: int, image_size: int, num_classes: int, steps: int, repe
           "method": "each op jitted and timed alone (median of repeats) at the step's shapes, times its count in "
                     "the step; 'other' is the whole step minus their sum (elementwise fusions: normalisation, "
                     "bias adds and their gradients, copies; dispatch). Beside each: XLA's default / nn.max_pool, "
-                    "and PyTorch channels_last (oneDNN) on the same op at its faster thread count",
+                    "and PyTorch channels_last (oneDNN) on the same op at its faster thread count; where kdjax's "
+                    "convs run in oneDNN (kdjax.onednn_conv), kdjax's way is that and xla:* are XLA's ways",
           "step_ms": 1e3 * step_seconds, "accounted_ms": accounted, "other_ms": 1e3 * step_seconds - accounted,
           "step_gflops": step.flops_per_image * batch_size / step_seconds / 1e9, "ops": rows,
           "xla_options": options_now, "load_average_before": load_before, "load_average_after": load_average(),
