@@ -118,7 +118,7 @@ class ConvNet(nn.Module):
     for index, features in enumerate(self.conv_features, start=1):
       in_features = x.shape[-1] // (1 if layout == "pixels" else 4)
       inits = _layer_inits(self.init_scheme, in_features * kh * kw)
-      if self.engine != "xla" and self._on_onednn(x):
+      if self.engine != "xla" and self._on_onednn(x, f"conv{index}"):
         kernel, bias = ConvParams(features, in_features, inits, name=f"conv{index}")()
         x = act(onednn_conv.conv(x, kernel, bias))
       elif self.conv == "blocks" and (layout != "pixels" or block_conv.supported(*x.shape[1:3])):
@@ -137,12 +137,15 @@ class ConvNet(nn.Module):
     x = x.reshape((x.shape[0], -1))  # H*W*C order; PyTorch's is C*H*W (see parity/convert.py).
     return nn.Dense(self.num_classes, name="fc", **_layer_inits(self.init_scheme, x.shape[-1]))(x)
 
-  def _on_onednn(self, x: jax.Array) -> bool:
-    """Does oneDNN compute the next conv of `x`? (Its parameters are float32 exactly when x is: init_params and
-    the parity suite cast both.) "onednn" where it cannot run is an error naming why."""
+  def _on_onednn(self, x: jax.Array, name: str) -> bool:
+    """Does oneDNN compute the conv `name` of `x`? It computes in the dtype nn.Conv would: x's and its parameters'
+    promoted (float64 parameters, the parity suite's, make a float64 conv: XLA's). "onednn" where it cannot run is
+    an error naming why."""
     if self.engine == "xla":
       return False
-    reason = onednn_conv.runs_here(x.dtype)
+    params = self.variables.get("params", {}).get(name, {})   # empty while init creates them (float32)
+    dtype = jnp.result_type(x.dtype, *(leaf.dtype for leaf in jax.tree_util.tree_leaves(params)))
+    reason = onednn_conv.runs_here(dtype)
     if reason and self.engine == "onednn":
       raise ValueError(f"engine 'onednn' (config speed.conv) cannot run this conv: {reason}")
     return not reason

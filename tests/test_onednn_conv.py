@@ -166,7 +166,9 @@ def test_auto_runs_float32_in_oneDNN_and_float64_in_xla():
   with jax.enable_x64(True):
     params64 = jax.tree.map(lambda leaf: np.asarray(leaf, np.float64), params)
     hlo64 = jax.jit(model.apply).lower({"params": params64}, images.astype(np.float64)).as_text()
-  assert "kdjax_onednn" not in hlo64 and "convolution" in hlo64
+    assert "kdjax_onednn" not in hlo64 and "convolution" in hlo64
+    # float32 images with float64 parameters promote to a float64 conv, as nn.Conv's do
+    assert "kdjax_onednn" not in jax.jit(model.apply).lower({"params": params64}, images).as_text()
   with jax.enable_x64(True), pytest.raises(ValueError, match="engine 'onednn'.*float64"):
     models.student_net(10, engine="onednn").apply({"params": params64}, images.astype(np.float64))
 
@@ -239,3 +241,25 @@ def test_setup_builds_without_a_compiler_and_records_why(tmp_path):
   assert not list((tmp_path / "kdjax").glob("_onednn_conv*.so"))
   reason = (tmp_path / "kdjax" / onednn_conv.STATUS_FILE).read_text()
   assert "/nonexistent/c" in reason or "not found" in reason or "No such file" in reason, reason
+
+
+@needs_onednn
+def test_the_thread_count_does_not_change_the_bits():
+  """Measured on this CPU (AVX-512 brgconv/jit kernels): oneDNN splits these convs' work, not their sums, across
+  threads, so 1 and 2 threads give the same bits (README: what changes with the thread count)."""
+  rng = np.random.default_rng(1)
+  grads = jax.jit(jax.value_and_grad(lambda x, k, b: jnp.sum(jnp.sin(onednn_conv.conv(x, k, b))), argnums=(0, 1, 2)))
+  threads = onednn_conv.threads()
+  try:
+    for shape in ((37, 32, 32, 12), (9, 64, 64, 3)):
+      x = rng.standard_normal(shape).astype(np.float32)
+      kernel = rng.standard_normal((3, 3, shape[-1], 12)).astype(np.float32)
+      bias = rng.standard_normal(12).astype(np.float32)
+      results = []
+      for count in (1, 2):
+        onednn_conv.set_threads(count)
+        results.append(jax.tree.map(np.asarray, grads(x, kernel, bias)))
+      for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1])):
+        np.testing.assert_array_equal(a, b)
+  finally:
+    onednn_conv.set_threads(threads)
