@@ -13,7 +13,8 @@ config speed.conv "auto" then keeps the convolutions in XLA (`choose`).
 
 Threads: oneDNN runs on GNU OpenMP, XLA on its own pool; the two never run at once (a custom call blocks XLA's
 thread until it returns, and the extension serialises its calls), so each may use every core. `set_threads` sets
-oneDNN's count (default: the cores this process may use, os.sched_getaffinity).
+oneDNN's count (default: KDJAX_ONEDNN_THREADS, else the cores this process may use, os.sched_getaffinity); on this
+CPU 1 and 2 threads give the same bits (tests/test_onednn_conv.py).
 """
 
 import ctypes
@@ -28,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 ENV_DISABLE = "KDJAX_ONEDNN"   # "0": behave as if the extension were not built (tests, comparisons)
+ENV_THREADS = "KDJAX_ONEDNN_THREADS"   # oneDNN's OpenMP threads (default: the cores this process may use)
 STATUS_FILE = "_onednn_conv.unavailable"   # written by setup.py when it could not build the extension
 TARGETS = {"forward": "kdjax_onednn_conv_forward", "backward_data": "kdjax_onednn_conv_backward_data",
            "backward_weights": "kdjax_onednn_conv_backward_weights"}
@@ -67,7 +69,11 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
 
 
 def default_threads() -> int:
-  """oneDNN's OpenMP threads unless set_threads says otherwise: the cores this process may run on."""
+  """oneDNN's OpenMP threads unless set_threads says otherwise: KDJAX_ONEDNN_THREADS when set (e.g. 1 on a machine
+  shared with other busy processes, where a 2-thread team waits at every barrier for a descheduled thread), else
+  the cores this process may run on (as XLA's own pool)."""
+  if os.environ.get(ENV_THREADS, "").strip():
+    return max(1, int(os.environ[ENV_THREADS]))
   return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
