@@ -96,6 +96,11 @@ def default_config() -> ml_collections.ConfigDict:
   config.speed.teacher_conv = "blocks"  # "blocks": kdjax.nets.block_conv, on 2x2 pixel blocks; "xla": nn.Conv (sums move
                                         # ~1 ulp); XLA:CPU: teacher CE step 1.13x faster on blocks
   config.speed.student_conv = "xla"     # as speed.teacher_conv; "xla" as the student's step is 0.89x on blocks
+  # Who computes the convs (kdjax/nets/onednn_conv.py): "auto" = oneDNN for float32 on an x86_64 CPU with the
+  # extension built and one data-parallel device, else XLA as speed.{net}_conv; "xla" = XLA as speed.{net}_conv
+  # (what kdjax computed before this field); "blocks" = XLA on blocks for both nets; "onednn" = oneDNN (sums move
+  # ~1 ulp)
+  config.speed.conv = "auto"
 
   return config
 
@@ -114,7 +119,7 @@ RESULT_NEUTRAL = ("progress", "log_every_epoch", "log_every_steps", "checkpoint.
 
 
 # What a field meant in a run written before the field existed, where that is not today's default.
-ABSENT_MEANS = {"speed.teacher_conv": "xla", "speed.student_conv": "xla"}
+ABSENT_MEANS = {"speed.teacher_conv": "xla", "speed.student_conv": "xla", "speed.conv": "xla"}
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:

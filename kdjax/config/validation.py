@@ -7,6 +7,7 @@ import math
 import ml_collections
 
 from kdjax import data as data_lib
+from kdjax.config import nets as config_nets
 from kdjax.errors import ConfigError
 from kdjax.nets import models
 from kdjax.phases import PHASE_NAMES
@@ -130,5 +131,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
          "must be an integer >= 1", dist.num_processes)
   _check(isinstance(dist.process_id, int) and 0 <= dist.process_id < dist.num_processes,
          "distributed.process_id", f"must be an integer in [0, {dist.num_processes - 1}]", dist.process_id)
+  speed_conv_error = config_nets.validation_error(config)
+  if speed_conv_error:
+    raise ConfigError(speed_conv_error)
   for field in ("cached_teacher_logits", "xla_cpu_options"):
     _check(isinstance(config.speed[field], bool), f"speed.{field}", "must be True or False", config.speed[field])

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kdjax.nets import block_conv
+from kdjax.nets import onednn_conv
 from kdjax.nets import pooling
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -34,6 +35,7 @@ POOLS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "reduce_window": lambda x: nn.max_pool(x, window_shape=(2, 2), strides=(2, 2)),
 }
 CONVS = ("xla", "blocks")
+ENGINES = ("xla", "auto", "onednn")  # who computes the convs: kdjax.config.nets.conv_engine
 KERNEL_SIZE = (3, 3)
 
 
@@ -83,6 +85,9 @@ class ConvNet(nn.Module):
     conv: how the convs are computed: "xla" (nn.Conv) or "blocks" (kdjax.nets.block_conv: each run of convs up to a
       pool on 2x2 pixel blocks; the same function, float32 sums in another order). Same parameters either way.
       A blocked run's pool is kdjax.nets.block_conv.max_pool whatever `pool` says (the same bits as both).
+    engine: "xla" (the convs as `conv` says), "onednn" (every conv in oneDNN, kdjax.nets.onednn_conv: float32 on CPU
+      only) or "auto" (oneDNN when the traced convolution is float32 on a CPU with the extension loaded, else
+      "xla"; float64, the parity suite's, stays in XLA). Same parameters whichever computes them.
   """
 
   conv_features: Sequence[int]
@@ -92,6 +97,7 @@ class ConvNet(nn.Module):
   init_scheme: str = "pytorch"  # `init` would shadow Module.init
   pool: str = "fast"
   conv: str = "xla"
+  engine: str = "xla"
 
   @property
   def layer_names(self) -> tuple[str, ...]:
@@ -106,13 +112,18 @@ class ConvNet(nn.Module):
       raise ValueError(f"pool must be one of {tuple(POOLS)}, got {self.pool!r}")
     if self.conv not in CONVS:
       raise ValueError(f"conv must be one of {CONVS}, got {self.conv!r}")
+    if self.engine not in ENGINES:
+      raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
     max_pool = POOLS[self.pool]
     x, layout = images, "pixels"
     kh, kw = KERNEL_SIZE
     for index, features in enumerate(self.conv_features, start=1):
       in_features = x.shape[-1] // (1 if layout == "pixels" else 4)
       inits = _layer_inits(self.init_scheme, in_features * kh * kw)
-      if self.conv == "blocks" and (layout != "pixels" or block_conv.supported(*x.shape[1:3])):
+      if self.engine != "xla" and self._on_onednn(x, f"conv{index}"):
+        kernel, bias = ConvParams(features, in_features, inits, name=f"conv{index}")()
+        x = act(onednn_conv.conv(x, kernel, bias))
+      elif self.conv == "blocks" and (layout != "pixels" or block_conv.supported(*x.shape[1:3])):
         if layout == "pixels":
           x, layout = block_conv.to_aligned(x), "aligned"
         kernel, bias = ConvParams(features, in_features, inits, name=f"conv{index}")()
@@ -128,19 +139,32 @@ class ConvNet(nn.Module):
     x = x.reshape((x.shape[0], -1))  # H*W*C order; PyTorch's is C*H*W (see parity/convert.py).
     return nn.Dense(self.num_classes, name="fc", **_layer_inits(self.init_scheme, x.shape[-1]))(x)
 
+  def _on_onednn(self, x: jax.Array, name: str) -> bool:
+    """Does oneDNN compute the conv `name` of `x`? It computes in the dtype nn.Conv would: x's and its parameters'
+    promoted (float64 parameters, the parity suite's, make a float64 conv: XLA's). "onednn" where it cannot run is
+    an error naming why."""
+    if self.engine == "xla":
+      return False
+    params = self.variables.get("params", {}).get(name, {})   # empty while init creates them (float32)
+    dtype = jnp.result_type(x.dtype, *(leaf.dtype for leaf in jax.tree_util.tree_leaves(params)))
+    reason = onednn_conv.runs_here(dtype)
+    if reason and self.engine == "onednn":
+      raise ValueError(f"engine 'onednn' (config speed.conv) cannot run this conv: {reason}")
+    return not reason
+
 
 def teacher_net(num_classes: int, activation: str = "none", init: str = "pytorch",
-                pool: str = "fast", conv: str = "xla") -> ConvNet:
+                pool: str = "fast", conv: str = "xla", engine: str = "xla") -> ConvNet:
   """The original's TeacherNet: 12 convs of 12 channels, pools after conv3, conv6, conv9, conv12."""
   return ConvNet(conv_features=(12,) * 12, pool_after=(3, 6, 9, 12), num_classes=num_classes,
-                 activation=activation, init_scheme=init, pool=pool, conv=conv)
+                 activation=activation, init_scheme=init, pool=pool, conv=conv, engine=engine)
 
 
 def student_net(num_classes: int, activation: str = "none", init: str = "pytorch",
-                pool: str = "fast", conv: str = "xla") -> ConvNet:
+                pool: str = "fast", conv: str = "xla", engine: str = "xla") -> ConvNet:
   """Our StudentNet: 4 convs of 12 channels, each followed by a 2x2 max-pool."""
   return ConvNet(conv_features=(12,) * 4, pool_after=(1, 2, 3, 4), num_classes=num_classes,
-                 activation=activation, init_scheme=init, pool=pool, conv=conv)
+                 activation=activation, init_scheme=init, pool=pool, conv=conv, engine=engine)
 
 
 # Called as factory(num_classes, activation, init) or with pool=..., conv=... as well.

@@ -15,6 +15,7 @@ import flax
 import jax
 import numpy as np
 
+from kdjax.config import nets as config_nets
 from kdjax.report import collapse
 from kdjax.report import figures
 from kdjax.training import evaluate
@@ -115,7 +116,8 @@ def build(config, dataset, results, checkpoints: dict, wall_seconds: float, data
                   "image_shape": list(dataset.image_shape)},
       "models": {name: _model_entry(result) for name, result in results.items()},
       "config": config.to_dict(),
-      "environment": environment(data_parallel),
+      # which convolution path ran, and why (kdjax.config.nets.conv_engine)
+      "environment": dict(environment(data_parallel), conv=config_nets.describe(config)),
       "checkpoints": checkpoints,
       "ema_sweep": sweep.points(config, {name: _model_entry(result) for name, result in results.items()}),
       "per_example": per_example(np.asarray(dataset.val_labels), results),
@@ -282,9 +284,15 @@ def markdown(report: dict) -> str:
             "![curves](curves.png)", "",
             f"Environment: jax {env['jax']}, flax {env['flax']}, backend {env['backend']}, "
             f"devices {', '.join(env['devices'])}"
-            f"{', data parallel over %d' % env['mesh']['data'] if env.get('mesh', {}).get('data', 1) > 1 else ''}.",
+            f"{', data parallel over %d' % env['mesh']['data'] if env.get('mesh', {}).get('data', 1) > 1 else ''}"
+            f"{_conv_paths(env)}.",
             ""]
   return "\n".join(lines)
+
+
+def _conv_paths(env: dict) -> str:
+  """"; teacher convs: onednn (why); ..." from the environment's conv entry (absent in older reports)."""
+  return "".join(f"; {net} convs: {entry['path']} ({entry['why']})" for net, entry in env.get("conv", {}).items())
 
 
 def ema_sections(report: dict) -> list[str]:

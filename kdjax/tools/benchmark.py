@@ -210,16 +210,19 @@ def study_setup(config, num_classes: int, image_shape) -> Setup:
                train_labels=None, nets=nets, initial_params=initial, steps_per_epoch=0)
 
 
-def kdjax_step(kind: str, batch: dict, num_classes: int, fast: bool = True) -> Runner:
+def kdjax_step(kind: str, batch: dict, num_classes: int, fast: bool = True, conv: str | None = None) -> Runner:
   """kdjax's step of `kind` on `batch`, as the training path builds it (the study's Setup.step_function;
-  fast=True: every config.speed switch on) or as it was before them (fast=False). Compiled ahead of time, so
-  compile_seconds is the compile alone."""
+  fast=True: every config.speed switch on) or as it was before them (fast=False: XLA's nn.Conv). conv: config
+  speed.conv ("xla": XLA's convs as the training path compiled them before oneDNN; None: the default, oneDNN where
+  it runs). Compiled ahead of time, so compile_seconds is the compile alone."""
   net, step_kind = net_and_kind(kind)
   image_shape = batch["image"].shape[1:]
   config = config_lib.default_config()
+  if conv is not None:
+    config.speed.conv = conv
   if not fast:
     config.speed.update(pool="reduce_window", teacher_conv="xla", student_conv="xla", xla_cpu_options=False,
-                        cached_teacher_logits=False)
+                        cached_teacher_logits=False, conv="xla")
   study = study_setup(config, num_classes, image_shape)
   nets, initial = study.nets, study.initial_params
   mean, std = study.mean, study.std
@@ -388,9 +391,19 @@ def data_parallel(batch_size: int, image_size: int, num_classes: int, steps: int
 
 
 def compare_torch(batch_size: int, image_size: int, num_classes: int, steps: int, repeats: int,
-                  peak_gflops: float = 0.0, kinds=tuple(KINDS)) -> dict:
-  """kdjax now and before, PyTorch NCHW and channels_last at 1 and core_count() threads: one table."""
+                  peak_gflops: float = 0.0, kinds=tuple(KINDS), xla_beside: bool = False,
+                  allocators: tuple[str, ...] = ()) -> dict:
+  """kdjax now and before, PyTorch NCHW and channels_last at 1 and core_count() threads: one table.
+
+  xla_beside: also kdjax with speed.conv "xla" ("kdjax_xla"), where kdjax's default runs the convs in oneDNN.
+  allocators: run PyTorch in child processes with these kdjax.tools.torch_peer.ALLOCATORS ("plain", "tuned"): NCHW with
+  the first, channels_last with each (the others' variants named torch_channels_last_{n}t_{allocator}); ratios
+  use the fastest. () = PyTorch in this process, with whatever allocator it has."""
+  from kdjax.tools import torch_peer
+
   load_before = load_average()
+  peers = {allocator: torch_peer.Peer(allocator) for allocator in allocators}
+  xla_beside = xla_beside and config_nets.conv_engine(config_lib.default_config(), "teacher")[0] != "xla"
   threads = core_count()
   thread_counts = sorted({1, threads})
   peak = {"peak_gflops": peak_gflops, "source": "--peak_gflops"} if peak_gflops else dict(
@@ -400,9 +413,17 @@ def compare_torch(batch_size: int, image_size: int, num_classes: int, steps: int
   for kind in kinds:
     runners = {"kdjax": kdjax_step(kind, batch, num_classes, fast=True),
                "kdjax_before": kdjax_step(kind, batch, num_classes, fast=False)}
+    if xla_beside:
+      runners["kdjax_xla"] = kdjax_step(kind, batch, num_classes, fast=True, conv="xla")
     for layout in ("nchw", "channels_last"):
       for count in thread_counts:
-        runners[f"torch_{layout}_{count}t"] = torch_step(kind, batch, num_classes, count, layout != "nchw")
+        if not peers:
+          runners[f"torch_{layout}_{count}t"] = torch_step(kind, batch, num_classes, count, layout != "nchw")
+        for index, (allocator, peer) in enumerate(peers.items()):
+          if index and layout == "nchw":
+            continue
+          name = f"torch_{layout}_{count}t" + (f"_{allocator}" if index else "")
+          runners[name] = peer.runner(kind, batch_size, image_size, num_classes, count, layout != "nchw")
     timings = time_alternating(runners, steps, repeats)
     row = {name: {"images_per_second": _rate(timing, batch_size), "step_ms": 1e3 * timing["step_s"],
                   "min_step_ms": 1e3 * timing["min_step_s"],
@@ -417,12 +438,26 @@ def compare_torch(batch_size: int, image_size: int, num_classes: int, steps: int
       best = max(thread_counts, key=lambda count: row[f"torch_{layout}_{count}t"]["images_per_second"])
       summary[f"torch_{layout}_threads"] = best
       summary[f"vs_torch_{layout}"] = kdjax / row[f"torch_{layout}_{best}t"]["images_per_second"]
+    if len(peers) > 1:   # the fastest channels_last over thread counts and allocators
+      names = [name for name in row if name.startswith("torch_channels_last_")]
+      best_name = max(names, key=lambda name: row[name]["images_per_second"])
+      summary["torch_channels_last_variant"] = best_name
+      summary["torch_channels_last_allocator"] = next(
+          (allocator for allocator in peers if best_name.endswith(f"_{allocator}")), next(iter(peers)))
+      summary["vs_torch_channels_last"] = kdjax / row[best_name]["images_per_second"]
+    if "kdjax_xla" in row:
+      best_cl = row[summary.get("torch_channels_last_variant",
+                                f"torch_channels_last_{summary['torch_channels_last_threads']}t")]
+      summary["xla_vs_torch_channels_last"] = row["kdjax_xla"]["images_per_second"] / best_cl["images_per_second"]
     rows[kind] = {"variants": row, "summary": summary}
+  for peer in peers.values():
+    peer.close()
   import torch
   return {"mode": "compare_torch", **_shapes(batch_size, image_size, num_classes, steps, repeats),
           "threads": {"jax": threads, "torch": thread_counts,
                       "rule": "ratios use the faster PyTorch thread count (never a collapsed baseline)"},
           "peak": peak, "kinds": rows, "load_average_before": load_before, "load_average_after": load_average(),
+          "torch_allocators": {name: peer.info for name, peer in peers.items()} or "this process's", "conv": config_nets.describe(config_lib.default_config()),
           "environment": dict(_environment(), torch=torch.__version__)}
 
 
@@ -459,8 +494,20 @@ def _teacher_ops(batch_size: int, image_size: int, num_classes: int) -> list[dic
   return ops
 
 
-def _op_timers(op: dict, num_classes: int, options_now, options_default, repeats: int) -> list[tuple]:
-  """[(variant, seconds)] for one op: kdjax's way, and XLA's default / nn.max_pool's way where they differ."""
+def _op_timers(op: dict, num_classes: int, options_now, options_default, repeats: int,
+               onednn: bool = False) -> list[tuple]:
+  """[(variant, seconds)] for one op: kdjax's way, and XLA's default / nn.max_pool's way where they differ.
+  onednn: kdjax runs its convs in oneDNN (kdjax.nets.onednn_conv): that is kdjax's way, XLA's ways beside it."""
+  if onednn and op["op"].startswith("conv"):
+    from kdjax.nets import onednn_conv
+
+    xla_ways = _op_timers(op, num_classes, options_now, options_default, repeats)
+    bias = jnp.zeros(op["cout"], jnp.float32)
+    on_onednn = lambda x, k: onednn_conv.conv(x, k, bias)
+    seconds = _conv_op_seconds(op, on_onednn, options_now, repeats)
+    # XLA's ways: "xla_path" is what speed.conv "xla" runs (blocks or nn.Conv), then nn.Conv, XLA's defaults
+    return [("kdjax", seconds), *(("xla_path" if label == "kdjax" else f"xla:{label}", value)
+                                  for label, value in xla_ways)]
   rng = np.random.default_rng(0)
   normal = lambda *shape: jnp.asarray(rng.standard_normal(shape).astype(np.float32))
   compile_with = lambda fn, options: jax.jit(fn, compiler_options=options)
@@ -522,6 +569,19 @@ def _op_timers(op: dict, num_classes: int, options_now, options_default, repeats
   raise ValueError(name)
 
 
+def _conv_op_seconds(op: dict, conv: Callable, options, repeats: int) -> float:
+  """Median seconds of one conv op ("conv forward" / "conv input grad" / "conv weight grad") of `conv(x, k)`."""
+  rng = np.random.default_rng(0)
+  normal = lambda *shape: jnp.asarray(rng.standard_normal(shape).astype(np.float32))
+  n, h, w, cin = op["shape"]
+  x, kernel, grad = normal(n, h, w, cin), normal(3, 3, cin, op["cout"]), normal(n, h, w, op["cout"])
+  fn = {"conv forward": lambda x, k, g: conv(x, k),
+        "conv input grad": lambda x, k, g: jax.vjp(lambda x_: conv(x_, k), x)[1](g)[0],
+        "conv weight grad": lambda x, k, g: jax.vjp(lambda k_: conv(x, k_), k)[1](g)[0]}[op["op"]]
+  compiled = jax.jit(fn, compiler_options=options)
+  return _median_seconds(lambda: compiled(x, kernel, grad), repeats)
+
+
 def _torch_op_timers(op: dict, num_classes: int, repeats: int) -> dict:
   """PyTorch channels_last (oneDNN) on the same op, at the faster of 1 and core_count() threads:
   {"torch_cl": seconds} (pools: {"torch_cl": (forward, backward)}); {} for the ops it is not shown for."""
@@ -566,8 +626,10 @@ def profile(batch_size: int, image_size: int, num_classes: int, steps: int, repe
             with_torch: bool = True) -> dict:
   """Where the teacher-CE step's time goes: each op compiled and timed alone at the step's shapes, times its
   count in the step, against the whole step timed in the same run; GFLOP/s per op."""
+
   load_before = load_average()
   options_now, options_default = xla.compiler_options(True), None
+  onednn = config_nets.conv_engine(config_lib.default_config(), "teacher")[0] != "xla"
   batch = random_batch(batch_size, image_size, num_classes)
   step = kdjax_step("teacher_ce", batch, num_classes)
   step_seconds = time_alternating({"step": step}, steps, repeats)["step"]["step_s"]
@@ -575,7 +637,7 @@ def profile(batch_size: int, image_size: int, num_classes: int, steps: int, repe
   op_repeats = max(7, 2 * repeats)  # ops alone take milliseconds: more repeats for a steadier median
   for op in _teacher_ops(batch_size, image_size, num_classes):
     count = len(op["layers"])
-    timings = _op_timers(op, num_classes, options_now, options_default, op_repeats)
+    timings = _op_timers(op, num_classes, options_now, options_default, op_repeats, onednn)
     torch_timings = _torch_op_timers(op, num_classes, op_repeats) if with_torch else {}
     if op["op"] == "pool":
       timings += [(label, *values) for label, values in torch_timings.items()]
@@ -589,7 +651,8 @@ def profile(batch_size: int, image_size: int, num_classes: int, steps: int, repe
           "method": "each op jitted and timed alone (median of repeats) at the step's shapes, times its count in "
                     "the step; 'other' is the whole step minus their sum (elementwise fusions: normalisation, "
                     "bias adds and their gradients, copies; dispatch). Beside each: XLA's default / nn.max_pool, "
-                    "and PyTorch channels_last (oneDNN) on the same op at its faster thread count",
+                    "and PyTorch channels_last (oneDNN) on the same op at its faster thread count; where kdjax's "
+                    "convs run in oneDNN (kdjax.nets.onednn_conv), kdjax's way is that and xla:* are XLA's ways",
           "step_ms": 1e3 * step_seconds, "accounted_ms": accounted, "other_ms": 1e3 * step_seconds - accounted,
           "step_gflops": step.flops_per_image * batch_size / step_seconds / 1e9, "ops": rows,
           "xla_options": options_now, "load_average_before": load_before, "load_average_after": load_average(),
@@ -744,6 +807,13 @@ def _print_compare(figures: dict) -> None:
   print(f"fp32 peak {peak['peak_gflops']:.1f} GFLOP/s ({peak['source']})")
   print(f"kdjax now: fast pool, XLA options {env['xla_cpu_options']}, cached teacher logits (student_kd); "
         f"before: nn.max_pool, XLA defaults, inline teacher")
+  for net, conv in figures.get("conv", {}).items():
+    print(f"kdjax {net} convs: {conv['path']} ({conv['why']})")
+  if isinstance(figures.get("torch_allocators"), dict):
+    allocators = ", ".join(f"{name} ({info['malloc'] or 'glibc defaults'})"
+                           for name, info in figures["torch_allocators"].items())
+    print(f"PyTorch in child processes, one per allocator (kdjax/tools/torch_peer.py): {allocators}; NCHW with the "
+          f"first; channels_last ratios use the fastest thread count and allocator")
   header = (f"{'kind':<16}{'kdjax img/s':>12}{'before':>9}{'x before':>9}{'torch NCHW':>12}{'x NCHW':>8}"
             f"{'torch CL':>10}{'x CL':>7}{'% peak':>8}{'compile s':>10}")
   print(header)
@@ -757,6 +827,14 @@ def _print_compare(figures: dict) -> None:
           f"{cl['images_per_second']:>6.0f} ({summary['torch_channels_last_threads']}t)"
           f"{summary['vs_torch_channels_last']:>7.2f}{100 * row['kdjax']['peak_fraction']:>8.1f}"
           f"{row['kdjax']['compile_s']:>10.2f}")
+    if "kdjax_xla" in row:
+      print(f"{'  (XLA convs)':<16}{row['kdjax_xla']['images_per_second']:>12.0f}{'':>44}"
+            f"{summary['xla_vs_torch_channels_last']:>7.2f}"
+            f"{100 * row['kdjax_xla']['peak_fraction']:>8.1f}{row['kdjax_xla']['compile_s']:>10.2f}")
+    if "torch_channels_last_variant" in summary:
+      print(f"{'':<16}fastest PyTorch channels_last: {summary['torch_channels_last_variant']} "
+            f"({row[summary['torch_channels_last_variant']]['images_per_second']:.0f} img/s, "
+            f"allocator {summary['torch_channels_last_allocator']})")
   print("PyTorch at each thread count, images/s (NCHW / channels_last):")
   for kind, entry in figures["kinds"].items():
     row = entry["variants"]
@@ -832,7 +910,8 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # no INFO line about absent TPU backends
   shapes = (_BATCH.value, _IMAGE.value, _CLASSES.value, _STEPS.value, _REPEATS.value)
   if _COMPARE.value:
-    figures, show = compare_torch(*shapes, peak_gflops=_PEAK.value), _print_compare
+    figures, show = compare_torch(*shapes, peak_gflops=_PEAK.value, xla_beside=True,
+                                  allocators=("tuned", "plain")), _print_compare
   elif _PROFILE.value:
     figures, show = profile(*shapes), _print_profile
   elif _MESH.value:

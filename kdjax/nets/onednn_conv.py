@@ -1,0 +1,172 @@
+"""kdjax's 3x3 SAME convolutions on CPU in oneDNN, called from jitted code through JAX's typed XLA FFI.
+
+    y = conv(x, k, b):  y[n, h, w, d] = b[d] + sum_{i, j, c} x[n, h+i-1, w+j-1, c] * k[i, j, c, d]  (0 off the image)
+
+x NHWC float32, k HWIO float32 (nn.Conv's parameters), b [D]. The forward, the input gradient
+dx = sum_{i, j, d} dy[n, h-i+1, w-j+1, d] * k[i, j, c, d] and the weight gradients dk[i, j, c, d] =
+sum_{n, h, w} x[n, h+i-1, w+j-1, c] * dy[n, h, w, d], db[d] = sum_{n, h, w} dy[n, h, w, d] are oneDNN's
+convolution forward, backward-data and backward-weights primitives (kdjax/nets/_onednn_conv.cc, built at install by kdjax/nets/onednn_build.py),
+joined by a `jax.custom_vjp`. The same function as `lax.conv_general_dilated`, float32 sums in another order.
+
+The extension is optional (no compiler, no x86_64, ...): `unavailable_reason()` says why it is missing, and
+config speed.conv "auto" then keeps the convolutions in XLA (kdjax.config.nets.conv_engine).
+
+Threads: oneDNN runs on GNU OpenMP, XLA on its own pool; the two never run at once (a custom call blocks XLA's
+thread until it returns, and the extension serialises its calls), so each may use every core. `set_threads` sets
+oneDNN's count (default: KDJAX_ONEDNN_THREADS, else the cores this process may use, os.sched_getaffinity); on this
+CPU 1 and 2 threads give the same bits (tests/test_onednn_conv.py).
+"""
+
+import ctypes
+import functools
+import importlib.machinery
+import os
+import pathlib
+import platform
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ENV_DISABLE = "KDJAX_ONEDNN"   # "0": behave as if the extension were not built (tests, comparisons)
+ENV_THREADS = "KDJAX_ONEDNN_THREADS"   # oneDNN's OpenMP threads (default: the cores this process may use)
+STATUS_FILE = "_onednn_conv.unavailable"   # written at install when the extension could not be built
+TARGETS = {"forward": "kdjax_onednn_conv_forward", "backward_data": "kdjax_onednn_conv_backward_data",
+           "backward_weights": "kdjax_onednn_conv_backward_weights"}
+KINDS = {"forward": 0, "backward_data": 1, "backward_weights": 2}
+
+
+def _library_path() -> pathlib.Path | None:
+  here = pathlib.Path(__file__).parent
+  for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+    if (here / f"_onednn_conv{suffix}").exists():
+      return here / f"_onednn_conv{suffix}"
+  return None
+
+
+@functools.lru_cache(maxsize=None)
+def _load() -> tuple[ctypes.CDLL | None, str]:
+  """(the loaded extension with its FFI targets registered, "") or (None, why not)."""
+  if os.environ.get(ENV_DISABLE, "1") == "0":
+    return None, f"disabled by {ENV_DISABLE}=0"
+  if platform.machine().lower() not in ("x86_64", "amd64"):
+    return None, f"oneDNN's CPU wheels are x86_64 only, this machine is {platform.machine()}"
+  path = _library_path()
+  if path is None:
+    status = pathlib.Path(__file__).parent / STATUS_FILE
+    reason = status.read_text().strip() if status.exists() else "no kdjax/nets/_onednn_conv*.so (the install did not build it)"
+    return None, f"oneDNN extension not built: {reason}"
+  try:
+    library = ctypes.CDLL(str(path))
+  except OSError as error:  # libdnnl.so.3 not where the rpath points (onednn-cpu-gomp not installed)
+    return None, f"oneDNN extension not loaded: {error}"
+  for name in TARGETS.values():
+    jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, name)), platform="cpu")
+  library.kdjax_onednn_impl_info.argtypes = [ctypes.c_int, *[ctypes.c_int64] * 6, ctypes.c_char_p, ctypes.c_int]
+  library.kdjax_onednn_set_threads(default_threads())
+  return library, ""
+
+
+def default_threads() -> int:
+  """oneDNN's OpenMP threads unless set_threads says otherwise: KDJAX_ONEDNN_THREADS when set (e.g. 1 on a machine
+  shared with other busy processes, where a 2-thread team waits at every barrier for a descheduled thread), else
+  the cores this process may run on (as XLA's own pool)."""
+  if os.environ.get(ENV_THREADS, "").strip():
+    return max(1, int(os.environ[ENV_THREADS]))
+  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def available() -> bool:
+  return _load()[0] is not None
+
+
+def unavailable_reason() -> str:
+  """"" when the extension is loaded, else one line saying why not."""
+  return _load()[1]
+
+
+def version() -> str:
+  """oneDNN's version, e.g. "3.2.0"."""
+  number = _require().kdjax_onednn_version()
+  return f"{number // 10000}.{number // 100 % 100}.{number % 100}"
+
+
+def _require() -> ctypes.CDLL:
+  library, reason = _load()
+  if library is None:
+    raise RuntimeError(reason)
+  return library
+
+
+def set_threads(threads: int) -> None:
+  """OpenMP threads of every later oneDNN call (0: OpenMP's default, OMP_NUM_THREADS or the core count)."""
+  _require().kdjax_onednn_set_threads(int(threads))
+
+
+def threads() -> int:
+  return _require().kdjax_onednn_get_threads()
+
+
+def implementation(kind: str, batch: int, height: int, width: int, in_channels: int, out_channels: int,
+                   kernel_size: int = 3) -> str:
+  """oneDNN's implementation name for `kind` ("forward", "backward_data", "backward_weights") at a shape, e.g.
+  "brg:avx512_core" or "jit:avx2"; a "gemm" here is the slow im2col fallback."""
+  buffer = ctypes.create_string_buffer(256)
+  if _require().kdjax_onednn_impl_info(KINDS[kind], batch, height, width, in_channels, out_channels, kernel_size,
+                                       buffer, len(buffer)) < 0:
+    raise RuntimeError(f"oneDNN: {buffer.value.decode()}")
+  return buffer.value.decode()
+
+
+def cached_primitives() -> int:
+  """How many primitives the extension has created: one per (kind, shape), however many calls."""
+  return _require().kdjax_onednn_cache_size()
+
+
+def _check(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> None:
+  if x.dtype != jnp.float32 or kernel.dtype != jnp.float32 or bias.dtype != jnp.float32:
+    raise TypeError(f"oneDNN convs take float32, got {x.dtype}, {kernel.dtype}, {bias.dtype}")
+  if x.ndim != 4 or kernel.ndim != 4 or kernel.shape[0] != kernel.shape[1] or kernel.shape[0] % 2 != 1 \
+      or kernel.shape[2] != x.shape[3] or bias.shape != kernel.shape[3:]:
+    raise ValueError(f"oneDNN convs take x [N, H, W, C], kernel [K, K, C, D] (K odd), bias [D]; got "
+                     f"{x.shape}, {kernel.shape}, {bias.shape}")
+
+
+def _forward(x, kernel, bias):
+  out = jax.ShapeDtypeStruct((*x.shape[:3], kernel.shape[3]), jnp.float32)
+  return jax.ffi.ffi_call(TARGETS["forward"], out, vmap_method="sequential")(x, kernel, bias)
+
+
+@jax.custom_vjp
+def conv(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+  """The KxK (K odd) SAME stride-1 convolution plus bias of NHWC float32 `x` with HWIO `kernel`, in oneDNN."""
+  _require()
+  _check(x, kernel, bias)
+  return _forward(x, kernel, bias)
+
+
+def _conv_fwd(x, kernel, bias):
+  return conv(x, kernel, bias), (x, kernel)
+
+
+def _conv_bwd(residuals, dy):
+  x, kernel = residuals
+  dx = jax.ffi.ffi_call(TARGETS["backward_data"], jax.ShapeDtypeStruct(x.shape, jnp.float32),
+                        vmap_method="sequential")(kernel, dy)
+  dkernel, dbias = jax.ffi.ffi_call(
+      TARGETS["backward_weights"],
+      (jax.ShapeDtypeStruct(kernel.shape, jnp.float32), jax.ShapeDtypeStruct(kernel.shape[3:], jnp.float32)),
+      vmap_method="sequential")(x, dy)
+  return dx, dkernel, dbias
+
+
+conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def runs_here(dtype) -> str:
+  """"" when oneDNN can compute a convolution of `dtype` in the program being traced, else why not (one line)."""
+  if np.dtype(dtype) != np.float32:
+    return f"{np.dtype(dtype).name} convolutions stay in XLA (oneDNN path: float32)"
+  if jax.default_backend() != "cpu":
+    return f"backend {jax.default_backend()} (oneDNN path: CPU)"
+  return unavailable_reason()
