@@ -32,6 +32,7 @@ from kdjax.store import meta as run_meta
 from kdjax.store import teacher as teacher_lib
 from kdjax.store import tensorboard
 from kdjax.store.rundir import RunDir
+from kdjax.study import acceptance
 from kdjax.study import seeds
 from kdjax.study.builder import Setup
 from kdjax.training import mesh as mesh_lib
@@ -169,6 +170,7 @@ def run_phase(setup: Setup, run: RunDir, phase: str, teacher_params, saved: resu
     step = int(state.step)
     events.step_losses(phase, step - epoch_result.steps + 1, epoch_result.step_losses)
     evaluated = evaluate_all(state)
+    acceptance.check_epoch(config, phase, epoch, epoch_result, evaluated)   # before anything of it is kept
     if ema_teacher is not None:
       diagnose(state, epoch, epoch_result.train_loss,
                (evaluated[ema_teacher.name]["val_top1"], evaluated[phase]["val_top1"]))
@@ -225,6 +227,7 @@ def _run_locked(config, run: RunDir, start: float) -> dict:
   config_dict = run_meta.config_json(config)
   config_changes = resume.check_config(run, config_dict, config.checkpoint.allow_config_change)
   setup = Setup.build(config)
+  acceptance.check_steps(config, setup.steps_per_epoch, setup.num_train)
   teacher_source = (teacher_lib.read_teacher(config.teacher.checkpoint, setup, config_dict)
                     if config.teacher.checkpoint else None)
   if teacher_source is not None:   # read onto one device; several devices take it replicated

@@ -32,13 +32,18 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Array | Non
 
 def kl_per_example(student_logits: jax.Array, teacher_logits: jax.Array,
                    temperature: float = 1.0) -> jax.Array:
-  """KL(softmax(t/T) || softmax(s/T)) for each example, shape [N] (no T^2 factor)."""
+  """KL(softmax(t/T) || softmax(s/T)) for each example, shape [N] (no T^2 factor), clamped at 0.
+
+  KL >= 0 exactly, but its float32 sum of p·(log p − log q) over classes can come out a few ulps below 0 when
+  the two distributions nearly agree, which at a large T (logits/T all near 0) is every example; distill_kl's
+  T² (10⁶ at T = 1000) would then print that rounding as a negative loss. max(KL, 0) leaves every positive
+  value, and its gradient, as it was."""
   teacher_log_probs = jax.nn.log_softmax(teacher_logits / temperature, axis=-1)
   student_log_probs = jax.nn.log_softmax(student_logits / temperature, axis=-1)
   teacher_probs = jnp.exp(teacher_log_probs)
   # xlogy-style convention: terms with p = 0 contribute 0, as in PyTorch's KLDivLoss.
   terms = jnp.where(teacher_probs > 0, teacher_probs * (teacher_log_probs - student_log_probs), 0.0)
-  return terms.sum(axis=-1)
+  return jnp.maximum(terms.sum(axis=-1), 0.0)
 
 
 def distill_kl(student_logits: jax.Array, teacher_logits: jax.Array,

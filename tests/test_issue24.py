@@ -1,0 +1,136 @@
+"""Issue 24: no wrong result with exit 0, and every entry point as good as kdjax.main. In-process with tiny
+configs (tests/conftest.tiny_config) where the process boundary is not what is tested."""
+
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kdjax.cli import exits
+from kdjax.errors import CheckpointError
+from kdjax.errors import ConfigError
+from kdjax.errors import DivergenceError
+from kdjax.study import acceptance
+from kdjax.study import experiment
+from kdjax.study.builder import Setup
+from kdjax.training import losses
+from kdjax.training import train
+
+from tests.conftest import tiny_config
+
+
+def _teacher_only(**overrides):
+  return tiny_config(**{"phases": ("teacher",), "epochs": 1, **overrides})
+
+
+def _exit_code(error: BaseException) -> int:
+  return next(code for kinds, code in exits.EXIT_CODES if isinstance(error, kinds))
+
+
+def _nan_validation_loss(monkeypatch):
+  """Setup.evaluate as a diverged net's: finite logits in, val_loss NaN (weights ~1e23 give exactly that while
+  the training loss, read before the last update, is still finite)."""
+  original = Setup.evaluate
+
+  def diverged(self, net, params):
+    metrics, logits = original(self, net, params)
+    return dict(metrics, val_loss=float("nan")), logits
+
+  monkeypatch.setattr(Setup, "evaluate", diverged)
+
+
+# --- a phase's result is accepted only if finite and trained ----------------------------------------------------
+
+def test_a_non_finite_validation_loss_stops_the_run_and_nothing_is_kept(tmp_path, monkeypatch):
+  _nan_validation_loss(monkeypatch)
+  with pytest.raises(DivergenceError) as error:
+    experiment.train_and_evaluate(_teacher_only(), tmp_path)
+  message = str(error.value)
+  assert message.startswith("phase teacher, epoch 1: teacher's val_loss is nan") and "\n" not in message
+  assert "optimizer.learning_rate=" in message and _exit_code(error.value) == 1
+  assert not (tmp_path / "checkpoints" / "teacher").exists() or not any((tmp_path / "checkpoints" / "teacher").iterdir())
+  metrics = tmp_path / "metrics.jsonl"
+  assert not metrics.exists() or metrics.read_text() == ""
+  assert not (tmp_path / "report.json").exists() and not (tmp_path / "report.md").exists()
+
+
+def test_a_split_that_makes_no_full_batch_is_refused_before_anything_is_written(tmp_path):
+  config = _teacher_only(**{"batch_size": 1000, "data.drop_remainder": True})
+  with pytest.raises(ConfigError) as error:
+    experiment.train_and_evaluate(config, tmp_path / "w")
+  assert "batch_size=1000" in str(error.value) and "data.drop_remainder=True" in str(error.value)
+  assert "240 training examples" in str(error.value) and _exit_code(error.value) == 2
+  assert not (tmp_path / "w" / "config.json").exists()
+
+
+@pytest.mark.parametrize("result, evaluated, named", [
+    (train.EpochResult(train_loss=float("nan"), steps=0, seconds=0.0, train_top1=0.0), {}, "no training step"),
+    (train.EpochResult(train_loss=float("inf"), steps=3, seconds=0.0, train_top1=0.0), {}, "train_loss (inf)"),
+    (train.EpochResult(train_loss=1.5e28, steps=3, seconds=0.0, train_top1=0.0),
+     {"student_ce": {"val_loss": float("nan"), "val_top1": 10.0, "val_top5": 50.0}}, "student_ce's val_loss"),
+    (train.EpochResult(train_loss=0.5, steps=3, seconds=0.0, train_top1=0.0),
+     {"student_kd": {"val_loss": 0.5, "val_top1": 90.0, "val_top5": 99.0},
+      "student_kd_avg": {"val_loss": 0.4, "val_top1": float("nan"), "val_top5": 99.0}}, "student_kd_avg's val_top1"),
+])
+def test_each_unaccepted_epoch_is_one_line_naming_phase_epoch_and_metric(result, evaluated, named):
+  config = tiny_config(**{"phases": ("teacher", "student_kd")})
+  with pytest.raises(DivergenceError) as error:
+    acceptance.check_epoch(config, "student_kd", 2, result, evaluated)
+  assert str(error.value).startswith("phase student_kd, epoch 2: ") and named in str(error.value)
+  assert "\n" not in str(error.value)
+
+
+def test_a_finite_trained_epoch_is_accepted():
+  result = train.EpochResult(train_loss=0.5, steps=1, seconds=0.0, train_top1=0.0)
+  acceptance.check_epoch(tiny_config(), "teacher", 1, result,
+                         {"teacher": {"val_loss": 0.5, "val_top1": 90.0, "val_top5": 99.0}})
+
+
+def test_a_workdir_with_a_non_finite_recorded_metric_is_explained_on_rerun(tmp_path, monkeypatch):
+  """A save written before the acceptance check existed: NaN != NaN, so "re-evaluated gives ... (the checkpoint,
+  the data or the code changed)" would be wrong; the rerun names the recorded non-finite metric instead."""
+  with monkeypatch.context() as patch:
+    patch.setattr(acceptance, "check_epoch", lambda *args: None)   # as kdjax before issue 24
+    _nan_validation_loss(patch)
+    report = experiment.train_and_evaluate(_teacher_only(), tmp_path)
+    assert math.isnan(report["models"]["teacher"]["val_loss"])
+  with pytest.raises(CheckpointError) as error:
+    experiment.train_and_evaluate(_teacher_only(), tmp_path)
+  message = str(error.value)
+  assert "teacher recorded a non-finite val_loss (nan) at epoch 1" in message and "changed" not in message
+  assert "diverged" in message and "\n" not in message
+
+
+# --- KD losses are not negative ---------------------------------------------------------------------------------
+
+def test_the_kd_loss_at_temperature_1000_is_not_negative():
+  """Nearly agreeing logits at T = 1000: each log-softmax is ~-log K ± 1e-5, and the float32 sum of
+  p·(log p − log q) comes out below 0 for many examples; T² = 10⁶ makes that a visibly negative loss."""
+  rng = np.random.default_rng(0)
+  teacher = jnp.asarray(rng.normal(size=(256, 10)) * 5, jnp.float32)
+  student = teacher + jnp.asarray(rng.normal(size=(256, 10)) * 0.01, jnp.float32)
+  temperature = 1000.0
+  log_p = jax.nn.log_softmax(teacher / temperature)
+  unclamped = (jnp.exp(log_p) * (log_p - jax.nn.log_softmax(student / temperature))).sum(-1)
+  assert float(unclamped.mean()) * temperature**2 < 0   # the rounding this test is about
+  assert float(losses.kl_per_example(student, teacher, temperature).min()) >= 0.0
+  assert float(losses.distill_kl(student, teacher, temperature)) >= 0.0
+  assert float(losses.student_objective(student, teacher, jnp.zeros(256, jnp.int32), temperature, 1.0, 0.0)) >= 0.0
+
+
+def test_the_clamp_leaves_a_positive_kl_and_its_gradient_as_they_were():
+  rng = np.random.default_rng(1)
+  teacher = jnp.asarray(rng.normal(size=(64, 10)) * 3, jnp.float32)
+  student = jnp.asarray(rng.normal(size=(64, 10)) * 3, jnp.float32)
+
+  def unclamped(s):
+    log_p = jax.nn.log_softmax(teacher / 4.0)
+    return (jnp.exp(log_p) * (log_p - jax.nn.log_softmax(s / 4.0))).sum(-1).mean() * 16.0
+
+  value, grad = jax.value_and_grad(lambda s: losses.distill_kl(s, teacher, 4.0))(student)
+  value_ref, grad_ref = jax.value_and_grad(unclamped)(student)
+  assert float(value) == float(value_ref)
+  np.testing.assert_array_equal(np.asarray(grad), np.asarray(grad_ref))
