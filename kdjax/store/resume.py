@@ -61,6 +61,7 @@ class SavedPhase:
   meta: dict
   where: pathlib.Path
   evaluated: dict | None = None
+  rewrite: list = dataclasses.field(default_factory=list)   # phases.Model whose own save of this epoch is broken
 
   @property
   def epoch(self) -> int:
@@ -145,6 +146,28 @@ def evaluate_saved(setup, saved: SavedPhase, check: bool) -> dict:
   return evaluated
 
 
+def _broken_companions(run: RunDir, setup, phase: str, tree: dict, epoch: int) -> list:
+  """The phase's other models with a folder of their own (teacher_ema) whose save of `epoch` is missing or
+  corrupt. The phase's own save holds their weights too, so the run rewrites them from it (one warning line
+  each) rather than leave a checkpoint that inspect and export refuse."""
+  broken = []
+  for model in phases.models_of(phase, setup.config.ema.student_decay):
+    if model.name == phase or not model.own_checkpoint:
+      continue
+    folder = run.checkpoints / model.name
+    try:
+      reader = ckpt_lib.ModelCheckpoints(folder, read_only=True)
+      try:
+        reader.restore(epoch, target={"params": tree[model.state_field]})
+      finally:
+        reader.close()
+    except ckpt_lib.CheckpointError as error:
+      progress.warn(f"{error}; rewriting {folder / str(epoch)} from {run.checkpoints / phase / str(epoch)}, "
+                    f"which holds the same weights")
+      broken.append(model)
+  return broken
+
+
 def read_saved_phases(run: RunDir, setup, phase_names, current_config: dict,
                       allow_change: bool = False) -> tuple[dict[str, SavedPhase], list[str]]:
   """(phase -> its latest intact save in this workdir, for the phases in `phase_names` that have one;
@@ -168,6 +191,7 @@ def read_saved_phases(run: RunDir, setup, phase_names, current_config: dict,
     differences = _check_against_meta(where, meta, current_config, fingerprint, allow_change)
     changes += [change for change in differences if change not in changes]
     saved[phase] = SavedPhase(tree, meta, where)
+    saved[phase].rewrite = _broken_companions(run, setup, phase, tree, epoch)
     for model, recorded in meta.get("results", {}).items():
       _refuse_non_finite(saved[phase], model, recorded.get("epochs", []))
     if epoch >= setup.config.epochs:   # finished: loaded, not trained; its metrics must come back

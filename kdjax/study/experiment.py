@@ -98,6 +98,21 @@ def save_phase(setup: Setup, savers: dict, state: train.TrainState, phase: str, 
     saver.save(epoch, tree, meta)
 
 
+def _rewrite_broken(setup: Setup, run: RunDir, saved: resume.SavedPhase, state, results: dict, records: list,
+                    config_dict: dict) -> None:
+  """Saves again, from the phase's own intact save, the models whose save of that epoch is broken
+  (resume.read_saved_phases found them and said so)."""
+  for model in saved.rewrite:
+    saver = ckpt_lib.ModelCheckpoints(run.checkpoints / model.name, setup.config.checkpoint.keep)
+    try:
+      saver.delete_after(saved.epoch - 1)   # the broken step itself
+      saver.save(saved.epoch, {"params": getattr(state, model.state_field)},
+                 run_meta.phase_meta(setup, saved.meta["phase"], model, saved.epoch, int(state.step),
+                                     results[model.name].epochs, config_dict))
+    finally:
+      saver.close()
+
+
 def run_phase(setup: Setup, run: RunDir, phase: str, teacher_params, saved: resume.SavedPhase | None,
               config_dict: dict, events: tensorboard.Events) -> PhaseOutcome:
   """Trains `phase` (or continues it after `saved`, or loads it when `saved` is its last epoch)."""
@@ -138,6 +153,7 @@ def run_phase(setup: Setup, run: RunDir, phase: str, teacher_params, saved: resu
     if start_epoch >= config.epochs:   # evaluated (and checked against its record) by read_saved_phases
       for name, (final, logits) in saved.evaluated.items():
         results[name].final, results[name].val_logits = final, logits
+      _rewrite_broken(setup, run, saved, state, results, records, config_dict)
       progress.say(f"[{phase}] finished earlier: loaded epoch {start_epoch} from {saved.where}")
       outcome.state, outcome.loaded_epoch = state, start_epoch
       return outcome
@@ -150,6 +166,8 @@ def run_phase(setup: Setup, run: RunDir, phase: str, teacher_params, saved: resu
             for model in tracked if model.own_checkpoint}
   for saver in savers.values():
     saver.delete_after(start_epoch)  # epochs of an interrupted attempt that the phase's own save lacks
+  if saved is not None:
+    _rewrite_broken(setup, run, saved, state, results, records, config_dict)
   events.start_phase([model.name for model in tracked], int(state.step))
 
   if ema_teacher is not None and start_epoch == 0:
