@@ -194,3 +194,34 @@ def test_a_corrupt_teacher_ema_save_is_named_and_rewritten_from_the_phases_own_s
   assert again["models"]["teacher_ema"]["val_loss"] == first["models"]["teacher_ema"]["val_loss"]
   tree, meta, _ = ckpt_lib.ModelCheckpoints(step.parent, read_only=True).restore(1)   # intact again
   assert meta["model"] == "teacher_ema" and meta["finished"]
+
+
+# --- a truncated report.json ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def finished_teacher(tmp_path_factory):
+  """A finished 1-epoch teacher-only run (tiny): (workdir, config, report)."""
+  workdir = tmp_path_factory.mktemp("teacher_run")
+  config = _teacher_only()
+  return workdir, config, experiment.train_and_evaluate(config, workdir)
+
+
+def _copy(workdir, tmp_path):
+  import shutil
+  copy = tmp_path / "run"
+  shutil.copytree(workdir, copy)
+  return copy
+
+
+def test_a_truncated_report_is_flagged_by_inspect_and_evaluate(finished_teacher, tmp_path, capsys):
+  from kdjax.cli import inspection
+  workdir = _copy(finished_teacher[0], tmp_path)
+  report = workdir / "report.json"
+  report.write_text(report.read_text()[:200])
+  assert inspection.main([str(workdir)]) == 1
+  error = capsys.readouterr().err.strip().splitlines()
+  assert len(error) == 1 and error[0].startswith(f"kdjax.cli.inspection: error: {report}: not valid JSON")
+  assert inspection.main([str(workdir), "--evaluate", "teacher"]) == 1
+  captured = capsys.readouterr()
+  assert "top-1" in captured.out and "Traceback" not in captured.err
+  assert captured.err.strip().splitlines() == error
