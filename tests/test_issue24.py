@@ -225,3 +225,52 @@ def test_a_truncated_report_is_flagged_by_inspect_and_evaluate(finished_teacher,
   captured = capsys.readouterr()
   assert "top-1" in captured.out and "Traceback" not in captured.err
   assert captured.err.strip().splitlines() == error
+
+
+# --- disk full ----------------------------------------------------------------------------------------------------
+
+def test_orbax_thread_errors_of_a_failed_save_are_dropped_from_stderr(monkeypatch):
+  """Each Orbax worker thread logs "_SignalingThread.run() raised an exception" with a ~55-line traceback when a
+  save fails (a full disk: ~115 lines before the one-line error); the entry points drop those records."""
+  import logging
+  import sys
+  monkeypatch.setattr(sys, "stderr", sys.stderr)   # quiet_stderr wraps it; restored after the test
+  absl_logger = logging.getLogger("absl")
+  monkeypatch.setattr(absl_logger, "filters", list(absl_logger.filters))
+  exits.quiet_stderr()
+  seen = []
+
+  class Keep(logging.Handler):
+    def emit(self, record):
+      seen.append(record.getMessage())
+
+  handler = Keep()
+  absl_logger.addHandler(handler)
+  try:
+    orbax_file = "/venv/site-packages/orbax/checkpoint/_src/futures/future.py"
+    for message in ("[thread=array_type_handler] _SignalingThread.run() raised an exception: RESOURCE_EXHAUSTED",
+                    "an unrelated error"):
+      absl_logger.handle(absl_logger.makeRecord("absl", logging.ERROR, orbax_file, 387, message, (), None))
+  finally:
+    absl_logger.removeHandler(handler)
+  assert seen == ["an unrelated error"]
+
+
+def test_a_figure_that_cannot_be_written_is_named_and_report_md_does_not_link_it(finished_teacher, tmp_path,
+                                                                                 monkeypatch):
+  import errno
+  from matplotlib.figure import Figure
+  from kdjax.errors import WriteError
+  workdir = _copy(finished_teacher[0], tmp_path)
+  (workdir / "report.md").unlink()
+  (workdir / "curves.png").unlink()
+
+  def disk_full(self, path, **kwargs):
+    open(path, "wb").write(b"\x89PNG half")
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  monkeypatch.setattr(Figure, "savefig", disk_full)
+  with pytest.raises(WriteError) as error:
+    experiment.train_and_evaluate(finished_teacher[1], workdir)
+  assert str(error.value) == f"cannot write {workdir / 'curves.png'}: No space left on device"
+  assert not (workdir / "curves.png").exists() and not (workdir / "report.md").exists()

@@ -9,6 +9,7 @@ first kind and `exit_now` skips the second, so the one line stays the last thing
 """
 
 import io
+import logging
 import os
 import signal
 import sys
@@ -64,10 +65,23 @@ class _DropClosedLoopTracebacks(io.TextIOBase):
     return self.stream.encoding
 
 
+class _DropOrbaxThreadErrors(logging.Filter):
+  """Drops Orbax's log records "_SignalingThread.run() raised an exception" (with their ~55-line tracebacks,
+  one per worker thread) when a save fails, e.g. on a full disk: the same exception reaches the main thread,
+  where ModelCheckpoints.save turns it into the one-line CheckpointError naming the checkpoint."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not ("_SignalingThread.run() raised an exception" in str(record.msg)
+                and "orbax" in record.pathname.replace("\\", "/"))
+
+
 def quiet_stderr() -> None:
-  """For the command-line entry points: see _DropClosedLoopTracebacks."""
+  """For the command-line entry points: see _DropClosedLoopTracebacks and _DropOrbaxThreadErrors."""
   if not isinstance(sys.stderr, _DropClosedLoopTracebacks):
     sys.stderr = _DropClosedLoopTracebacks(sys.stderr)
+  absl_logger = logging.getLogger("absl")
+  if not any(isinstance(known, _DropOrbaxThreadErrors) for known in absl_logger.filters):
+    absl_logger.addFilter(_DropOrbaxThreadErrors())
 
 
 def exit_now(code: int) -> None:

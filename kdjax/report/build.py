@@ -268,10 +268,10 @@ def plot_curves(results, path) -> None:
 
 
 def write(run, report: dict, text: str, draw_curves) -> None:
-  """The one writer of a report (one seed or several): report.json, report.md (`text`), curves.png
-  (`draw_curves(path)`) and the EMA figures into the run directory; then says the table."""
+  """The one writer of a report (one seed or several): report.json, curves.png (`draw_curves(path)`), the EMA
+  figures, then report.md (`text`) into the run directory; then says the table."""
   run.write_json("report.json", report)
-  run.write_text("report.md", text)
   draw_curves(run.file("curves.png"))
   extra_plots(report, run)
+  run.write_text("report.md", text)   # after its figures: it never links a PNG that could not be written
   progress.say(text)

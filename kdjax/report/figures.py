@@ -2,6 +2,9 @@
 pyplot, so importing kdjax or writing a report leaves a notebook's backend as it was. `save` is the one place a
 figure reaches the disk: a failure is a WriteError naming the file."""
 
+import contextlib
+import pathlib
+
 from kdjax.errors import WriteError
 
 DPI = 110
@@ -18,6 +21,8 @@ def save(figure, path) -> None:
   try:
     figure.savefig(path, dpi=DPI)
   except OSError as error:
+    with contextlib.suppress(OSError):   # a half-written PNG (a full disk) is no figure
+      pathlib.Path(path).unlink(missing_ok=True)
     raise WriteError(f"cannot write {path}: {error.strerror or error}") from None
 
 
