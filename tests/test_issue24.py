@@ -274,3 +274,41 @@ def test_a_figure_that_cannot_be_written_is_named_and_report_md_does_not_link_it
     experiment.train_and_evaluate(finished_teacher[1], workdir)
   assert str(error.value) == f"cannot write {workdir / 'curves.png'}: No space left on device"
   assert not (workdir / "curves.png").exists() and not (workdir / "report.md").exists()
+
+
+# --- the Python API -------------------------------------------------------------------------------------------------
+
+def test_run_with_a_plain_dict_is_one_line_config_error(tmp_path):
+  import kdjax
+  with pytest.raises(kdjax.ConfigError) as error:
+    kdjax.run({"epochs": 1}, tmp_path / "w")
+  assert "a dict is not a kdjax config" in str(error.value) and "kdjax.configs.get(" in str(error.value)
+  assert not (tmp_path / "w").exists()
+
+
+def test_a_missing_manual_dir_from_the_api_raises_data_error_and_leaves_no_lock(tmp_path):
+  import kdjax
+  config = kdjax.configs.get("default", **{"data.name": "image_folder",
+                                           "data.manual_dir": str(tmp_path / "no_such_folder")})
+  with pytest.raises(kdjax.DataError):
+    kdjax.run(config, tmp_path / "w")
+  assert list((tmp_path / "w").iterdir()) == []
+
+
+def test_the_run_docstring_names_only_errors_kdjax_exports():
+  import re
+  import kdjax
+  named = set(re.findall(r"\b([A-Z][A-Za-z]*Error)\b", kdjax.run.__doc__))
+  assert named and all(hasattr(kdjax, name) and name in kdjax.__all__ for name in named)
+  from kdjax import errors
+  assert kdjax.CheckpointError is errors.CheckpointError and kdjax.WriteError is errors.WriteError
+
+
+def test_digits_says_it_does_not_read_data_manual_dir(tmp_path, caplog):
+  from kdjax import data as data_lib
+  config = tiny_config(**{"data.manual_dir": str(tmp_path / "missing")})
+  with caplog.at_level("WARNING", logger="kdjax"):
+    data_lib.load(config.data)
+  [warning] = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+  assert warning.startswith(f"data.manual_dir={tmp_path / 'missing'} is not read: data.name=digits")
+  assert "does not exist" in warning
