@@ -312,3 +312,24 @@ def test_digits_says_it_does_not_read_data_manual_dir(tmp_path, caplog):
   [warning] = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
   assert warning.startswith(f"data.manual_dir={tmp_path / 'missing'} is not read: data.name=digits")
   assert "does not exist" in warning
+
+
+# --- the command line ---------------------------------------------------------------------------------------------
+
+def test_helpfull_and_help(tmp_path):
+  from tests.test_usability_cli import kdjax_main
+  full = kdjax_main("--helpfull", cwd=tmp_path)
+  assert full.returncode == 0 and "is required" not in full.stdout + full.stderr
+  assert "--show_config" in full.stdout and "--workdir" in full.stdout
+  short = kdjax_main("--help", cwd=tmp_path)
+  assert short.returncode == 0
+  rows = [line for line in short.stdout.splitlines() if line.startswith("  ema_sweep.py")]
+  assert len(rows) == 1 and rows[0].startswith("  ema_sweep.py ")   # not "ema_sweep.pyThe seed's ..."
+
+
+def test_show_config_refuses_an_invalid_value_in_one_line(tmp_path):
+  from tests.test_usability_cli import kdjax_main
+  result = kdjax_main("--config", "kd.py", "--show_config", "--config.kd.temperature=-1", cwd=tmp_path)
+  assert result.returncode == 2 and result.stdout == ""
+  [line] = result.stderr.strip().splitlines()
+  assert line.startswith("kdjax: error: ") and "kd.temperature" in line
