@@ -333,3 +333,22 @@ def test_show_config_refuses_an_invalid_value_in_one_line(tmp_path):
   assert result.returncode == 2 and result.stdout == ""
   [line] = result.stderr.strip().splitlines()
   assert line.startswith("kdjax: error: ") and "kd.temperature" in line
+
+
+# --- never silent; the config in TensorBoard -------------------------------------------------------------------------
+
+def test_a_run_says_when_it_compiles_and_evaluates_and_puts_its_config_in_tensorboard(tmp_path, caplog):
+  from kdjax.store import tensorboard
+  config = _teacher_only(**{"kd.temperature": 3.0})
+  with caplog.at_level("INFO", logger="kdjax"):
+    experiment.train_and_evaluate(config, tmp_path)
+  lines = [record.getMessage() for record in caplog.records]
+  compiling = lines.index("[teacher epoch 1/1] compiling the training step")
+  assert lines[compiling + 1].startswith("[teacher epoch 1/1] compiled the training step and ran it once in ")
+  assert "[teacher] evaluating teacher on the 120 validation examples" in lines
+  assert any(line.startswith("writing report.json, the figures and report.md to ") for line in lines)
+  texts = tensorboard.read_texts(tmp_path)
+  assert list(texts) == [tensorboard.CONFIG_TAG]
+  shown = texts[tensorboard.CONFIG_TAG].splitlines()
+  assert "epochs = 1" in shown and "kd.temperature = 3.0" in shown and "phases = ['teacher']" in shown
+  assert set(tensorboard.read(tmp_path)) == {"teacher"}   # the scalars' runs: the models only

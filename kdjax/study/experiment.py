@@ -182,11 +182,15 @@ def run_phase(setup: Setup, run: RunDir, phase: str, teacher_params, saved: resu
           config.data.drop_remainder, description, config.progress,
           every=config.ema.diagnostics_every if watch else 0,
           after_step=(lambda state, loss: diagnose(state, 1, loss)) if watch else None,
-          teacher_logits=teacher_logits, parallel=setup.parallel if setup.parallel.mesh is not None else None)
+          teacher_logits=teacher_logits, parallel=setup.parallel if setup.parallel.mesh is not None else None,
+          compile_note=epoch == start_epoch + 1)
     except train.DivergenceError as error:
       raise diverged(config, phase, epoch, error) from None
     step = int(state.step)
     events.step_losses(phase, step - epoch_result.steps + 1, epoch_result.step_losses)
+    if epoch == start_epoch + 1:   # the first evaluation compiles the nets' forward pass
+      progress.say(f"[{phase}] evaluating {', '.join(model.name for model in tracked)} on the "
+                   f"{len(setup.dataset.val_labels)} validation examples")
     evaluated = evaluate_all(state)
     acceptance.check_epoch(config, phase, epoch, epoch_result, evaluated)   # before anything of it is kept
     if ema_teacher is not None:
@@ -267,6 +271,8 @@ def _run_locked(config, run: RunDir, start: float) -> dict:
   loaded, resumed = {}, {}
   teacher_params = None
   events = tensorboard.Events(run.path / "tensorboard", config.log_every_steps, enabled=run.writer)
+  if run.writer:
+    tensorboard.write_config(run.path / "tensorboard", config_dict)
   try:
     for phase in names:
       if phase not in trained_here:
@@ -295,6 +301,7 @@ def _run_locked(config, run: RunDir, start: float) -> dict:
                                    if key.endswith("_std") or key == "per_seed"})
   report["comparisons"] = summary["comparisons"]
   if run.writer:
+    progress.say(f"writing report.json, the figures and report.md to {run.path}")
     report_lib.write(run, report, report_lib.markdown(report),
                      lambda path: report_lib.plot_curves(results, path))
   return report
