@@ -352,3 +352,62 @@ def test_a_run_says_when_it_compiles_and_evaluates_and_puts_its_config_in_tensor
   shown = texts[tensorboard.CONFIG_TAG].splitlines()
   assert "epochs = 1" in shown and "kd.temperature = 3.0" in shown and "phases = ['teacher']" in shown
   assert set(tensorboard.read(tmp_path)) == {"teacher"}   # the scalars' runs: the models only
+
+
+# --- figures ------------------------------------------------------------------------------------------------------
+
+def _drawn(figure):
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  FigureCanvasAgg(figure).draw()
+  return figure
+
+
+def _legends_below_their_panels(figure):
+  renderer = figure.canvas.get_renderer()
+  for axis in figure.axes:
+    if axis.get_visible() and axis.get_legend() is not None:
+      assert axis.get_legend().get_window_extent(renderer).y1 <= axis.get_window_extent(renderer).y0 + 1
+
+
+def test_curves_have_a_title_no_offset_labels_legends_off_the_data_and_one_x_range():
+  from kdjax.report import build as report_lib
+  from kdjax.report import figures
+  from kdjax.report.build import ModelResult
+  results = {}
+  for name, phase, base in (("teacher", "teacher", 1.0), ("student_kd", "student_kd", 3.045e-3)):
+    result = ModelResult(name=name, net="student", phase=phase, params=0, flops_per_image=0)
+    # A short run's KD loss moving in its 7th digit: matplotlib would label the axis `1e-7+3.045e-3`.
+    result.epochs = [{"epoch": e, "train_loss": base + 1e-7 * e, "val_loss": 1.0, "val_top1": 50.0 + e}
+                     for e in (1, 2, 3)]
+    result.final = {"val_top1": 53.0}
+    results[name] = result
+  report = {"dataset": {"name": "digits", "train_examples": 240, "val_examples": 120},
+            "config": {"epochs": 3, "kd": {"temperature": 4.0}, "phases": ["teacher", "student_kd"], "num_seeds": 1}}
+  title = figures.title(report)
+  assert "digits" in title and "1 seed" in title and "teacher, student_kd" in title and "T = 4.0" in title
+  figure = _drawn(report_lib.curves_figure(results, title))
+  assert figure.get_suptitle() == title
+  visible = [axis for axis in figure.axes if axis.get_visible()]
+  assert all(axis.yaxis.get_major_formatter().get_offset() == "" for axis in visible)
+  assert len({axis.get_xlim() for axis in visible}) == 1
+  _legends_below_their_panels(figure)
+
+
+def test_ema_collapse_panels_share_steps_from_0_with_integer_ticks_and_name_the_students_kd_loss(monkeypatch):
+  from kdjax.report import collapse
+  from kdjax.report import figures
+  saved = []
+  monkeypatch.setattr(figures, "save", lambda figure, path: saved.append(figure))
+  points = [{"step": step, "distance": 0.01 * step, "entropy": 0.5, "kd_loss": None if step == 0 else 3.045e-3,
+             "teacher_top1": 60.0, "student_top1": 40.0 + step} for step in (0, 1, 2, 3, 4, 5, 7)]
+  collapse.plot({"teacher_ema": points}, "unused.png", "digits · 1 seed")
+  figure = _drawn(saved[0])
+  assert figure.get_suptitle() == "digits · 1 seed"
+  limits = {axis.get_xlim() for axis in figure.axes}
+  assert len(limits) == 1 and next(iter(limits))[0] <= 0
+  for axis in figure.axes:
+    ticks = [tick for tick in axis.get_xticks() if axis.get_xlim()[0] <= tick <= axis.get_xlim()[1]]
+    assert all(float(tick).is_integer() for tick in ticks)
+  loss_axis = figure.axes[2]
+  assert [text.get_text() for text in loss_axis.get_legend().get_texts()] == ["student_kd_ema (against teacher_ema)"]
+  _legends_below_their_panels(figure)

@@ -24,6 +24,7 @@ from kdjax import progress
 from kdjax.config import validation as config_validation
 from kdjax.report import build as report_lib
 from kdjax.report import collapse
+from kdjax.report import figures
 from kdjax.report import over_seeds
 from kdjax.report.build import ModelResult
 from kdjax.store import checkpoints as ckpt_lib
@@ -303,5 +304,5 @@ def _run_locked(config, run: RunDir, start: float) -> dict:
   if run.writer:
     progress.say(f"writing report.json, the figures and report.md to {run.path}")
     report_lib.write(run, report, report_lib.markdown(report),
-                     lambda path: report_lib.plot_curves(results, path))
+                     lambda path: report_lib.plot_curves(results, path, figures.title(report)))
   return report
