@@ -411,3 +411,34 @@ def test_ema_collapse_panels_share_steps_from_0_with_integer_ticks_and_name_the_
   loss_axis = figure.axes[2]
   assert [text.get_text() for text in loss_axis.get_legend().get_texts()] == ["student_kd_ema (against teacher_ema)"]
   _legends_below_their_panels(figure)
+
+
+# --- a resume on another number of devices ----------------------------------------------------------------------
+
+_TWO_DEVICES = """
+import os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+import jax
+jax.config.update("jax_platforms", "cpu")
+from tests.test_issue24 import _teacher_only
+from kdjax.study import experiment
+experiment.train_and_evaluate(_teacher_only(**{"mesh.num_devices": 2}), sys.argv[1])
+"""
+
+
+def test_a_resume_on_another_number_of_devices_says_so_and_the_report_lists_each_part(tmp_path, caplog):
+  import subprocess
+  import sys
+  from tests import ckpt_support as support
+  first = subprocess.run([sys.executable, "-c", _TWO_DEVICES, str(tmp_path)], cwd=support.REPO,
+                         env=support.env(), capture_output=True, text=True, timeout=600)
+  assert first.returncode == 0, first.stderr[-3000:]
+  config = _teacher_only(**{"epochs": 2, "mesh.num_devices": 1, "checkpoint.allow_config_change": True})
+  with caplog.at_level("INFO", logger="kdjax"):
+    report = experiment.train_and_evaluate(config, tmp_path)
+  lines = [record.getMessage() for record in caplog.records]
+  assert any(line.startswith("kdjax: note: [teacher] epochs 1-1 ran on 2 device(s), the rest run on 1")
+             for line in lines)
+  assert report["checkpoints"]["device_parts"] == {
+      "teacher": [{"epochs": [1, 1], "devices": 2}, {"epochs": [2, 2], "devices": 1}]}
+  assert report["checkpoints"]["config_changes"] == ["epochs (1 -> 2)"]   # allow_config_change leaves a trace

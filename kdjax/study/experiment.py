@@ -46,6 +46,9 @@ class PhaseOutcome:
   state: train.TrainState
   loaded_epoch: int | None = None  # finished earlier: loaded from this saved epoch, not trained
   resumed_epoch: int | None = None  # interrupted earlier: continued after this saved epoch
+  # the devices each part of the phase ran on: [{"epochs": [first, last], "devices": D}, ...] (a resume may
+  # change mesh.num_devices, a result-neutral field; the report lists the parts)
+  device_parts: list = dataclasses.field(default_factory=list)
 
 
 def phases_to_run(config, teacher_source) -> tuple[str, ...]:
@@ -83,7 +86,7 @@ def use_teacher_source(setup: Setup, run: RunDir, source: teacher_lib.TeacherSou
 
 
 def save_phase(setup: Setup, savers: dict, state: train.TrainState, phase: str, epoch: int,
-               results: dict, records: list, config_dict: dict) -> None:
+               results: dict, records: list, config_dict: dict, device_parts: list | None = None) -> None:
   """One save per model with a folder: the phase's own model holds everything a resume needs (the whole
   TrainState, the metrics of every model of the phase so far, the data-order state); teacher_ema its params."""
   step = int(state.step)
@@ -95,7 +98,7 @@ def save_phase(setup: Setup, savers: dict, state: train.TrainState, phase: str, 
             else {"params": getattr(state, model.state_field)})
     meta = run_meta.phase_meta(setup, phase, model, epoch, step, results[model.name].epochs, config_dict)
     if model.name == phase:
-      meta.update(records=records, results=phase_results)
+      meta.update(records=records, results=phase_results, device_parts=device_parts or [])
     saver.save(epoch, tree, meta)
 
 
@@ -157,8 +160,15 @@ def run_phase(setup: Setup, run: RunDir, phase: str, teacher_params, saved: resu
       _rewrite_broken(setup, run, saved, state, results, records, config_dict)
       progress.say(f"[{phase}] finished earlier: loaded epoch {start_epoch} from {saved.where}")
       outcome.state, outcome.loaded_epoch = state, start_epoch
+      outcome.device_parts = list(saved.meta.get("device_parts", []))
       return outcome
     outcome.resumed_epoch = start_epoch
+    outcome.device_parts = list(saved.meta.get("device_parts", []))
+    saved_on = outcome.device_parts[-1]["devices"] if outcome.device_parts else None
+    if saved_on is not None and saved_on != setup.parallel.size:
+      progress.say(f"kdjax: note: [{phase}] epochs 1-{start_epoch} ran on {saved_on} device(s), the rest run on "
+                   f"{setup.parallel.size}: the same computation up to float32 reduction order "
+                   f"(report.json: checkpoints.device_parts)")
     progress.say(f"[{phase}] resuming after epoch {start_epoch} from {saved.where}")
 
   step_fn = setup.train_step(phase, optimizer)
@@ -219,8 +229,13 @@ def run_phase(setup: Setup, run: RunDir, phase: str, teacher_params, saved: resu
     trained.train_images += setup.num_train
     for result in results.values():  # the phase's other models were trained by the same steps
       result.train_seconds, result.train_images = trained.train_seconds, trained.train_images
+    parts = outcome.device_parts
+    if parts and parts[-1]["devices"] == setup.parallel.size and parts[-1]["epochs"][1] == epoch - 1:
+      parts[-1]["epochs"][1] = epoch
+    else:
+      parts.append({"epochs": [epoch, epoch], "devices": setup.parallel.size})
     if epoch % config.checkpoint.every_epochs == 0 or epoch == config.epochs:
-      save_phase(setup, savers, state, phase, epoch, results, records, config_dict)
+      save_phase(setup, savers, state, phase, epoch, results, records, config_dict, parts)
   for saver in savers.values():
     saver.close()
   events.close()
@@ -269,7 +284,7 @@ def _run_locked(config, run: RunDir, start: float) -> dict:
   run.rewrite_metrics([record for phase_save in saved.values() for record in phase_save.meta["records"]])
 
   results: dict[str, ModelResult] = {}
-  loaded, resumed = {}, {}
+  loaded, resumed, device_parts = {}, {}, {}
   teacher_params = None
   events = tensorboard.Events(run.path / "tensorboard", config.log_every_steps, enabled=run.writer)
   if run.writer:
@@ -286,6 +301,7 @@ def _run_locked(config, run: RunDir, start: float) -> dict:
         loaded[phase] = outcome.loaded_epoch
       if outcome.resumed_epoch is not None:
         resumed[phase] = outcome.resumed_epoch
+      device_parts[phase] = outcome.device_parts
       if phase == "teacher":
         teacher_params = outcome.state.params
   finally:
@@ -293,7 +309,7 @@ def _run_locked(config, run: RunDir, start: float) -> dict:
 
   report_lib.compare_to_teachers(results)
   checkpoints = {"directory": str(run.checkpoints.absolute()), "loaded": loaded, "resumed": resumed,
-                 "config_changes": config_changes}
+                 "config_changes": config_changes, "device_parts": device_parts}
   report = report_lib.build(config, setup.dataset, results, checkpoints, time.perf_counter() - start,
                             data_parallel=setup.parallel.size)
   summary = over_seeds.summarize([report], [config.seed])  # one seed: std None, per_seed of one, comparisons
