@@ -1,7 +1,7 @@
 """TensorBoard event files without TensorFlow (tensorboardX's protobufs and record CRC):
 WORKDIR/tensorboard/<model>/, one TensorBoard run per report row, so the models' curves share each chart.
 
-    tensorboard --logdir runs/            (pip install 'kdjax[tensorboard]'; not needed to write the files)
+    tensorboard --logdir runs/            (pip install tensorboard; not needed to write the files)
 
 Scalars, all against the training step (an epoch's values at the step that ends it; every phase has the same
 steps per epoch):
