@@ -114,6 +114,14 @@ class EpochProgress:
             f"({100 * self.steps_done / max(self.steps, 1):.0f} %), {rate:,.0f} images/s, loss {loss:.4f}, "
             f"{_clock(elapsed)} elapsed, about {_clock(left)} left")
 
+  def note(self, message: str) -> None:
+    """One line of the run's output (say) while the meter runs, above a terminal's bar rather than into it."""
+    if self.bar is not None:
+      self.bar.clear()
+    say(message)
+    if self.bar is not None:
+      self.bar.refresh()
+
   def close(self) -> None:
     if self.bar is not None:
       self.bar.close()

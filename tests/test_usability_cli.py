@@ -138,4 +138,4 @@ def test_a_run_from_another_folder_logs_without_carriage_returns(tmp_path):
   workdir = tmp_path / "runs" / "ema"
   assert "![curves](curves.png)" in (workdir / "report.md").read_text()
   assert sorted(path.name for path in (workdir / "tensorboard").iterdir()) == [
-      "student_kd_ema", "student_kd_ema (EMA weights)", "teacher", "teacher_ema"]
+      "config", "student_kd_ema", "student_kd_ema (EMA weights)", "teacher", "teacher_ema"]

@@ -3,13 +3,15 @@ parity.check, parity.export): one error printer, one exit-code table, one way to
 stderr they can read.
 
 Library modules raise one-line errors (kdjax/errors.py); the CLIs print them as `PROG: error: MESSAGE` and exit
-with the code of EXIT_CODES: 2 for a usage error, 1 for a run that broke, 130 for Ctrl-C. After a failed Orbax read TensorStore's threads print
+with the code of EXIT_CODES: 2 for a usage error, 1 for a run that broke, 130 for Ctrl-C, 143 for SIGTERM. After a failed Orbax read TensorStore's threads print
 tracebacks about a closed event loop, during the read and at interpreter teardown; `quiet_stderr` drops the
 first kind and `exit_now` skips the second, so the one line stays the last thing a user reads.
 """
 
 import io
+import logging
 import os
+import signal
 import sys
 import threading
 from typing import NoReturn
@@ -63,10 +65,23 @@ class _DropClosedLoopTracebacks(io.TextIOBase):
     return self.stream.encoding
 
 
+class _DropOrbaxThreadErrors(logging.Filter):
+  """Drops Orbax's log records "_SignalingThread.run() raised an exception" (with their ~55-line tracebacks,
+  one per worker thread) when a save fails, e.g. on a full disk: the same exception reaches the main thread,
+  where ModelCheckpoints.save turns it into the one-line CheckpointError naming the checkpoint."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not ("_SignalingThread.run() raised an exception" in str(record.msg)
+                and "orbax" in record.pathname.replace("\\", "/"))
+
+
 def quiet_stderr() -> None:
-  """For the command-line entry points: see _DropClosedLoopTracebacks."""
+  """For the command-line entry points: see _DropClosedLoopTracebacks and _DropOrbaxThreadErrors."""
   if not isinstance(sys.stderr, _DropClosedLoopTracebacks):
     sys.stderr = _DropClosedLoopTracebacks(sys.stderr)
+  absl_logger = logging.getLogger("absl")
+  if not any(isinstance(known, _DropOrbaxThreadErrors) for known in absl_logger.filters):
+    absl_logger.addFilter(_DropOrbaxThreadErrors())
 
 
 def exit_now(code: int) -> None:
@@ -134,19 +149,41 @@ def describe(error: BaseException) -> str:
 
 
 INTERRUPTED = 130   # the shell's code for a process ended by SIGINT (128 + 2)
+TERMINATED = 143    # ... and by SIGTERM (128 + 15)
+
+
+class Terminated(KeyboardInterrupt):
+  """SIGTERM (a batch scheduler's or `kill`'s stop), raised in the main thread like Ctrl-C's KeyboardInterrupt
+  so that the same cleanup runs (the progress meter, the workdir lock) and run_main says how to resume."""
+
+
+def _raise_terminated(signum, frame):
+  raise Terminated()
+
+
+def _on_sigterm():
+  """Installs the SIGTERM handler where it can be (the main thread); returns what to restore, or None."""
+  if threading.current_thread() is not threading.main_thread():
+    return None
+  return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 def run_main(prog: str, body) -> int:
   """Runs `body()`; a known error becomes `PROG: error: ONE LINE` on stderr and its exit code.
 
   Known: every error of EXIT_CODES, and OSError (e.g. a full disk while writing report.md), exit 1.
-  Ctrl-C (KeyboardInterrupt) prints `PROG: interrupted; rerun the same command to resume`, exit 130: saves
+  Ctrl-C (KeyboardInterrupt) prints `PROG: interrupted; rerun the same command to resume`, exit 130 (SIGTERM:
+  `PROG: terminated (SIGTERM); ...`, exit 143): saves
   are atomic and the workdir lock goes with the process, so the rerun resumes exactly.
   Exit codes other than 2 end the process at once (exit_now): nothing is left to write by then.
   """
+  previous = _on_sigterm()
   try:
     body()
-  except KeyboardInterrupt:
+  except KeyboardInterrupt as error:
+    if isinstance(error, Terminated):
+      print(f"{prog}: terminated (SIGTERM); rerun the same command to resume", file=sys.stderr)
+      exit_now(TERMINATED)
     print(f"{prog}: interrupted; rerun the same command to resume", file=sys.stderr)
     exit_now(INTERRUPTED)
   except Exception as error:  # noqa: BLE001  (matched against the known kinds below, else re-raised)
@@ -159,4 +196,7 @@ def run_main(prog: str, body) -> int:
     if code != 2:
       exit_now(code)
     return code
+  finally:
+    if previous is not None:
+      signal.signal(signal.SIGTERM, previous)
   return 0

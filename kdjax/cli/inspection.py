@@ -13,7 +13,7 @@ MODEL may be a row of the report such as "student_kd (EMA weights)". Reads only;
 
 Every checkpoint read is verified as a run verifies it (content hashes, state/_METADATA present; see
 kdjax/store/checkpoints.py). A workdir with a bad model checkpoint shows the others and marks that one; exit status
-0: all shown, 1: shown, but a model's checkpoint is bad (each named on stderr in one line), 2: nothing could be
+0: all shown, 1: shown, but a model's checkpoint or report.json is bad (each named on stderr in one line), 2: nothing could be
 shown (a bad path, epoch or model; the one line says why).
 """
 
@@ -131,13 +131,33 @@ def inspect_path(path, epoch: int | None = None) -> dict:
       if "config" in model and model["config"] == config:
         model["config"] = "(the run's config)"
     report_path = path / "report.json"
-    return {"workdir": str(path), "config": config, "models": models,
-            "report": str(report_path) if report_path.is_file() else None}
+    inspection = {"workdir": str(path), "config": config, "models": models,
+                  "report": str(report_path) if report_path.is_file() else None}
+    if report_path.is_file():
+      report, error = read_report(report_path)
+      if error is not None:
+        inspection["report_error"] = error
+    return inspection
   if not ckpt_lib.saved_epochs(path) and not ckpt_lib.saved_epochs(path.parent):
     raise ckpt_lib.CheckpointError(f"{path}: neither a kdjax workdir nor an Orbax checkpoint folder")
   folder, epoch_in_path = ckpt_lib.resolve(path, "teacher")
   return {"workdir": None, "config": None, "models": [describe_model(folder, epoch if epoch is not None
                                                                       else epoch_in_path)]}
+
+
+def read_report(path: pathlib.Path) -> tuple[dict | None, str | None]:
+  """(report.json's content, None), or (None, one line saying why it cannot be read: a run killed while
+  writing it by an older kdjax, a full disk, an edit)."""
+  try:
+    report = json.loads(path.read_text())
+  except (OSError, UnicodeDecodeError) as error:
+    return None, f"{path}: cannot be read ({getattr(error, 'strerror', None) or error})"
+  except ValueError as error:
+    return None, (f"{path}: not valid JSON ({error}): truncated or damaged; rerun the run's command to write it "
+                  f"again")
+  if not isinstance(report, dict) or not isinstance(report.get("models"), dict):
+    return None, f"{path}: not a kdjax report (no \"models\" object)"
+  return report, None
 
 
 # --- evaluation ------------------------------------------------------------------------------------------
@@ -167,7 +187,10 @@ def evaluate_model(workdir, model: str, epoch: int | None = None) -> dict:
     result["equals_recorded"] = all(recorded[key] == metrics[key] for key in ("val_top1", "val_loss"))
   report_path = run.workdir / "report.json"
   if report_path.is_file():
-    reported = json.loads(report_path.read_text()).get("models", {}).get(model)
+    report, error = read_report(report_path)
+    if error is not None:
+      result["report_error"] = error
+    reported = report["models"].get(model) if report is not None else None
     if reported is not None:
       keys = ("val_top1", "val_top5", "val_loss")
       result["report"] = {key: reported[key] for key in keys}
@@ -272,11 +295,15 @@ def main(argv=None) -> int:
   try:
     if args.evaluate is not None:
       result = evaluate_model(args.path, args.evaluate, args.epoch)
-      print(json.dumps(result, indent=2) if args.json else format_evaluation(result))
+      print(json.dumps(result, indent=2) if args.json else format_evaluation(result), flush=True)
+      if "report_error" in result:
+        cli.say_error(PROG, result["report_error"])
+        return 1
     else:
       inspection = inspect_path(args.path, args.epoch)
       print(json.dumps(inspection, indent=2) if args.json else format_inspection(inspection), flush=True)
       bad = [model["error"] for model in inspection["models"] if "error" in model]
+      bad += [inspection["report_error"]] if "report_error" in inspection else []
       for error in bad:
         cli.say_error(PROG, error)
       if bad:

@@ -21,6 +21,7 @@ from ml_collections import config_flags
 from kdjax.cli import exits as cli
 from kdjax.config import lookup as configs
 from kdjax import progress
+from kdjax.errors import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "A shipped config (ema.py, ema, configs/ema.py) or a config file's path.", lock_config=True)
@@ -29,11 +30,14 @@ _SHOW_CONFIG = flags.DEFINE_bool("show_config", False,
                                  "Print every field of the config, overrides applied, and exit (no --workdir).")
 
 _HELP_ARGS = {"-h", "-help", "--help", "-helpshort", "--helpshort", "-?"}
+_HELPFULL_ARGS = {"-helpfull", "--helpfull"}
 
 
 def usage() -> str:
   """--help: what the study is, the shipped configs, how to see and change every field, the flags."""
-  shipped = "\n".join(f"  {name + '.py':<12}{purpose}" for name, purpose in configs.available().items())
+  available = configs.available()
+  width = max(len(name) for name in available) + len(".py") + 2   # a name never runs into its purpose
+  shipped = "\n".join(f"  {name + '.py':<{width}}{purpose}" for name, purpose in available.items())
   flag_lines = "\n".join(f"  --{holder.name}: {flags.FLAGS[holder.name].help}"
                          for holder in (_CONFIG, _WORKDIR, _SHOW_CONFIG))
   return (f"{__doc__.strip()}\n\n"
@@ -51,6 +55,9 @@ def parse_flags(argv: list[str]) -> list[str]:
   if any(arg in _HELP_ARGS for arg in argv[1:]):
     print(usage())
     sys.exit(0)
+  if any(arg in _HELPFULL_ARGS for arg in argv[1:]):   # absl's own would first insist on --config
+    print(f"{usage()}\n\nevery flag, absl's included:\n{flags.FLAGS.get_help()}")
+    sys.exit(0)
   rest = cli.parse_flags("kdjax", argv)
   if len(rest) > 1:
     cli.usage_error("kdjax", f"unexpected arguments: {' '.join(rest[1:])}")
@@ -63,6 +70,11 @@ def main(argv):
   del argv  # parse_flags refused anything but flags
   config = _CONFIG.value
   if _SHOW_CONFIG.value:
+    from kdjax.config import validation   # the values a run would refuse, refused here too (exit 2)
+    try:
+      validation.validate(config)
+    except ConfigError as error:
+      cli.usage_error("kdjax", error)
     changed = list(flags.FLAGS["config"].override_values)
     source = flags.FLAGS["config"].config_filename + (f"; changed: {', '.join(changed)}" if changed else "")
     try:

@@ -5,12 +5,15 @@ scaled to 0..255, resized bilinearly to data.image_size (64 by default, the orig
 to 3 channels. The train/validation split is fixed and stratified: 20 % validation (360), 80 % train (1,437).
 """
 
+import pathlib
+
 import numpy as np
 from PIL import Image
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from kdjax import data as data_lib
+from kdjax import progress
 
 VALIDATION_FRACTION = 0.2
 SPLIT_SEED = 0
@@ -24,6 +27,11 @@ def _to_rgb(images_8x8: np.ndarray, size: int) -> np.ndarray:
 
 
 def load(data_config) -> data_lib.Dataset:
+  if data_config.get("manual_dir"):   # embedded: a path given for it reads nothing, which a user should know
+    manual_dir = pathlib.Path(data_config.manual_dir).expanduser()
+    progress.warn(f"data.manual_dir={data_config.manual_dir} is not read: data.name=digits is embedded"
+                  f"{'' if manual_dir.exists() else ' (and that folder does not exist)'}; set data.name to "
+                  f"read a data set from it")
   digits = load_digits()
   images = _to_rgb(digits.images, data_config.image_size)
   labels = digits.target.astype(np.int32)

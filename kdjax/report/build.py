@@ -319,12 +319,12 @@ def ema_sections(report: dict) -> list[str]:
 def extra_plots(report: dict, run) -> None:
   """ema_sweep.png when the report holds a sweep; ema_collapse.png when it holds collapse diagnostics."""
   if len(report.get("ema_sweep", [])) >= 2:
-    sweep.plot(report["ema_sweep"], run.file("ema_sweep.png"))
+    sweep.plot(report["ema_sweep"], run.file("ema_sweep.png"), figures.title(report))
   diagnostics = {name: entry.get("collapse") or (entry.get("per_seed") or [{}])[0].get("collapse")
                  for name, entry in report["models"].items()}
   diagnostics = {name: points for name, points in diagnostics.items() if points}
   if diagnostics:
-    collapse.plot(diagnostics, run.file("ema_collapse.png"))
+    collapse.plot(diagnostics, run.file("ema_collapse.png"), figures.title(report))
 
 
 def _loss_kind(result) -> str | None:
@@ -336,7 +336,7 @@ def _loss_kind(result) -> str | None:
   return "ce" if phases.phase(result.phase).step_kind == "ce" else "kd"
 
 
-def curves_figure(results):
+def curves_figure(results, suptitle: str | None = None):
   """curves.png's figure: the train losses, cross-entropy and KD apart (their scales differ by orders of
   magnitude), validation top-1 of every model, and the original's EMA loop: the EMA-updated teacher beside its
   student. Epochs are whole numbers on every x axis."""
@@ -358,7 +358,7 @@ def curves_figure(results):
 
   columns = 2 if len(panels) > 2 else len(panels)
   grid_rows = -(-len(panels) // columns)
-  figure = figures.new(figsize=(5.5 * columns, 3.8 * grid_rows))
+  figure = figures.new(figsize=(5.5 * columns, 4.6 * grid_rows + 0.6))
   axes = figure.subplots(grid_rows, columns, squeeze=False)
   last_epoch = max((row["epoch"] for result in results.values() for row in result.epochs), default=1)
   for axis, (title, ylabel, lines, reference) in zip(axes.flat, panels):
@@ -371,23 +371,23 @@ def curves_figure(results):
     axis.set(title=title, xlabel="epoch", ylabel=ylabel, xlim=(0.5, last_epoch + 0.5))
     figures.integer_ticks(axis.xaxis)
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
   for axis in list(axes.flat)[len(panels):]:
     axis.set_visible(False)
-  figure.tight_layout()
+  figures.finish(figure, list(axes.flat), suptitle)
   return figure
 
 
-def plot_curves(results, path) -> None:
-  figure = curves_figure(results)
+def plot_curves(results, path, suptitle: str | None = None) -> None:
+  """curves.png; `suptitle`: figures.title(report)."""
+  figure = curves_figure(results, suptitle)
   figures.save(figure, path)
 
 
 def write(run, report: dict, text: str, draw_curves) -> None:
-  """The one writer of a report (one seed or several): report.json, report.md (`text`), curves.png
-  (`draw_curves(path)`) and the EMA figures into the run directory; then says the table."""
+  """The one writer of a report (one seed or several): report.json, curves.png (`draw_curves(path)`), the EMA
+  figures, then report.md (`text`) into the run directory; then says the table."""
   run.write_json("report.json", report)
-  run.write_text("report.md", text)
   draw_curves(run.file("curves.png"))
   extra_plots(report, run)
+  run.write_text("report.md", text)   # after its figures: it never links a PNG that could not be written
   progress.say(text)

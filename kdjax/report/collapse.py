@@ -213,39 +213,46 @@ def findings(points: list[dict], teacher: str, student: str, *, num_classes: int
   return sentences
 
 
-def plot(diagnostics: dict[str, list[dict]], path) -> None:
-  """Four panels against the training step (symmetric-log axis: the points are log-spaced), one line per
-  EMA-updated teacher: distance from the trained teacher, soft-target entropy / log K, KD loss (log axis),
-  and top-1 on the probe (teacher solid, student dashed), with the whole validation split's at epoch ends
-  as open circles."""
+def plot(diagnostics: dict[str, list[dict]], path, suptitle: str | None = None) -> None:
+  """Four panels against the training step (symmetric-log axis: the points are log-spaced), one colour per
+  EMA-updated teacher: distance from the trained teacher, soft-target entropy / log K, its student's KD loss (log
+  axis), and top-1 on the probe (teacher solid, student dashed), with the whole validation split's at epoch ends
+  as open circles. Every panel spans the same steps, from 0; `suptitle`: figures.title(report)."""
 
-  figure = figures.new(figsize=(11, 7))
+  figure = figures.new(figsize=(11, 8.5))
   axes = figure.subplots(2, 2)
   (distance_axis, entropy_axis), (loss_axis, top1_axis) = axes
   for name, points in diagnostics.items():
     steps = [p["step"] for p in points]
+    student = _student_of(name)
     line, = distance_axis.plot(steps, [p["distance"] for p in points], marker=".", label=name)
     color = line.get_color()
     entropy_axis.plot(steps, [p["entropy"] for p in points], marker=".", color=color, label=name)
     loss_points = [(p["step"], p["kd_loss"]) for p in points if p["kd_loss"] is not None]
-    if loss_points:
-      loss_axis.plot(*zip(*loss_points), marker=".", color=color, label=name)
+    if loss_points:   # the loss the student trains on (none at step 0: no step taken yet)
+      loss_axis.plot(*zip(*loss_points), marker=".", color=color, label=f"{student} (against {name})")
     top1_axis.plot(steps, [_series(p, "teacher") for p in points], marker=".", color=color, label=name)
-    top1_axis.plot(steps, [_series(p, "student") for p in points], linestyle="--", color=color,
-                   label="its student")
+    top1_axis.plot(steps, [_series(p, "student") for p in points], linestyle="--", color=color, label=student)
     full = [(p["step"], p["teacher_top1"]) for p in points if p.get("teacher_top1") is not None]
     if full and any("probe_size" in p for p in points):
       top1_axis.plot(*zip(*full), linestyle="none", marker="o", fillstyle="none", color=color,
                      label=f"{name}, whole validation")
-  distance_axis.set(title="‖θ_ema − θ_teacher‖ / ‖θ_teacher‖")
-  entropy_axis.set(title="soft-target entropy / log K (1 = flat)", ylim=(0, 1.02))
-  loss_axis.set(title="KD loss", yscale="log")
-  top1_axis.set(title="top-1 % on the probe (student dashed)")
+  distance_axis.set(title="‖θ_ema − θ_teacher‖ / ‖θ_teacher‖", xlabel="step")
+  entropy_axis.set(title="soft-target entropy / log K (1 = flat)", xlabel="step", ylim=(0, 1.02))
+  loss_axis.set(title="the student's KD loss", xlabel="step", yscale="log")
+  top1_axis.set(title="top-1 % on the probe (student dashed)", xlabel="step")
+  last_step = max((p["step"] for points in diagnostics.values() for p in points), default=1)
+  figures.same_x_range(axes.flat, -0.02 * last_step, 1.02 * last_step)
   for axis in axes.flat:
     axis.set_xscale("symlog", linthresh=1)
     axis.set_xlabel("step")
     axis.grid(alpha=0.3)
-    if axis.lines:
-      axis.legend(fontsize=7)
-  figure.tight_layout()
+    figures.integer_ticks(axis.xaxis)
+  figures.finish(figure, list(axes.flat), suptitle)
   figures.save(figure, path)
+
+
+def _student_of(teacher_ema: str) -> str:
+  """The student an EMA-updated teacher trains (teacher_ema@0.9 -> student_kd_ema@0.9)."""
+  prefix = "teacher_ema"
+  return "student_kd_ema" + teacher_ema[len(prefix):] if teacher_ema.startswith(prefix) else f"{teacher_ema}'s student"

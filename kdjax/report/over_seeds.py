@@ -112,7 +112,7 @@ def markdown(report: dict) -> str:
 
 def plot(report: dict, path) -> None:
   """Validation top-1 per epoch: the mean over seeds with a ±1 std band, one line per model."""
-  figure = figures.new(figsize=(7.5, 4.5))
+  figure = figures.new(figsize=(7.5, 5.5))
   axis = figure.subplots()
   for name, entry in report["models"].items():
     curve = mean_curve(entry["per_seed"], "val_top1")
@@ -123,8 +123,7 @@ def plot(report: dict, path) -> None:
     axis.fill_between(epochs, [m - s for m, s in zip(means, spreads)], [m + s for m, s in zip(means, spreads)],
                       color=line.get_color(), alpha=0.2)
   axis.set(title=f"validation top-1, mean ± std over {report['num_seeds']} seeds", xlabel="epoch", ylabel="%")
-  axis.xaxis.get_major_locator().set_params(integer=True)
+  figures.integer_ticks(axis.xaxis)
   axis.grid(alpha=0.3)
-  axis.legend(fontsize=8)
-  figure.tight_layout()
+  figures.finish(figure, [axis], figures.title(report), legend_columns=3)
   figures.save(figure, path)

@@ -49,8 +49,8 @@ def markdown(rows: list[dict]) -> list[str]:
   return lines
 
 
-def plot(rows: list[dict], path) -> None:
-  figure = figures.new(figsize=(7.5, 4.5))
+def plot(rows: list[dict], path, suptitle: str | None = None) -> None:
+  figure = figures.new(figsize=(7.5, 5.5))
   axis = figure.subplots()
   for warmup in sorted({row["warmup"] for row in rows}):
     chosen = [row for row in rows if row["warmup"] == warmup]
@@ -65,6 +65,5 @@ def plot(rows: list[dict], path) -> None:
   axis.set(xscale="log", xlabel="1 − alpha (leftmost point: alpha = 1, plain KD)", ylabel="validation top-1 %",
            title="the original's EMA against alpha")
   axis.grid(alpha=0.3)
-  axis.legend(fontsize=8)
-  figure.tight_layout()
+  figures.finish(figure, [axis], suptitle)
   figures.save(figure, path)

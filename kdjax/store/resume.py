@@ -14,6 +14,7 @@ The checkpoint meta these checks read is described in store/meta.py.
 
 import dataclasses
 import json
+import math
 import pathlib
 
 import jax
@@ -60,6 +61,7 @@ class SavedPhase:
   meta: dict
   where: pathlib.Path
   evaluated: dict | None = None
+  rewrite: list = dataclasses.field(default_factory=list)   # phases.Model whose own save of this epoch is broken
 
   @property
   def epoch(self) -> int:
@@ -112,6 +114,20 @@ def _metrics_reproduced(recorded: dict, now: dict, exact: bool) -> bool:
           and abs(recorded["val_top1"] - now["val_top1"]) <= 100.0 / max(1, now.get("val_examples", 1)) + 1e-9)
 
 
+def _refuse_non_finite(saved: SavedPhase, model: str, rows: list[dict]) -> None:
+  """CheckpointError naming the epoch and metric when a recorded metric is not finite (a save of a diverged
+  phase, written before study/acceptance.py refused them): NaN never equals NaN, so it cannot be "reproduced",
+  and it is no result to resume from."""
+  for row in rows:
+    for key in ("train_loss", "val_loss", "val_top1", "val_top5"):
+      value = row.get(key)
+      if isinstance(value, float) and not math.isfinite(value):
+        raise ckpt_lib.CheckpointError(
+            f"{saved.where}: {model} recorded a non-finite {key} ({value}) at epoch {row.get('epoch')}: the "
+            f"phase diverged when it was trained, and such a save is no result (use a new workdir, or delete "
+            f"{saved.where.parent} to train phase {saved.meta['phase']} again)")
+
+
 def evaluate_saved(setup, saved: SavedPhase, check: bool) -> dict:
   """model name -> (metrics, logits) of every model of a finished phase, from its saved state; with `check`,
   CheckpointError unless each reproduces the validation metrics recorded with the checkpoint."""
@@ -128,6 +144,28 @@ def evaluate_saved(setup, saved: SavedPhase, check: bool) -> dict:
           f"{recorded['val_top1']!r} (the checkpoint, the data or the code changed)")
     evaluated[model.name] = (metrics, logits)
   return evaluated
+
+
+def _broken_companions(run: RunDir, setup, phase: str, tree: dict, epoch: int) -> list:
+  """The phase's other models with a folder of their own (teacher_ema) whose save of `epoch` is missing or
+  corrupt. The phase's own save holds their weights too, so the run rewrites them from it (one warning line
+  each) rather than leave a checkpoint that inspect and export refuse."""
+  broken = []
+  for model in phases.models_of(phase, setup.config.ema.student_decay):
+    if model.name == phase or not model.own_checkpoint:
+      continue
+    folder = run.checkpoints / model.name
+    try:
+      reader = ckpt_lib.ModelCheckpoints(folder, read_only=True)
+      try:
+        reader.restore(epoch, target={"params": tree[model.state_field]})
+      finally:
+        reader.close()
+    except ckpt_lib.CheckpointError as error:
+      progress.warn(f"{error}; rewriting {folder / str(epoch)} from {run.checkpoints / phase / str(epoch)}, "
+                    f"which holds the same weights")
+      broken.append(model)
+  return broken
 
 
 def read_saved_phases(run: RunDir, setup, phase_names, current_config: dict,
@@ -153,6 +191,9 @@ def read_saved_phases(run: RunDir, setup, phase_names, current_config: dict,
     differences = _check_against_meta(where, meta, current_config, fingerprint, allow_change)
     changes += [change for change in differences if change not in changes]
     saved[phase] = SavedPhase(tree, meta, where)
+    saved[phase].rewrite = _broken_companions(run, setup, phase, tree, epoch)
+    for model, recorded in meta.get("results", {}).items():
+      _refuse_non_finite(saved[phase], model, recorded.get("epochs", []))
     if epoch >= setup.config.epochs:   # finished: loaded, not trained; its metrics must come back
       saved[phase].evaluated = evaluate_saved(setup, saved[phase], check=not differences)
   return saved, changes

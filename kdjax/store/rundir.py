@@ -66,6 +66,11 @@ class RunDir:
         raise ConfigError(f"workdir: cannot write to {self.path}: {error.strerror or error}") from None
       yield self
     finally:
+      # A run that stopped before writing anything (a bad data path, say) leaves the workdir as it found it:
+      # .lock goes while still held, so no other run can be holding it.
+      with contextlib.suppress(OSError):
+        if [entry.name for entry in self.path.iterdir()] == [".lock"]:
+          lock_path.unlink()
       os.close(descriptor)   # releases the lock
 
   @property

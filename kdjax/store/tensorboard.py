@@ -1,13 +1,15 @@
 """TensorBoard event files without TensorFlow (tensorboardX's protobufs and record CRC):
 WORKDIR/tensorboard/<model>/, one TensorBoard run per report row, so the models' curves share each chart.
 
-    tensorboard --logdir runs/            (pip install 'kdjax[tensorboard]'; not needed to write the files)
+    tensorboard --logdir runs/            (pip install tensorboard; not needed to write the files)
 
 Scalars, all against the training step (an epoch's values at the step that ends it; every phase has the same
 steps per epoch):
   train/loss, train/top1       the epoch's mean training loss and accuracy (%) of the phase's own model
   train/step_loss              the loss of every config.log_every_steps-th step (0: none)
   val/loss, val/top1, val/top5 the whole validation split after each epoch, every model
+Text (TensorBoard's Text tab), in WORKDIR/tensorboard/config/, rewritten by every run or resume:
+  config/text_summary          the run's config.json, one `field = value` a line
 metrics.jsonl stays the record; these files are a view of it. A phase that starts or resumes rewrites its
 models' files, keeping the events up to the step it starts from and dropping those of an interrupted attempt
 (as metrics.jsonl does), so TensorBoard shows each step once whichever loader it uses.
@@ -84,12 +86,70 @@ def read_scalars(folder) -> list[Scalar]:
 def read(workdir) -> dict[str, dict[str, list[tuple[int, float]]]]:
   """{model: {tag: [(step, value), ...]}} of a run's WORKDIR/tensorboard (e.g. for a notebook or a test)."""
   runs = {}
-  for folder in sorted(path for path in pathlib.Path(workdir, "tensorboard").glob("*") if path.is_dir()):
+  for folder in sorted(path for path in pathlib.Path(workdir, "tensorboard").glob("*")
+                       if path.is_dir() and path.name != CONFIG_RUN):
     series: dict[str, list] = {}
     for scalar in read_scalars(folder):
       series.setdefault(scalar.tag, []).append((scalar.step, scalar.value))
     runs[folder.name] = series
   return runs
+
+
+CONFIG_RUN = "config"   # the folder, and so the TensorBoard run, that holds the config text
+CONFIG_TAG = "config/text_summary"
+
+
+def _config_lines(config: dict, prefix: str = "") -> list[str]:
+  lines = []
+  for key, value in sorted(config.items()):
+    if isinstance(value, dict):
+      lines += _config_lines(value, f"{prefix}{key}.")
+    else:
+      lines.append(f"{prefix}{key} = {value!r}")
+  return lines
+
+
+def config_text(config: dict) -> str:
+  """The config as TensorBoard's Text tab shows it (markdown): one `field = value` a line, in a code block."""
+  return "```\n" + "\n".join(_config_lines(config)) + "\n```"
+
+
+def write_config(folder, config: dict) -> pathlib.Path:
+  """WORKDIR/tensorboard/config/: the run's config as a text summary (TensorBoard's text plugin), replacing
+  any earlier one; WriteError naming the file when it cannot be written."""
+  event_pb2, summary_pb2, masked_crc32c = _protos()
+  from tensorboardX.proto import plugin_text_pb2, tensor_pb2, tensor_shape_pb2
+  folder = pathlib.Path(folder) / CONFIG_RUN
+  earlier = event_files(folder)
+  metadata = summary_pb2.SummaryMetadata(plugin_data=summary_pb2.SummaryMetadata.PluginData(
+      plugin_name="text", content=plugin_text_pb2.TextPluginData(version=0).SerializeToString()))
+  tensor = tensor_pb2.TensorProto(dtype="DT_STRING", string_val=[config_text(config).encode("utf-8")],
+                                  tensor_shape=tensor_shape_pb2.TensorShapeProto(
+                                      dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=1)]))
+  events = [event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"),
+            event_pb2.Event(wall_time=time.time(), step=0, summary=summary_pb2.Summary(
+                value=[summary_pb2.Summary.Value(tag=CONFIG_TAG, metadata=metadata, tensor=tensor)]))]
+  path = folder / f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{uuid.uuid4().hex[:8]}"
+  try:
+    folder.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"".join(_record(event.SerializeToString(), masked_crc32c) for event in events))
+  except OSError as error:
+    raise WriteError(f"cannot write {path}: {error.strerror or error}") from None
+  for file in earlier:
+    file.unlink(missing_ok=True)
+  return path
+
+
+def read_texts(workdir) -> dict[str, str]:
+  """{tag: text} of the text summaries in WORKDIR/tensorboard/config/ (the config, see write_config)."""
+  event_pb2 = _protos()[0]
+  texts = {}
+  for file in event_files(pathlib.Path(workdir, "tensorboard", CONFIG_RUN)):
+    for payload in _records(file):
+      for value in event_pb2.Event.FromString(payload).summary.value:
+        if value.metadata.plugin_data.plugin_name == "text":
+          texts[value.tag] = value.tensor.string_val[0].decode("utf-8")
+  return texts
 
 
 class _EventFile:

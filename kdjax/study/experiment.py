@@ -24,6 +24,7 @@ from kdjax import progress
 from kdjax.config import validation as config_validation
 from kdjax.report import build as report_lib
 from kdjax.report import collapse
+from kdjax.report import figures
 from kdjax.report import over_seeds
 from kdjax.report.build import ModelResult
 from kdjax.store import checkpoints as ckpt_lib
@@ -32,6 +33,7 @@ from kdjax.store import meta as run_meta
 from kdjax.store import teacher as teacher_lib
 from kdjax.store import tensorboard
 from kdjax.store.rundir import RunDir
+from kdjax.study import acceptance
 from kdjax.study import seeds
 from kdjax.study.builder import Setup
 from kdjax.training import mesh as mesh_lib
@@ -44,6 +46,9 @@ class PhaseOutcome:
   state: train.TrainState
   loaded_epoch: int | None = None  # finished earlier: loaded from this saved epoch, not trained
   resumed_epoch: int | None = None  # interrupted earlier: continued after this saved epoch
+  # the devices each part of the phase ran on: [{"epochs": [first, last], "devices": D}, ...] (a resume may
+  # change mesh.num_devices, a result-neutral field; the report lists the parts)
+  device_parts: list = dataclasses.field(default_factory=list)
 
 
 def phases_to_run(config, teacher_source) -> tuple[str, ...]:
@@ -81,7 +86,7 @@ def use_teacher_source(setup: Setup, run: RunDir, source: teacher_lib.TeacherSou
 
 
 def save_phase(setup: Setup, savers: dict, state: train.TrainState, phase: str, epoch: int,
-               results: dict, records: list, config_dict: dict) -> None:
+               results: dict, records: list, config_dict: dict, device_parts: list | None = None) -> None:
   """One save per model with a folder: the phase's own model holds everything a resume needs (the whole
   TrainState, the metrics of every model of the phase so far, the data-order state); teacher_ema its params."""
   step = int(state.step)
@@ -93,8 +98,23 @@ def save_phase(setup: Setup, savers: dict, state: train.TrainState, phase: str, 
             else {"params": getattr(state, model.state_field)})
     meta = run_meta.phase_meta(setup, phase, model, epoch, step, results[model.name].epochs, config_dict)
     if model.name == phase:
-      meta.update(records=records, results=phase_results)
+      meta.update(records=records, results=phase_results, device_parts=device_parts or [])
     saver.save(epoch, tree, meta)
+
+
+def _rewrite_broken(setup: Setup, run: RunDir, saved: resume.SavedPhase, state, results: dict, records: list,
+                    config_dict: dict) -> None:
+  """Saves again, from the phase's own intact save, the models whose save of that epoch is broken
+  (resume.read_saved_phases found them and said so)."""
+  for model in saved.rewrite:
+    saver = ckpt_lib.ModelCheckpoints(run.checkpoints / model.name, setup.config.checkpoint.keep)
+    try:
+      saver.delete_after(saved.epoch - 1)   # the broken step itself
+      saver.save(saved.epoch, {"params": getattr(state, model.state_field)},
+                 run_meta.phase_meta(setup, saved.meta["phase"], model, saved.epoch, int(state.step),
+                                     results[model.name].epochs, config_dict))
+    finally:
+      saver.close()
 
 
 def run_phase(setup: Setup, run: RunDir, phase: str, teacher_params, saved: resume.SavedPhase | None,
@@ -139,10 +159,18 @@ def run_phase(setup: Setup, run: RunDir, phase: str, teacher_params, saved: resu
     if start_epoch >= config.epochs:   # evaluated (and checked against its record) by read_saved_phases
       for name, (final, logits) in saved.evaluated.items():
         results[name].final, results[name].val_logits = final, logits
+      _rewrite_broken(setup, run, saved, state, results, records, config_dict)
       progress.say(f"[{phase}] finished earlier: loaded epoch {start_epoch} from {saved.where}")
       outcome.state, outcome.loaded_epoch = state, start_epoch
+      outcome.device_parts = list(saved.meta.get("device_parts", []))
       return outcome
     outcome.resumed_epoch = start_epoch
+    outcome.device_parts = list(saved.meta.get("device_parts", []))
+    saved_on = outcome.device_parts[-1]["devices"] if outcome.device_parts else None
+    if saved_on is not None and saved_on != setup.parallel.size:
+      progress.say(f"kdjax: note: [{phase}] epochs 1-{start_epoch} ran on {saved_on} device(s), the rest run on "
+                   f"{setup.parallel.size}: the same computation up to float32 reduction order "
+                   f"(report.json: checkpoints.device_parts)")
     progress.say(f"[{phase}] resuming after epoch {start_epoch} from {saved.where}")
 
   step_fn = setup.train_step(phase, optimizer)
@@ -151,6 +179,8 @@ def run_phase(setup: Setup, run: RunDir, phase: str, teacher_params, saved: resu
             for model in tracked if model.own_checkpoint}
   for saver in savers.values():
     saver.delete_after(start_epoch)  # epochs of an interrupted attempt that the phase's own save lacks
+  if saved is not None:
+    _rewrite_broken(setup, run, saved, state, results, records, config_dict)
   events.start_phase([model.name for model in tracked], int(state.step))
 
   if ema_teacher is not None and start_epoch == 0:
@@ -173,12 +203,17 @@ def run_phase(setup: Setup, run: RunDir, phase: str, teacher_params, saved: resu
           step_fn, state, setup.train_images, setup.train_labels, order, config.batch_size,
           config.data.drop_remainder, description, config.progress,
           every=1 if watch else 0, after_step=after_step if watch else None,
-          teacher_logits=teacher_logits, parallel=setup.parallel if setup.parallel.mesh is not None else None)
+          teacher_logits=teacher_logits, parallel=setup.parallel if setup.parallel.mesh is not None else None,
+          compile_note=epoch == start_epoch + 1)
     except train.DivergenceError as error:
       raise diverged(config, phase, epoch, error) from None
     step = int(state.step)
     events.step_losses(phase, step - epoch_result.steps + 1, epoch_result.step_losses)
+    if epoch == start_epoch + 1:   # the first evaluation compiles the nets' forward pass
+      progress.say(f"[{phase}] evaluating {', '.join(model.name for model in tracked)} on the "
+                   f"{len(setup.dataset.val_labels)} validation examples")
     evaluated = evaluate_all(state)
+    acceptance.check_epoch(config, phase, epoch, epoch_result, evaluated)   # before anything of it is kept
     if ema_teacher is not None:
       diagnose(state, epoch, epoch_result.train_loss,
                (evaluated[ema_teacher.name]["val_top1"], evaluated[phase]["val_top1"]))
@@ -204,8 +239,13 @@ def run_phase(setup: Setup, run: RunDir, phase: str, teacher_params, saved: resu
     trained.train_images += setup.num_train
     for result in results.values():  # the phase's other models were trained by the same steps
       result.train_seconds, result.train_images = trained.train_seconds, trained.train_images
+    parts = outcome.device_parts
+    if parts and parts[-1]["devices"] == setup.parallel.size and parts[-1]["epochs"][1] == epoch - 1:
+      parts[-1]["epochs"][1] = epoch
+    else:
+      parts.append({"epochs": [epoch, epoch], "devices": setup.parallel.size})
     if epoch % config.checkpoint.every_epochs == 0 or epoch == config.epochs:
-      save_phase(setup, savers, state, phase, epoch, results, records, config_dict)
+      save_phase(setup, savers, state, phase, epoch, results, records, config_dict, parts)
   for saver in savers.values():
     saver.close()
   events.close()
@@ -235,6 +275,7 @@ def _run_locked(config, run: RunDir, start: float) -> dict:
   config_dict = run_meta.config_json(config)
   config_changes = resume.check_config(run, config_dict, config.checkpoint.allow_config_change)
   setup = Setup.build(config)
+  acceptance.check_steps(config, setup.steps_per_epoch, setup.num_train)
   teacher_source = (teacher_lib.read_teacher(config.teacher.checkpoint, setup, config_dict)
                     if config.teacher.checkpoint else None)
   if teacher_source is not None:   # read onto one device; several devices take it replicated
@@ -253,9 +294,11 @@ def _run_locked(config, run: RunDir, start: float) -> dict:
   run.rewrite_metrics([record for phase_save in saved.values() for record in phase_save.meta["records"]])
 
   results: dict[str, ModelResult] = {}
-  loaded, resumed = {}, {}
+  loaded, resumed, device_parts = {}, {}, {}
   teacher_params = None
   events = tensorboard.Events(run.path / "tensorboard", config.log_every_steps, enabled=run.writer)
+  if run.writer:
+    tensorboard.write_config(run.path / "tensorboard", config_dict)
   try:
     for phase in names:
       if phase not in trained_here:
@@ -268,6 +311,7 @@ def _run_locked(config, run: RunDir, start: float) -> dict:
         loaded[phase] = outcome.loaded_epoch
       if outcome.resumed_epoch is not None:
         resumed[phase] = outcome.resumed_epoch
+      device_parts[phase] = outcome.device_parts
       if phase == "teacher":
         teacher_params = outcome.state.params
   finally:
@@ -275,7 +319,7 @@ def _run_locked(config, run: RunDir, start: float) -> dict:
 
   report_lib.compare_to_teachers(results)
   checkpoints = {"directory": str(run.checkpoints.absolute()), "loaded": loaded, "resumed": resumed,
-                 "config_changes": config_changes}
+                 "config_changes": config_changes, "device_parts": device_parts}
   report = report_lib.build(config, setup.dataset, results, checkpoints, time.perf_counter() - start,
                             data_parallel=setup.parallel.size)
   summary = over_seeds.summarize([report], [config.seed])  # one seed: std None, per_seed of one, comparisons
@@ -284,6 +328,7 @@ def _run_locked(config, run: RunDir, start: float) -> dict:
                                    if key.endswith("_std") or key == "per_seed"})
   report["comparisons"], report["comparison_family"] = summary["comparisons"], summary["comparison_family"]
   if run.writer:
+    progress.say(f"writing report.json, the figures and report.md to {run.path}")
     report_lib.write(run, report, report_lib.markdown(report),
-                     lambda path: report_lib.plot_curves(results, path))
+                     lambda path: report_lib.plot_curves(results, path, figures.title(report)))
   return report

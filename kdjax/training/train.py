@@ -191,7 +191,7 @@ class EpochResult:
 def run_epoch(step_fn, state: TrainState, images, labels, order: np.ndarray, batch_size: int,
               drop_remainder: bool, description: str, progress: bool, every: int = 0,
               after_step: Callable[[TrainState, jax.Array], None] | None = None,
-              teacher_logits=None, parallel=None) -> tuple[TrainState, EpochResult]:
+              teacher_logits=None, parallel=None, compile_note: bool = False) -> tuple[TrainState, EpochResult]:
   """Runs the jitted `step_fn` over the batches of `order`; images/labels are device arrays.
 
   parallel: a kdjax.training.mesh.DataParallel over several devices; images/labels/teacher_logits are then host arrays
@@ -205,6 +205,8 @@ def run_epoch(step_fn, state: TrainState, images, labels, order: np.ndarray, bat
   progress: show the meter (kdjax.progress: a bar on a terminal, a line every ~30 s otherwise).
   `after_step(state, loss)` is called after every `every`-th step of the epoch but its last (diagnostics; it
   may read the state, not keep it).
+  compile_note: a line before the first step (which waits for XLA's compile, tens of seconds on a CPU) and one
+  when it is done, so that a run is never silent for that long.
   """
   batches = data_lib.batch_indices(order, batch_size, drop_remainder)
   start = time.perf_counter()
@@ -233,7 +235,14 @@ def run_epoch(step_fn, state: TrainState, images, labels, order: np.ndarray, bat
   for count, indices in enumerate(batches, start=1):
     batch = (gather_batch(arrays, jnp.asarray(indices)) if parallel is None
              else parallel.batch(arrays, indices, batch_size))
+    if compile_note and count == 1:
+      meter.note(f"[{description}] compiling the training step")
+      compile_start = time.perf_counter()
     state, metrics = step_fn(state, batch)
+    if compile_note and count == 1:
+      jax.block_until_ready(metrics["loss"])
+      meter.note(f"[{description}] compiled the training step and ran it once in "
+                 f"{time.perf_counter() - compile_start:.1f} s")
     step_number += 1
     if pending is not None:
       read(*pending)
