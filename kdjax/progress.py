@@ -2,8 +2,8 @@
 
 The library prints nothing itself: it logs to the `kdjax` logger, the run's lines at INFO (`say`) and what a user
 should not miss at WARNING (`warn`); whoever wants the lines attaches a handler (`printing`: the command line
-does, and `kdjax.run(..., verbose=True)`). Without one, Python's last-resort handler still shows warnings on
-stderr. The meter of a phase-epoch
+does, and `kdjax.run(..., verbose=True)`). Warnings are never silent: outside `printing` they still reach
+stderr as `kdjax: warning: MESSAGE` (and propagate to the caller's logging as usual). The meter of a phase-epoch
 (`EpochProgress`) is shown only then, and only with config.progress:
   stderr a terminal       one tqdm bar per phase-epoch, with images/s and the loss
   otherwise (a log file)  no bar (no carriage returns); a line every ~30 s with the steps done, images/s and the
@@ -19,6 +19,24 @@ from tqdm import tqdm
 
 LOGGER = logging.getLogger("kdjax")
 LINE_SECONDS = 30.0   # between two progress lines when there is no bar
+WARNING_FORMAT = "kdjax: warning: %(message)s"
+
+
+class _StderrNow(logging.StreamHandler):
+  """A handler that writes to sys.stderr as it is when a record comes (a test's capture, a CLI's filter)."""
+
+  def __init__(self):
+    super().__init__(sys.stderr)
+
+  def emit(self, record: logging.LogRecord) -> None:
+    self.setStream(sys.stderr)
+    super().emit(record)
+
+
+_WARNINGS = _StderrNow()   # the library's warnings on stderr, with or without `printing`
+_WARNINGS.setLevel(logging.WARNING)
+_WARNINGS.setFormatter(logging.Formatter(WARNING_FORMAT))
+LOGGER.addHandler(_WARNINGS)
 
 
 def say(message: str) -> None:
@@ -53,9 +71,10 @@ def printing(stream=None, warnings=None):
   lines.setFormatter(logging.Formatter("%(message)s"))
   lines.addFilter(_Below(logging.WARNING))
   warned = logging.StreamHandler(warnings if warnings is not None else sys.stderr)
-  warned.setFormatter(logging.Formatter("kdjax: warning: %(message)s"))
+  warned.setFormatter(logging.Formatter(WARNING_FORMAT))
   warned.setLevel(logging.WARNING)
   saved = LOGGER.level, LOGGER.propagate
+  LOGGER.removeHandler(_WARNINGS)   # `warned` says them instead
   LOGGER.addHandler(lines)
   LOGGER.addHandler(warned)
   LOGGER.setLevel(logging.INFO)
@@ -66,6 +85,7 @@ def printing(stream=None, warnings=None):
     for handler in (lines, warned):
       handler.flush()
       LOGGER.removeHandler(handler)
+    LOGGER.addHandler(_WARNINGS)
     LOGGER.setLevel(saved[0])  # setLevel, not `level =`: the logger caches isEnabledFor until setLevel
     LOGGER.propagate = saved[1]
 

@@ -1,7 +1,6 @@
 """Issue 24: no wrong result with exit 0, and every entry point as good as kdjax.main. In-process with tiny
 configs (tests/conftest.tiny_config) where the process boundary is not what is tested."""
 
-import json
 import math
 
 import jax

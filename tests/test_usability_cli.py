@@ -55,7 +55,7 @@ def test_a_file_in_the_working_folder_wins_and_may_take_an_argument(tmp_path):
 
 
 def test_config_resolution_rules(tmp_path, monkeypatch):
-  shipped = pathlib.Path(configs.__file__).parent
+  shipped = pathlib.Path(configs.__file__).parent / "shipped"
   monkeypatch.chdir(tmp_path)
   for value in ("kd", "kd.py", "configs/kd.py"):
     assert configs.path(value) == shipped / "kd.py"
@@ -71,7 +71,7 @@ def test_config_resolution_rules(tmp_path, monkeypatch):
 
 def test_top_level_configs_are_the_shipped_files():
   for name in configs.available():
-    assert (ROOT / "configs" / f"{name}.py").resolve() == pathlib.Path(configs.__file__).parent / f"{name}.py"
+    assert (ROOT / "configs" / f"{name}.py").resolve() == pathlib.Path(configs.__file__).parent / "shipped" / f"{name}.py"
 
 
 def test_unknown_config_lists_the_shipped_ones(tmp_path):
