@@ -29,7 +29,7 @@ class _StderrNow(logging.StreamHandler):
     super().__init__(sys.stderr)
 
   def emit(self, record: logging.LogRecord) -> None:
-    self.setStream(sys.stderr)
+    self.stream = sys.stderr   # not setStream: it would flush the stream before, which may be closed by now
     super().emit(record)
 
 

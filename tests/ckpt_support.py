@@ -76,8 +76,10 @@ def finished_run(tmp_path_factory) -> pathlib.Path:
 
 
 def compile_cache(tmp_path_factory) -> pathlib.Path:
+  """The test run's JAX compilation cache (tests/conftest.py), else one for this module's subprocesses."""
   if "compile_cache" not in _cache:
-    _cache["compile_cache"] = tmp_path_factory.mktemp("jax_cache")
+    shared = os.environ.get("JAX_COMPILATION_CACHE_DIR")
+    _cache["compile_cache"] = pathlib.Path(shared) if shared else tmp_path_factory.mktemp("jax_cache")
   return _cache["compile_cache"]
 
 

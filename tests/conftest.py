@@ -1,7 +1,24 @@
-"""Shared test helpers: tiny configs that run the real code in seconds on a 2-core CPU."""
+"""Shared test helpers: tiny configs that run the real code in seconds on a 2-core CPU.
 
-import jax
-import pytest
+One JAX compilation cache serves the whole test run: this process and every kdjax process the tests start (they
+inherit the environment), so each distinct program is compiled once per run. A cached executable is the program XLA
+compiled, so it computes the same bits; a run's cache lives in a temporary folder removed at exit. A
+JAX_COMPILATION_CACHE_DIR set by the caller is used as it is.
+"""
+
+import atexit
+import os
+import shutil
+import tempfile
+
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:   # before JAX is imported: it reads these once
+  _CACHE = tempfile.mkdtemp(prefix="kdjax-tests-jax-cache-")
+  atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+  os.environ.update(JAX_COMPILATION_CACHE_DIR=_CACHE, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
 
 from kdjax.config import defaults as config_lib
 

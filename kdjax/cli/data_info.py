@@ -21,6 +21,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from kdjax import data as data_lib
+from kdjax import progress
 from kdjax.cli import exits as cli
 from kdjax.config import validation as config_validation
 
@@ -67,7 +68,8 @@ def main(argv):
   summary = {}
 
   def body():
-    with contextlib.redirect_stdout(sys.stderr):  # TFDS prints its progress on stdout; keep it for the answer
+    # TFDS prints its progress on stdout, and kdjax's lines (read times, warnings) go to stderr: stdout is the answer
+    with contextlib.redirect_stdout(sys.stderr), progress.printing(sys.stderr):
       summary.update(info(_CONFIG.value))
   code = cli.run_main(PROG, body)
   if code:
