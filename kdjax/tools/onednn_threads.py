@@ -13,7 +13,7 @@ import argparse
 import json
 import os
 
-from kdjax import benchmark
+from kdjax.tools import benchmark
 from kdjax.nets import onednn_conv
 
 

@@ -66,7 +66,7 @@ class Peer:
 
 
 def serve() -> None:
-  from kdjax import benchmark
+  from kdjax.tools import benchmark
   import torch
 
   runners = []
