@@ -242,12 +242,16 @@ def plot(diagnostics: dict[str, list[dict]], path, suptitle: str | None = None) 
   loss_axis.set(title="the student's KD loss", xlabel="step", yscale="log")
   top1_axis.set(title="top-1 % on the probe (student dashed)", xlabel="step")
   last_step = max((p["step"] for points in diagnostics.values() for p in points), default=1)
-  figures.same_x_range(axes.flat, -0.02 * last_step, 1.02 * last_step)
+  # Log-spaced points on a symmetric-log axis (linear below 1, so step 0 shows): ticks at 0, 1, 10, 100, ... and
+  # the last step, written as whole numbers.
+  ticks = sorted({0, *(10 ** k for k in range(len(str(max(last_step, 1))))), last_step})
   for axis in axes.flat:
     axis.set_xscale("symlog", linthresh=1)
+    axis.set_xticks(ticks, [f"{tick:,}" for tick in ticks])
+    axis.set_xticks([], minor=True)
     axis.set_xlabel("step")
     axis.grid(alpha=0.3)
-    figures.integer_ticks(axis.xaxis)
+  figures.same_x_range(axes.flat, 0, last_step * 1.05)
   figures.finish(figure, list(axes.flat), suptitle)
   figures.save(figure, path)
 
