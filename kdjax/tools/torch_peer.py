@@ -9,11 +9,10 @@ in children started with one of ALLOCATORS and compares against the faster:
   tuned   MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=268435456: blocks up to 32 MB come from the
           heap and are reused; freed memory is returned to the OS above 256 MB only
 
-The child builds kdjax.benchmark.torch_step runners on request and runs them; the parent times each run (a
-round trip of one line each way, microseconds against steps of tens of milliseconds), alternating with its other
-runners as before.
-
-    python -m kdjax.tools.torch_peer     (reads one JSON request a line on stdin, answers one JSON line on stdout)
+The child (kdjax/tools/torch_child.py) builds kdjax.tools.benchmark.torch_step runners on request and runs them;
+the parent times each run (a round trip of one line each way, microseconds against steps of tens of
+milliseconds), alternating with its other runners as before. This module is the parent's side only, so the
+benchmark imports it and nothing here imports the benchmark.
 """
 
 import json
@@ -35,7 +34,7 @@ class Peer:
     env = {key: value for key, value in os.environ.items() if not key.startswith("MALLOC_")}
     env.update(ALLOCATORS[allocator])
     self.allocator = allocator
-    self._process = subprocess.Popen([sys.executable, "-m", "kdjax.tools.torch_peer"], stdin=subprocess.PIPE,
+    self._process = subprocess.Popen([sys.executable, "-m", "kdjax.tools.torch_child"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, env=env, bufsize=1)
     self.info = self._ask({"command": "info"})
 
@@ -63,34 +62,3 @@ class Peer:
     if self._process.poll() is None:
       self._process.stdin.close()
       self._process.wait(timeout=60)
-
-
-def serve() -> None:
-  from kdjax.tools import benchmark
-  import torch
-
-  runners = []
-  for line in sys.stdin:
-    request = json.loads(line)
-    try:
-      if request["command"] == "info":
-        answer = {"torch": torch.__version__, "malloc": {key: value for key, value in os.environ.items()
-                                                         if key.startswith("MALLOC_")},
-                  "tensorflow_datasets_imported": "tensorflow_datasets" in sys.modules}
-      elif request["command"] == "make":
-        batch = benchmark.random_batch(request["batch_size"], request["image_size"], request["num_classes"])
-        runner = benchmark.torch_step(request["kind"], batch, request["num_classes"], request["threads"],
-                                      request["channels_last"])
-        runners.append(runner)
-        answer = {"id": len(runners) - 1, "flops_per_image": runner.flops_per_image}
-      else:
-        runners[request["id"]].run(request["steps"])
-        answer = {"done": True}
-    except Exception as error:  # sent to the parent, which raises it
-      answer = {"error": f"{type(error).__name__}: {error}"}
-    sys.stdout.write(json.dumps(answer) + "\n")
-    sys.stdout.flush()
-
-
-if __name__ == "__main__":
-  serve()
