@@ -243,7 +243,10 @@ def test_setup_builds_without_a_compiler_and_records_why(tmp_path):
   assert result.returncode == 0, result.stderr[-2000:]
   assert not list((tmp_path / "kdjax" / "nets").glob("_onednn_conv*.so"))
   reason = (tmp_path / "kdjax" / "nets" / onednn_conv.STATUS_FILE).read_text()
-  assert "/nonexistent/c" in reason or "not found" in reason or "No such file" in reason, reason
+  # The compiler is the reason where the oneDNN headers are installed (a developer's venv); in a venv with only the
+  # runtime (what `pip install -e .` leaves: the headers live in the isolated build environment) it is the headers.
+  assert ("/nonexistent/c" in reason or "not found" in reason or "No such file" in reason
+          or "onednn-devel-cpu-gomp" in reason), reason
 
 
 @needs_onednn
