@@ -25,6 +25,7 @@ import re
 import numpy as np
 from absl import logging
 
+from kdjax.config import defaults as config_defaults
 from kdjax.store import checkpoints as ckpt_lib
 from kdjax.cli import exits as cli
 from kdjax.training import ema
@@ -204,14 +205,8 @@ def _number(value) -> str:
   return "" if value is None else f"{value:.4g}"
 
 
-def _config_lines(config: dict, prefix: str = "") -> list[str]:
-  lines = []
-  for key, value in config.items():
-    if isinstance(value, dict):
-      lines += _config_lines(value, f"{prefix}{key}.")
-    else:
-      lines.append(f"  {prefix}{key} = {json.dumps(value)}")
-  return lines
+def _config_lines(config: dict) -> list[str]:
+  return [f"  {name} = {json.dumps(value)}" for name, value in config_defaults.flatten(config).items()]
 
 
 def format_model(model: dict) -> str:

@@ -22,6 +22,7 @@ import struct
 import time
 import uuid
 
+from kdjax.config import defaults as config_defaults
 from kdjax.errors import ConfigError
 from kdjax.store.rundir import WriteError
 
@@ -99,19 +100,10 @@ CONFIG_RUN = "config"   # the folder, and so the TensorBoard run, that holds the
 CONFIG_TAG = "config/text_summary"
 
 
-def _config_lines(config: dict, prefix: str = "") -> list[str]:
-  lines = []
-  for key, value in sorted(config.items()):
-    if isinstance(value, dict):
-      lines += _config_lines(value, f"{prefix}{key}.")
-    else:
-      lines.append(f"{prefix}{key} = {value!r}")
-  return lines
-
-
 def config_text(config: dict) -> str:
-  """The config as TensorBoard's Text tab shows it (markdown): one `field = value` a line, in a code block."""
-  return "```\n" + "\n".join(_config_lines(config)) + "\n```"
+  """The config as TensorBoard's Text tab shows it (markdown): one `field = value` a line, sorted, in a code block."""
+  lines = [f"{name} = {value!r}" for name, value in sorted(config_defaults.flatten(config).items())]
+  return "```\n" + "\n".join(lines) + "\n```"
 
 
 def write_config(folder, config: dict) -> pathlib.Path:
