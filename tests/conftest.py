@@ -4,6 +4,12 @@ One JAX compilation cache serves the whole test run: this process and every kdja
 inherit the environment), so each distinct program is compiled once per run. A cached executable is the program XLA
 compiled, so it computes the same bits; a run's cache lives in a temporary folder removed at exit. A
 JAX_COMPILATION_CACHE_DIR set by the caller is used as it is.
+
+Most tests compile with XLA's optimisations off (jax_disable_most_optimizations: the XLA compile, the largest
+share of the suite's time, takes about half as long); the programs compute the same functions, with float32
+rounding that may differ from an optimised build's. Tests that compare numbers against float64 or published
+references carry the `optimized` mark (module-wide: `pytestmark = pytest.mark.optimized`) and run fully optimised,
+they and the kdjax processes they start. JAX_DISABLE_MOST_OPTIMIZATIONS set by the caller is used as it is.
 """
 
 import atexit
@@ -17,12 +23,38 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:   # before JAX is imported: it
   os.environ.update(JAX_COMPILATION_CACHE_DIR=_CACHE, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                     JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 
+_UNOPTIMIZED_DEFAULT = os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+
+import collections  # noqa: E402
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
 from kdjax.config import defaults as config_lib
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+# Where this process's time goes in JAX's compiler: seconds per stage, summed over the run (kdjax processes the
+# tests start are not counted). Printed in the terminal summary.
+_COMPILE_SECONDS = collections.Counter()
+_COMPILE_EVENTS = {"/jax/core/compile/jaxpr_trace_duration": "tracing",
+                   "/jax/core/compile/jaxpr_to_mlir_module_duration": "lowering",
+                   "/jax/core/compile/backend_compile_duration": "XLA compile"}
+
+
+def _count_compile_time(event, seconds, **_):
+  if event in _COMPILE_EVENTS:
+    _COMPILE_SECONDS[_COMPILE_EVENTS[event]] += seconds
+
+
+jax.monitoring.register_event_duration_secs_listener(_count_compile_time)
+
+
+def pytest_terminal_summary(terminalreporter):
+  if _COMPILE_SECONDS:
+    stages = ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in _COMPILE_SECONDS.items())
+    terminalreporter.write_line(f"JAX compile time in the pytest process: {stages} "
+                                f"(total {sum(_COMPILE_SECONDS.values()):.1f} s)")
 
 
 def tiny_config(**overrides):
@@ -43,6 +75,25 @@ def tiny_config(**overrides):
       node = node[parent]
     node[leaf] = value
   return config
+
+
+def _set_optimized(optimized: bool) -> None:
+  """Switches XLA's optimisations for this process's later compiles and for the processes it starts. The flag
+  is read when a program is compiled and is not part of jit's in-memory cache key, so those caches are cleared
+  (the persistent cache's key holds the compile options: an entry is only ever reused at its own setting)."""
+  value = "0" if optimized else _UNOPTIMIZED_DEFAULT
+  if os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] != value:
+    os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = value
+    jax.config.update("jax_disable_most_optimizations", value not in ("0", "false", "False", ""))
+    jax.clear_caches()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def xla_optimization(request):
+  """Module-wide: `optimized` modules compile with XLA's optimisations, the rest as _UNOPTIMIZED_DEFAULT says.
+  Autouse at module scope, so it runs before the module's own fixtures compile anything."""
+  _set_optimized(request.node.get_closest_marker("optimized") is not None)
+  yield
 
 
 @pytest.fixture

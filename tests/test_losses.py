@@ -15,6 +15,8 @@ import pytest
 
 from kdjax.training import losses
 
+pytestmark = pytest.mark.optimized   # float64 / published references
+
 STUDENT = jnp.array([[0.0, 0.0]])
 TEACHER = jnp.array([[math.log(3.0), 0.0]])
 KL_T1 = 0.1308120

@@ -27,6 +27,8 @@ from kdjax.config import validation
 from kdjax.nets import models
 from kdjax.nets import onednn_conv
 
+pytestmark = pytest.mark.optimized   # float64 / published references
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EPS32 = float(np.finfo(np.float32).eps)
 needs_onednn = pytest.mark.skipif(not onednn_conv.available(), reason=onednn_conv.unavailable_reason() or "-")

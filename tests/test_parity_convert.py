@@ -9,6 +9,8 @@ from kdjax.nets import models
 from parity import convert
 from parity import reference
 
+pytestmark = pytest.mark.optimized   # float64 / published references
+
 
 def _flax_params(net: str, num_classes: int, image_size: int, seed: int = 0) -> dict:
   model = models.MODEL_FACTORIES[net](num_classes)

@@ -18,7 +18,7 @@ from parity import export
 from parity import harness
 from parity import reference
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.optimized]   # float64 / published references
 
 MODELS = ("teacher", "student_ce", "student_kd", "student_kd_ema", "teacher_ema")
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -15,7 +15,7 @@ from parity import mirror
 from parity import precision
 from parity import reference
 
-pytestmark = pytest.mark.usefixtures("highest_matmul_precision")
+pytestmark = [pytest.mark.usefixtures("highest_matmul_precision"), pytest.mark.optimized]   # float64 / published references
 
 
 def _params(net="teacher", size=32, seed=0, init="lecun_normal"):

@@ -10,6 +10,8 @@ from torch import nn
 from kdjax.training import losses
 from parity import reference
 
+pytestmark = pytest.mark.optimized   # float64 / published references
+
 # float32 on both sides: a loss is a sum of ~K*N terms, 1e-5 relative is a few ulps of accumulation. The KD loss
 # of two nearby distributions is a difference of near-equal terms p*log p and p*log q, each with ~1e-7 absolute
 # rounding in the log, then scaled by T^2 (its gradient, (q - p)*T/N, by T): absolute floors of 1e-6*T^2, 1e-7*T.

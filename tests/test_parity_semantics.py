@@ -28,7 +28,7 @@ from kdjax.training import train
 from parity import compare
 from parity import harness
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread", "highest_matmul_precision")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread", "highest_matmul_precision"), pytest.mark.optimized]   # float64 / published references
 
 STEPS = 4
 PHASES = ("student_kd", "student_kd_ema")

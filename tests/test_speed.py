@@ -16,6 +16,8 @@ from kdjax.nets import models
 from kdjax.training import xla
 from tests.conftest import tiny_config
 
+pytestmark = pytest.mark.optimized   # checks what XLA's optimising compile makes of the step
+
 on_cpu = pytest.mark.skipif(jax.default_backend() != "cpu", reason="the option is XLA:CPU's")
 
 
