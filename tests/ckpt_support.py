@@ -1,5 +1,6 @@
 """Shared by the checkpoint, resume and inspect tests: tiny runs of the real command in subprocesses."""
 
+import fcntl
 import json
 import os
 import pathlib
@@ -66,11 +67,20 @@ def sigkill(process: subprocess.Popen) -> None:
 
 
 def finished_run(tmp_path_factory) -> pathlib.Path:
-  """One uninterrupted EMA study (teacher, student_kd_ema + its EMA weights), shared by the test modules."""
+  """One uninterrupted EMA study (teacher, student_kd_ema + its EMA weights), shared by the test modules and,
+  under pytest-xdist, by the workers: the first to need it trains it in the run's shared temporary folder while
+  holding a lock there; the others wait and read it. Tests read it or copy it (copy_of_finished_run)."""
   if "run" not in _cache:
-    workdir = tmp_path_factory.mktemp("finished") / "run"
-    result = kdjax(EMA_STUDY, workdir, cache_dir=compile_cache(tmp_path_factory))
-    assert result.returncode == 0, result.stderr[-3000:]
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base   # xdist: <run>/popen-gwN
+    workdir = shared / "finished" / "run"
+    with open(shared / "finished.lock", "w") as lock:
+      fcntl.flock(lock, fcntl.LOCK_EX)
+      if not (workdir / "report.json").exists():
+        shutil.rmtree(workdir, ignore_errors=True)
+        workdir.parent.mkdir(exist_ok=True)
+        result = kdjax(EMA_STUDY, workdir, cache_dir=compile_cache(tmp_path_factory))
+        assert result.returncode == 0, result.stderr[-3000:]
     _cache["run"] = workdir
   return _cache["run"]
 

@@ -21,6 +21,8 @@ from kdjax.config import defaults as config_lib
 from kdjax.nets import models
 from kdjax.nets.pooling import max_pool_2x2
 
+pytestmark = pytest.mark.optimized   # float64 / published references
+
 
 def _conv(x, kernel, bias):
   return lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")) + bias
@@ -83,8 +85,11 @@ def test_block_pools_equal_max_pool_bit_for_bit(layout, kind):
   np.testing.assert_array_equal(_bits(vjp(cotangent)[0]), _bits(expected_vjp(cotangent)[0]))
 
 
-@pytest.mark.parametrize("net", ["teacher", "student"])
-@pytest.mark.parametrize("activation,image_size", [("none", 64), ("relu", 32), ("none", 20)])
+@pytest.mark.parametrize("net,activation,image_size", [
+    pytest.param("teacher", "none", 64, marks=pytest.mark.slow),   # float64 gradients of the 12 convs at 64x64
+    pytest.param("teacher", "relu", 32, marks=pytest.mark.slow),
+    pytest.param("teacher", "none", 20, marks=pytest.mark.slow),
+    ("student", "none", 64), ("student", "relu", 32), ("student", "none", 20)])
 def test_nets_on_blocks_compute_the_same_function(net, activation, image_size):
   """Same parameters from the same key; logits and every gradient equal to float64 rounding (at 20x20 the 5x5
   layers cannot be blocked and fall back to nn.Conv inside the same net); float32 logits at its rounding."""

@@ -425,6 +425,7 @@ experiment.train_and_evaluate(_teacher_only(**{"mesh.num_devices": 2}), sys.argv
 """
 
 
+@pytest.mark.slow  # resumes on 4 forced host devices in subprocesses
 def test_a_resume_on_another_number_of_devices_says_so_and_the_report_lists_each_part(tmp_path, caplog):
   import subprocess
   import sys

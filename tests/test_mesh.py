@@ -80,12 +80,14 @@ def assert_same_run(reference, other, reference_dir, other_dir):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6, err_msg=f"{model} {field}")
 
 
+@pytest.mark.slow  # multi-device subprocess studies (the module fixture `runs`)
 def test_four_devices_equal_one(runs):
   (one_dir, one), (four_dir, four) = runs[1], runs[4]
   assert one["environment"]["mesh"] == {"data": 1} and four["environment"]["mesh"] == {"data": 4}
   assert_same_run(one, four, one_dir, four_dir)
 
 
+@pytest.mark.slow  # two processes over jax.distributed
 def test_two_processes_equal_one_process_on_four_devices(runs, tmp_path):
   """2 processes x 2 forced host devices, jax.distributed on 127.0.0.1 with gloo: the same report; process 0
   alone writes metrics.jsonl, TensorBoard and the report, both write the (Orbax) checkpoints; a second launch

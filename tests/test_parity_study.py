@@ -15,7 +15,7 @@ from parity import compare
 from parity import harness
 from parity import tolerances
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread", "highest_matmul_precision")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread", "highest_matmul_precision"), pytest.mark.optimized]   # float64 / published references
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -29,6 +29,7 @@ def small_config():
   return config
 
 
+@pytest.mark.slow  # a whole parity study in both frameworks
 def test_two_epoch_study_agrees_per_epoch():
   """float64: per-epoch mean train loss within FLOAT64's loss bound; per-epoch validation counts equal, bar
   examples whose top-1 margin is within the final logits' difference (parity/tolerances.py)."""
@@ -52,6 +53,7 @@ def test_two_epoch_study_agrees_per_epoch():
       teacher = run.jax.params["teacher"]
 
 
+@pytest.mark.slow  # parity.check end to end in both frameworks
 def test_check_prints_both_tables_and_passes():
   out = io.StringIO()
   config = small_config()

@@ -8,7 +8,8 @@ from configs import ema as ema_config
 from parity import compare
 from parity import harness
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread", "highest_matmul_precision")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread", "highest_matmul_precision"), pytest.mark.optimized,  # float64
+              pytest.mark.slow]   # 100-step trajectories in both frameworks
 
 STEPS = 20
 

@@ -257,6 +257,7 @@ def test_case8_export_out_must_be_a_file_path_ending_as_written(tmp_path, tmp_pa
   assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow  # interrupts a study, resumes it and compares it with the uninterrupted one
 def test_case8_ctrl_c_is_one_line_exit_130_and_the_resume_is_exact(tmp_path, tmp_path_factory):
   reference = support.finished_run(tmp_path_factory)
   cache = support.compile_cache(tmp_path_factory)

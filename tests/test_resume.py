@@ -4,6 +4,8 @@ metrics.jsonl equal those of a run that was never interrupted, exactly (timing f
 
 import collections
 
+import pytest
+
 from kdjax.store import checkpoints as ckpt_lib
 
 from tests import ckpt_support as support
@@ -64,6 +66,7 @@ def _assert_resumed_equals_uninterrupted(workdir, reference, resumed_output):
   assert max(counts.values()) == 1, "an epoch trained twice is logged twice"
 
 
+@pytest.mark.slow  # kills a study, resumes it and compares it with the uninterrupted one
 def test_sigkill_in_a_student_phase_then_resume_equals_uninterrupted(tmp_path, tmp_path_factory):
   reference = support.finished_run(tmp_path_factory)
   cache = support.compile_cache(tmp_path_factory)
@@ -80,6 +83,7 @@ def test_sigkill_in_a_student_phase_then_resume_equals_uninterrupted(tmp_path, t
   _assert_resumed_equals_uninterrupted(workdir, reference, resumed.stdout)
 
 
+@pytest.mark.slow  # kills a study mid-save, resumes it and compares it with the uninterrupted one
 def test_kill_during_a_save_keeps_the_previous_checkpoint_and_resumes(tmp_path, tmp_path_factory):
   reference = support.finished_run(tmp_path_factory)
   cache = support.compile_cache(tmp_path_factory)
