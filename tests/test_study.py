@@ -1,6 +1,7 @@
 """The whole study, end to end, on a tiny digits config (the real code, small)."""
 
 import json
+import platform
 
 import jax
 import numpy as np
@@ -32,7 +33,10 @@ def test_report_shape_and_files(ema_run):
       f"{phase} (EMA weights)" for phase in ("student_ce", "student_kd", "student_kd_ema")]
   assert report["dataset"] == {"name": "digits", "train_examples": 240, "val_examples": 120,
                                "num_classes": 10, "image_shape": [16, 16, 3]}
-  assert set(report["environment"]) >= {"jax", "flax", "backend", "devices"}
+  assert set(report["environment"]) >= {"jax", "flax", "backend", "devices", "host_malloc"}
+  if platform.libc_ver()[0] == "glibc":   # speed.host_malloc="tuned" (the default) took effect, and report.md says so
+    assert "no mmap" in report["environment"]["host_malloc"]
+    assert f"host memory: {report['environment']['host_malloc']}." in (workdir / "report.md").read_text()
   assert report["config"]["epochs"] == 2
   for name, entry in report["models"].items():
     assert set(entry) >= {"val_top1", "val_top5", "val_loss", "params", "flops_per_image", "train_seconds",

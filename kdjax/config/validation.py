@@ -134,5 +134,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   speed_conv_error = config_nets.validation_error(config)
   if speed_conv_error:
     raise ConfigError(speed_conv_error)
+  _check(config.speed.host_malloc in ("tuned", "system"), "speed.host_malloc", "must be 'tuned' or 'system'",
+         config.speed.host_malloc)
   for field in ("cached_teacher_logits", "xla_cpu_options"):
     _check(isinstance(config.speed[field], bool), f"speed.{field}", "must be True or False", config.speed[field])

@@ -19,6 +19,7 @@ from kdjax.config import nets as config_nets
 from kdjax.report import collapse
 from kdjax.report import figures
 from kdjax.training import evaluate
+from kdjax.training import host_memory
 from kdjax import phases
 from kdjax import progress
 from kdjax.report import significance
@@ -116,8 +117,9 @@ def build(config, dataset, results, checkpoints: dict, wall_seconds: float, data
                   "image_shape": list(dataset.image_shape)},
       "models": {name: _model_entry(result) for name, result in results.items()},
       "config": config.to_dict(),
-      # which convolution path ran, and why (kdjax.config.nets.conv_engine)
-      "environment": dict(environment(data_parallel), conv=config_nets.describe(config)),
+      # which convolution path ran, and why (kdjax.config.nets.conv_engine); the host allocator in force
+      "environment": dict(environment(data_parallel), conv=config_nets.describe(config),
+                          host_malloc=host_memory.describe()),
       "checkpoints": checkpoints,
       "ema_sweep": sweep.points(config, {name: _model_entry(result) for name, result in results.items()}),
       "per_example": per_example(np.asarray(dataset.val_labels), results),
@@ -285,7 +287,7 @@ def markdown(report: dict) -> str:
             f"Environment: jax {env['jax']}, flax {env['flax']}, backend {env['backend']}, "
             f"devices {', '.join(env['devices'])}"
             f"{', data parallel over %d' % env['mesh']['data'] if env.get('mesh', {}).get('data', 1) > 1 else ''}"
-            f"{_conv_paths(env)}.",
+            f"{_conv_paths(env)}{'; host memory: ' + env['host_malloc'] if 'host_malloc' in env else ''}.",
             ""]
   return "\n".join(lines)
 

@@ -36,6 +36,7 @@ from kdjax.store.rundir import RunDir
 from kdjax.study import acceptance
 from kdjax.study import seeds
 from kdjax.study.builder import Setup
+from kdjax.training import host_memory
 from kdjax.training import mesh as mesh_lib
 from kdjax.training import train
 
@@ -264,6 +265,8 @@ def train_and_evaluate(config, workdir) -> dict:
   config_validation.validate(config)
   mesh_lib.initialize(config)   # several hosts: before any device is touched
   mesh_lib.data_parallel(config)   # batch sizes that the devices cannot split stop here, before any write
+  if config.speed.host_malloc == "tuned":
+    host_memory.tune()
   run = RunDir(workdir, writer=mesh_lib.is_writer())
   with run.locked():
     if config.num_seeds > 1:   # each seed's run in seed_<s>/ holds a lock of its own

@@ -57,6 +57,7 @@ from kdjax import errors
 from kdjax.config import defaults as config_lib
 from kdjax import data as data_lib
 from kdjax.training import evaluate
+from kdjax.training import host_memory
 from kdjax.training import losses
 from kdjax.training import mesh as mesh_lib
 from kdjax.nets import models
@@ -112,6 +113,10 @@ _PEAK = flags.DEFINE_float("peak_gflops", 0.0, "The fp32 peak to divide by; 0 = 
 _TORCH_THREADS = flags.DEFINE_integer("torch_threads", 0, "--study: PyTorch's threads; 0 = the faster of 1 and "
                                       "the core count on a short probe.", lower_bound=0)
 _JSON = flags.DEFINE_bool("json", False, "Print JSON instead of tables.")
+_HOST_MALLOC = flags.DEFINE_enum("host_malloc", "tuned", ["tuned", "system"],
+                                 "kdjax's host allocator, as config speed.host_malloc (kdjax/training/host_memory.py); "
+                                 "process-wide, so every kdjax row of a run has the same. PyTorch's child processes "
+                                 "choose their own (--compare-torch).")
 _CONFIG = config_flags.DEFINE_config_dict("config", study_config(), "--study's config (--config.x=...).",
                                           lock_config=True)
 
@@ -779,7 +784,8 @@ def _shapes(batch_size, image_size, num_classes, steps, repeats) -> dict:
 
 
 def _environment() -> dict:
-  return dict(report.environment(), cores=core_count(), xla_cpu_options=xla.compiler_options(True))
+  return dict(report.environment(), cores=core_count(), xla_cpu_options=xla.compiler_options(True),
+              host_malloc=host_memory.describe())
 
 
 # ---------------------------------------------------------------------------------------------- printing
@@ -788,7 +794,8 @@ def _print_plain(figures: dict) -> None:
   env = figures["environment"]
   print(f"kdjax steps as training runs them: batch {figures['batch_size']}, input {figures['image_shape']}, "
         f"{figures['num_classes']} classes, median of {figures['rounds']} rounds of {figures['steps_per_round']} "
-        f"steps; backend {env['backend']} ({env['cores']} cores), jax {env['jax']}")
+        f"steps; backend {env['backend']} ({env['cores']} cores), jax {env['jax']}; host memory: "
+        f"{env['host_malloc']}")
   print(f"{'kind':<16}{'images/s':>10}{'ms/step':>10}{'compile s':>11}")
   for name, row in figures["results"].items():
     step_ms = f"{row['step_ms']:.1f}" if "step_ms" in row else ""
@@ -806,7 +813,7 @@ def _print_compare(figures: dict) -> None:
         f"{figures['load_average_before']} -> {figures['load_average_after']}")
   print(f"fp32 peak {peak['peak_gflops']:.1f} GFLOP/s ({peak['source']})")
   print(f"kdjax now: fast pool, XLA options {env['xla_cpu_options']}, cached teacher logits (student_kd); "
-        f"before: nn.max_pool, XLA defaults, inline teacher")
+        f"before: nn.max_pool, XLA defaults, inline teacher; every kdjax row's host memory: {env['host_malloc']}")
   for net, conv in figures.get("conv", {}).items():
     print(f"kdjax {net} convs: {conv['path']} ({conv['why']})")
   if isinstance(figures.get("torch_allocators"), dict):
@@ -908,6 +915,8 @@ def main(argv):
   if _IMAGE.value % 16:
     cli.usage_error(PROG, f"--image_size must be a multiple of 16, got {_IMAGE.value}")
   logging.set_verbosity(logging.WARNING)  # no INFO line about absent TPU backends
+  if _HOST_MALLOC.value == "tuned":
+    host_memory.tune()
   shapes = (_BATCH.value, _IMAGE.value, _CLASSES.value, _STEPS.value, _REPEATS.value)
   if _COMPARE.value:
     figures, show = compare_torch(*shapes, peak_gflops=_PEAK.value, xla_beside=True,
