@@ -13,9 +13,10 @@ from kdjax.errors import ConfigError
 from tests.conftest import tiny_config
 
 # In a fresh process: how many more chunks glibc holds in mmaps (mallinfo2().hblks) while 64 MiB are allocated, and
-# whether the 64 MiB of a second request after a free come back without new page faults (minor faults counted).
+# whether the memory of a second request after a free comes back without new page faults (minor faults counted);
+# then the same after tune(), on the main thread and on a thread started afterwards (as XLA's workers are).
 _PROBE = """
-import ctypes, json, resource, sys
+import ctypes, json, resource, sys, threading
 from kdjax.training import host_memory
 class MallInfo2(ctypes.Structure):
   _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
@@ -23,8 +24,7 @@ class MallInfo2(ctypes.Structure):
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
 libc.mallinfo2.restype = MallInfo2
-size = 64 << 20
-def touch_twice():
+def touch_twice(size, out):
   faults = []
   for _ in range(2):
     before, chunks = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, libc.mallinfo2().hblks
@@ -33,10 +33,17 @@ def touch_twice():
     mapped = libc.mallinfo2().hblks - chunks
     libc.free(ctypes.c_void_p(pointer))
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-  return mapped, faults[1]
-result = {"system": touch_twice()}
+  out.append((mapped, faults[1]))
+def on_a_new_thread(size):
+  out = []
+  thread = threading.Thread(target=touch_twice, args=(size, out))
+  thread.start(); thread.join()
+  return out[0]
+result = {"system": [], "tuned": []}
+touch_twice(64 << 20, result["system"])
 result["line"] = host_memory.tune()
-result["tuned"] = touch_twice()
+touch_twice(64 << 20, result["tuned"])
+result["tuned_thread"] = on_a_new_thread(80 << 20)   # more than a thread's own arena could hold
 result["describe"] = host_memory.describe()
 print(json.dumps(result))
 """
@@ -49,11 +56,13 @@ def test_tuned_glibc_serves_large_requests_from_the_heap_and_keeps_them():
   assert result.returncode == 0, result.stderr
   probe = json.loads(result.stdout)
   pages = (64 << 20) // 4096
-  mapped, faults = probe["system"]
+  [(mapped, faults)] = probe["system"]
   assert mapped == 1 and faults >= pages // 2          # glibc's default: an mmap per request, faulted in again
-  mapped, faults = probe["tuned"]
+  [(mapped, faults)] = probe["tuned"]
   assert mapped == 0 and faults < pages // 16          # from the heap, and the freed memory was kept
-  assert probe["line"] == probe["describe"] and "no mmap, trim threshold 1 GiB" in probe["line"]
+  mapped, faults = probe["tuned_thread"]               # a thread started after tune(): the same heap
+  assert mapped == 0 and faults < pages // 16
+  assert probe["line"] == probe["describe"] and "one arena, no mmap, trim threshold 1 GiB" in probe["line"]
 
 
 def test_a_bad_value_names_the_field():

@@ -84,6 +84,9 @@ def main(argv):
     return
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
   cli.quiet_stderr()
+  if config.get("speed", {}).get("host_malloc") == "tuned":
+    from kdjax.training import host_memory
+    host_memory.tune()   # before JAX starts its CPU backend, whose worker threads then share the tuned heap
   from kdjax.study import experiment  # here, so that --help and --show_config do not wait for JAX
   with progress.printing(sys.stdout):
     code = cli.run_main("kdjax", lambda: experiment.train_and_evaluate(config, _WORKDIR.value))

@@ -9,6 +9,10 @@
 // im2col + GEMM kernel (3x slower on a 12-channel conv), with every tensor in a blocked layout the weight
 // gradient is 2x slower. Primitives are created once per (kind, N, H, W, C, D, K) and cached.
 //
+// Scratchpads: every primitive takes its scratch memory from one buffer the extension keeps, grown to the largest
+// need and never freed (oneDNN's default allocates and frees it at every call: the 64x64 weight gradient's 110 MB
+// came from a fresh mmap, faulted in page by page, three times a teacher step).
+//
 // Threads: one mutex serialises every oneDNN execution, so that XLA running two independent custom calls at once
 // cannot start two OpenMP teams on the same cores; each call sets its calling thread's OpenMP team size to the
 // count kdjax_onednn_set_threads chose (OpenMP's count is per calling thread, and XLA calls from its own pool).
@@ -16,7 +20,9 @@
 #include <omp.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <new>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -43,6 +49,7 @@ struct Cached {
   dnnl::memory::desc conv_weights;   // the layout the primitive chose
   bool reorder_weights = false;
   dnnl::reorder weights_reorder;     // user -> conv (forward, backward data); conv -> user (backward weights)
+  dnnl::memory::desc scratchpad;     // what the primitive needs from g_scratchpad
   std::string impl;
 };
 
@@ -51,6 +58,30 @@ int g_threads = 0;    // 0: leave OpenMP's count as it is
 std::map<Key, std::unique_ptr<Cached>>* g_cache = nullptr;
 dnnl::engine* g_engine = nullptr;
 dnnl::stream* g_stream = nullptr;
+void* g_scratchpad = nullptr;      // the scratch memory of every primitive (scratchpad_mode::user), 64-byte aligned
+size_t g_scratchpad_bytes = 0;
+
+// Primitive attributes: scratch memory is passed in at execution (Scratchpad()), not allocated by oneDNN.
+dnnl::primitive_attr UserScratchpad() {
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return attr;
+}
+
+// The shared scratch buffer as `p`'s scratchpad memory, grown first if `p` needs more (caller holds g_mutex).
+dnnl::memory Scratchpad(const Cached& p) {
+  const size_t bytes = p.scratchpad.get_size();
+  if (bytes > g_scratchpad_bytes) {
+    std::free(g_scratchpad);
+    g_scratchpad = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+    if (g_scratchpad == nullptr) {
+      g_scratchpad_bytes = 0;
+      throw std::bad_alloc();
+    }
+    g_scratchpad_bytes = bytes;
+  }
+  return dnnl::memory(p.scratchpad, *g_engine, g_scratchpad);
+}
 
 void EnsureEngine() {
   if (g_engine == nullptr) {
@@ -70,7 +101,7 @@ dnnl::convolution_forward::primitive_desc ForwardDesc(const Key& key) {
   dnnl::memory::desc dst({n, d, h, w}, dt::f32, tag::nhwc);
   return dnnl::convolution_forward::primitive_desc(
       *g_engine, dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, src, weights, bias, dst,
-      {1, 1}, {pad, pad}, {pad, pad});
+      {1, 1}, {pad, pad}, {pad, pad}, UserScratchpad());
 }
 
 // The cached primitive of `key`, created on first use (caller holds g_mutex).
@@ -89,20 +120,23 @@ Cached& Lookup(const Key& key) {
   auto forward = ForwardDesc(key);
   if (kind == kForward) {
     entry->conv_weights = forward.weights_desc();
+    entry->scratchpad = forward.scratchpad_desc();
     entry->impl = forward.impl_info_str();
     entry->conv = dnnl::convolution_forward(forward);
   } else if (kind == kBackwardData) {
     dnnl::convolution_backward_data::primitive_desc pd(
         *g_engine, dnnl::algorithm::convolution_direct, act_in, any_weights, act_out, {1, 1}, {pad, pad},
-        {pad, pad}, forward);
+        {pad, pad}, forward, UserScratchpad());
     entry->conv_weights = pd.weights_desc();
+    entry->scratchpad = pd.scratchpad_desc();
     entry->impl = pd.impl_info_str();
     entry->conv = dnnl::convolution_backward_data(pd);
   } else {
     dnnl::convolution_backward_weights::primitive_desc pd(
         *g_engine, dnnl::algorithm::convolution_direct, act_in, any_weights, bias, act_out, {1, 1}, {pad, pad},
-        {pad, pad}, forward);
+        {pad, pad}, forward, UserScratchpad());
     entry->conv_weights = pd.diff_weights_desc();
+    entry->scratchpad = pd.scratchpad_desc();
     entry->impl = pd.impl_info_str();
     entry->conv = dnnl::convolution_backward_weights(pd);
   }
@@ -165,7 +199,7 @@ ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel, ffi::B
       p.weights_reorder.execute(*g_stream, user_weights, weights);
     }
     p.conv.execute(*g_stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_BIAS, bias_mem},
-                               {DNNL_ARG_DST, dst}});
+                               {DNNL_ARG_DST, dst}, {DNNL_ARG_SCRATCHPAD, Scratchpad(p)}});
   });
 }
 
@@ -186,7 +220,7 @@ ffi::Error BackwardData(ffi::Buffer<ffi::F32> kernel, ffi::Buffer<ffi::F32> dy, 
       p.weights_reorder.execute(*g_stream, user_weights, weights);
     }
     p.conv.execute(*g_stream, {{DNNL_ARG_DIFF_SRC, diff_src}, {DNNL_ARG_WEIGHTS, weights},
-                               {DNNL_ARG_DIFF_DST, diff_dst}});
+                               {DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_SCRATCHPAD, Scratchpad(p)}});
   });
 }
 
@@ -205,7 +239,8 @@ ffi::Error BackwardWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ff
     dnnl::memory diff_bias({{d}, dt::f32, tag::a}, *g_engine, dbias->untyped_data());
     dnnl::memory weights = p.reorder_weights ? dnnl::memory(p.conv_weights, *g_engine) : user_weights;
     p.conv.execute(*g_stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, diff_dst},
-                               {DNNL_ARG_DIFF_WEIGHTS, weights}, {DNNL_ARG_DIFF_BIAS, diff_bias}});
+                               {DNNL_ARG_DIFF_WEIGHTS, weights}, {DNNL_ARG_DIFF_BIAS, diff_bias},
+                               {DNNL_ARG_SCRATCHPAD, Scratchpad(p)}});
     if (p.reorder_weights) p.weights_reorder.execute(*g_stream, weights, user_weights);
   });
 }
@@ -239,6 +274,12 @@ extern "C" {
 void kdjax_onednn_set_threads(int threads) {
   std::lock_guard<std::mutex> lock(g_mutex);
   g_threads = threads > 0 ? threads : 0;
+}
+
+// Bytes of the shared scratch buffer: the largest scratchpad of the primitives executed so far.
+int64_t kdjax_onednn_scratchpad_bytes() {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  return static_cast<int64_t>(g_scratchpad_bytes);
 }
 
 int kdjax_onednn_get_threads() {

@@ -63,6 +63,7 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
   for name in TARGETS.values():
     jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, name)), platform="cpu")
   library.kdjax_onednn_impl_info.argtypes = [ctypes.c_int, *[ctypes.c_int64] * 6, ctypes.c_char_p, ctypes.c_int]
+  library.kdjax_onednn_scratchpad_bytes.restype = ctypes.c_int64
   library.kdjax_onednn_set_threads(default_threads())
   return library, ""
 
@@ -121,6 +122,12 @@ def implementation(kind: str, batch: int, height: int, width: int, in_channels: 
 def cached_primitives() -> int:
   """How many primitives the extension has created: one per (kind, shape), however many calls."""
   return _require().kdjax_onednn_cache_size()
+
+
+def scratchpad_bytes() -> int:
+  """Bytes of the one scratch buffer every primitive shares (the largest need so far): the extension keeps it, so
+  no call allocates scratch memory of its own."""
+  return _require().kdjax_onednn_scratchpad_bytes()
 
 
 def _check(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> None:
