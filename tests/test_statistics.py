@@ -180,3 +180,13 @@ def test_compare_picks_its_test_and_the_family_corrects():
   assert [c["holm_p"] for c in comparisons] == adjusted + [None]
   assert [c["distinguishable_from_zero"] for c in comparisons] == [p <= 0.05 for p in adjusted] + [None]
   assert one["distinguishable_raw"] is True and without["distinguishable_from_zero"] is None
+
+
+def test_a_p_value_that_underflowed_reads_below_1e_300_not_zero():
+  """49 against 2,033 discordant images (a full Tiny ImageNet seed): the exact McNemar p underflows float64."""
+  from kdjax.report import build
+  p = statistics.mcnemar(np.r_[np.zeros(2033, bool), np.ones(49, bool)],
+                         np.r_[np.ones(2033, bool), np.zeros(49, bool)]).p_value
+  assert p == 0.0
+  assert build._p(p) == "< 1e-300" and build._p(p, "=") == "< 1e-300"
+  assert build._p(0.0123) == "0.012" and build._p(0.0123, "=") == "= 0.012"

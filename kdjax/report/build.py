@@ -148,7 +148,7 @@ def short_verdict(comparison: dict | None) -> str:
   """" (…: verdict)" for the answer's sentences, from a comparison's test and Holm p ("" without a test)."""
   if comparison is None or comparison.get("holm_p") is None:
     return ""
-  holm = f"Holm p = {comparison['holm_p']:.2g}"
+  holm = f"Holm p {_p(comparison['holm_p'], '=')}"
   if comparison["test"] == significance.T_TEST:
     low, high = comparison["ci95"]
     verdict = ("distinguishable from zero" if comparison["distinguishable_from_zero"]
@@ -192,8 +192,12 @@ def answer(models: dict, comparisons: list | None = None, num_seeds: int = 1) ->
   return " ".join(sentences)
 
 
-def _p(value: float) -> str:
-  return f"{value:.2g}"
+def _p(value: float, sign: str = "") -> str:
+  """A p-value to two digits; one that underflowed float64 (exact McNemar with thousands of discordant images)
+  reads "< 1e-300", not 0. With `sign`, the relation comes first: "= 0.012", "< 1e-300"."""
+  if value == 0:
+    return "< 1e-300"
+  return f"{sign} {value:.2g}" if sign else f"{value:.2g}"
 
 
 def comparison_sentence(comparison: dict, family: dict | None = None) -> str:
@@ -209,7 +213,7 @@ def comparison_sentence(comparison: dict, family: dict | None = None) -> str:
     low, high = comparison["ci95"]
     p = comparison.get("p_value")
     parts.append(f"raw 95 % CI {low:+.2f} to {high:+.2f} over {n} seeds"
-                 + (f", paired t p = {_p(p)}" if p is not None else ""))
+                 + (f", paired t p {_p(p, '=')}" if p is not None else ""))
   else:
     parts.append(f"{n} seed")
   per_example = comparison.get("per_example")
@@ -219,7 +223,7 @@ def comparison_sentence(comparison: dict, family: dict | None = None) -> str:
       pooled = per_example["pooled"]
       over = "" if n == 1 else ", pooled over seeds"
       parts.append(f"exact McNemar over {examples} validation examples{over}: {pooled['a_only']} right only by "
-                   f"{a}, {pooled['b_only']} only by {b}, p = {_p(pooled['p_value'])}")
+                   f"{a}, {pooled['b_only']} only by {b}, p {_p(pooled['p_value'], '=')}")
     else:
       parts.append("per seed exact McNemar p " + ", ".join(_p(t["p_value"]) for t in per_example["per_seed"]))
     if n > 1 and comparison.get("ci95_bootstrap"):
@@ -237,7 +241,7 @@ def comparison_sentence(comparison: dict, family: dict | None = None) -> str:
   raw = ""
   if comparison["distinguishable_raw"] and not comparison["distinguishable_from_zero"]:
     raw = " (at 5 % on its own it would be; not after the correction)"
-  return text + f": Holm{size} p = {_p(comparison['holm_p'])}, {verdict}{raw}"
+  return text + f": Holm{size} p {_p(comparison['holm_p'], '=')}, {verdict}{raw}"
 
 
 def coverage_note(report: dict) -> str:
