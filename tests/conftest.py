@@ -23,7 +23,7 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:   # before JAX is imported: it
   os.environ.update(JAX_COMPILATION_CACHE_DIR=_CACHE, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                     JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 
-_UNOPTIMIZED_DEFAULT = os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 import collections  # noqa: E402
 
@@ -33,6 +33,7 @@ import pytest  # noqa: E402
 from kdjax.config import defaults as config_lib
 
 jax.config.update("jax_default_matmul_precision", "highest")
+_UNOPTIMIZED_DEFAULT = jax.config.read("jax_disable_most_optimizations")   # as JAX parsed the environment
 
 # Where this process's time goes in JAX's compiler: seconds per stage, summed over the run (kdjax processes the
 # tests start are not counted). Printed in the terminal summary.
@@ -81,10 +82,10 @@ def _set_optimized(optimized: bool) -> None:
   """Switches XLA's optimisations for this process's later compiles and for the processes it starts. The flag
   is read when a program is compiled and is not part of jit's in-memory cache key, so those caches are cleared
   (the persistent cache's key holds the compile options: an entry is only ever reused at its own setting)."""
-  value = "0" if optimized else _UNOPTIMIZED_DEFAULT
-  if os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] != value:
-    os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = value
-    jax.config.update("jax_disable_most_optimizations", value not in ("0", "false", "False", ""))
+  disabled = _UNOPTIMIZED_DEFAULT and not optimized
+  if jax.config.read("jax_disable_most_optimizations") != disabled:
+    os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1" if disabled else "0"
+    jax.config.update("jax_disable_most_optimizations", disabled)
     jax.clear_caches()
 
 

@@ -11,6 +11,7 @@ from kdjax.config import nets as config_nets
 from kdjax.errors import ConfigError
 from kdjax.nets import models
 from kdjax.phases import PHASE_NAMES
+from kdjax.training import host_memory
 from kdjax.training import optim
 
 
@@ -134,7 +135,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   speed_conv_error = config_nets.validation_error(config)
   if speed_conv_error:
     raise ConfigError(speed_conv_error)
-  _check(config.speed.host_malloc in ("tuned", "system"), "speed.host_malloc", "must be 'tuned' or 'system'",
-         config.speed.host_malloc)
+  _check(config.speed.host_malloc in host_memory.SETTINGS, "speed.host_malloc",
+         f"must be {' or '.join(map(repr, host_memory.SETTINGS))}", config.speed.host_malloc)
   for field in ("cached_teacher_logits", "xla_cpu_options"):
     _check(isinstance(config.speed[field], bool), f"speed.{field}", "must be True or False", config.speed[field])

@@ -10,8 +10,8 @@
 // gradient is 2x slower. Primitives are created once per (kind, N, H, W, C, D, K) and cached.
 //
 // Scratchpads: every primitive takes its scratch memory from one buffer the extension keeps, grown to the largest
-// need and never freed (oneDNN's default allocates and frees it at every call: the 64x64 weight gradient's 110 MB
-// came from a fresh mmap, faulted in page by page, three times a teacher step).
+// need and never freed (oneDNN's default allocates and frees it at every call; measured on a student-CE step at
+// batch 128, 64x64: about 5,000 minor page faults a step before, 25 after).
 //
 // Threads: one mutex serialises every oneDNN execution, so that XLA running two independent custom calls at once
 // cannot start two OpenMP teams on the same cores; each call sets its calling thread's OpenMP team size to the

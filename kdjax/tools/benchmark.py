@@ -113,7 +113,7 @@ _PEAK = flags.DEFINE_float("peak_gflops", 0.0, "The fp32 peak to divide by; 0 = 
 _TORCH_THREADS = flags.DEFINE_integer("torch_threads", 0, "--study: PyTorch's threads; 0 = the faster of 1 and "
                                       "the core count on a short probe.", lower_bound=0)
 _JSON = flags.DEFINE_bool("json", False, "Print JSON instead of tables.")
-_HOST_MALLOC = flags.DEFINE_enum("host_malloc", "tuned", ["tuned", "system"],
+_HOST_MALLOC = flags.DEFINE_enum("host_malloc", "tuned", list(host_memory.SETTINGS),
                                  "kdjax's host allocator, as config speed.host_malloc (kdjax/training/host_memory.py); "
                                  "process-wide, so every kdjax row of a run has the same. PyTorch's child processes "
                                  "choose their own (--compare-torch).")

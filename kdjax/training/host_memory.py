@@ -25,6 +25,7 @@ M_TRIM_THRESHOLD = -1      # glibc's mallopt parameter numbers (malloc.h)
 M_MMAP_MAX = -4
 M_ARENA_MAX = -8
 TRIM_THRESHOLD = 1 << 30   # bytes
+SETTINGS = ("tuned", "system")   # config speed.host_malloc: tune() first, or the C library as it is
 
 _in_force: list[str] = []
 
