@@ -50,6 +50,17 @@ def test_import_kdjax_loads_no_jax(tmp_path):
   assert result.stdout.strip() == "[]"
 
 
+def test_writing_tensorboard_events_loads_no_torch_and_leaves_it_importable(tmp_path):
+  # tensorboardX's package import tries torch; a run's event writer does not need it (kdjax.store.tensorboard).
+  code = ("import sys; from kdjax.store import tensorboard; tensorboard._protos(); "
+          "loaded = 'torch' in sys.modules; import torch, tensorboardX; "
+          "print(loaded, hasattr(torch, 'Tensor'), hasattr(tensorboardX, 'SummaryWriter'))")
+  result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                          capture_output=True, text=True, timeout=60)
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.strip() == "False True True"
+
+
 def readme_block(marker: str) -> str:
   text = (ROOT / "README.md").read_text()
   match = re.search(rf"<!-- {marker} -->\n```python\n(.*?)```", text, re.DOTALL)

@@ -40,8 +40,18 @@ class Scalar:
 
 
 def _protos():
-  # Imported when first needed: tensorboardX imports torch when it is installed (2 s), which `import kdjax` and
-  # --help should not pay.
+  """tensorboardX's event and summary protobufs and record CRC, imported when first needed. tensorboardX's
+  package import also tries `import torch` (for its own SummaryWriter's tensor types, which kdjax does not use):
+  1.3-2 s and a few hundred MB in every run. When torch is not loaded yet, that import is answered "not
+  installed" for the moment tensorboardX is imported (a None entry in sys.modules, Python's documented way),
+  then torch is importable again as before. A process that already holds torch is left as it is."""
+  import sys
+  if "tensorboardX" not in sys.modules and "torch" not in sys.modules:
+    sys.modules["torch"] = None
+    try:
+      import tensorboardX  # noqa: F401
+    finally:
+      del sys.modules["torch"]
   from tensorboardX.proto import event_pb2, summary_pb2
   from tensorboardX.record_writer import masked_crc32c
   return event_pb2, summary_pb2, masked_crc32c
