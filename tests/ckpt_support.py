@@ -129,6 +129,28 @@ def study_config(**overrides):
   return config
 
 
+def run_in_process(config, workdir) -> tuple[str, str]:
+  """experiment.train_and_evaluate(config, workdir) in this process, as the command runs it: the run's lines and
+  its `kdjax: warning:` lines captured -> (stdout, stderr). For tests whose point is what a run does, not the
+  process around it (exit codes, signals and locks keep their subprocesses); the compiled steps stay in memory."""
+  import io
+  from kdjax import progress
+  from kdjax.study import experiment
+  out, err = io.StringIO(), io.StringIO()
+  with progress.printing(out, err):
+    experiment.train_and_evaluate(config, workdir)
+  return out.getvalue(), err.getvalue()
+
+
+def kd_config(**overrides):
+  """configs/kd.py with TINY's fields, in process."""
+  from configs import kd
+  config = kd.get_config()
+  config.update_from_flattened_dict({"data.image_size": 16, "data.max_train_examples": 200,
+                                     "data.max_val_examples": 100, "epochs": 3, "progress": False, **overrides})
+  return config
+
+
 def copy_of_finished_run(tmp_path, tmp_path_factory) -> pathlib.Path:
   workdir = pathlib.Path(tmp_path) / "run"
   shutil.copytree(finished_run(tmp_path_factory), workdir)

@@ -14,6 +14,7 @@ import pytest
 
 from kdjax.store import checkpoints as ckpt_lib
 from kdjax.config import defaults as config_lib
+from kdjax.errors import ConfigError
 
 from tests import ckpt_support as support
 
@@ -75,11 +76,10 @@ def test_config_mismatch_stops_with_one_line_and_touches_nothing(tmp_path_factor
 def test_allow_config_change_resumes_with_the_new_config(tmp_path, tmp_path_factory):
   workdir = tmp_path / "run"
   shutil.copytree(support.finished_run(tmp_path_factory), workdir)
-  result = support.kdjax([*support.EMA_STUDY, "--config.epochs=4", "--config.checkpoint.allow_config_change=True"],
-                         workdir, support.compile_cache(tmp_path_factory))
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert "kdjax: warning: resuming" in result.stderr and "epochs (3 -> 4)" in result.stderr
-  assert "[teacher] resuming after epoch 3" in result.stdout
+  stdout, stderr = support.run_in_process(
+      support.study_config(**{"epochs": 4, "checkpoint.allow_config_change": True}), workdir)
+  assert "kdjax: warning: resuming" in stderr and "epochs (3 -> 4)" in stderr
+  assert "[teacher] resuming after epoch 3" in stdout
   report = support.read_report(workdir)
   assert report["checkpoints"]["config_changes"] == ["epochs (3 -> 4)"]
   assert [row["epoch"] for row in report["models"]["teacher"]["epochs"]] == [1, 2, 3, 4]
@@ -89,11 +89,9 @@ def test_allow_config_change_resumes_with_the_new_config(tmp_path, tmp_path_fact
 def test_teacher_checkpoint_is_reused_not_trained(tmp_path, tmp_path_factory):
   source = support.finished_run(tmp_path_factory)
   workdir = tmp_path / "students"
-  result = support.kdjax(["--config", str(support.REPO / "configs/kd.py"), "--config.phases=('student_kd',)",
-                          f"--config.teacher.checkpoint={source}", *support.TINY], workdir,
-                         support.compile_cache(tmp_path_factory))
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert "[teacher] loaded from" in result.stdout and "[teacher] epoch" not in result.stdout
+  stdout, _ = support.run_in_process(
+      support.kd_config(**{"phases": ("student_kd",), "teacher.checkpoint": str(source)}), workdir)
+  assert "[teacher] loaded from" in stdout and "[teacher] epoch" not in stdout
   report, reference = support.read_report(workdir), support.read_report(source)
   teacher = report["models"]["teacher"]
   assert teacher["source"]["checkpoint"] == str(source / "checkpoints" / "teacher" / "3")
@@ -171,22 +169,22 @@ def test_truncated_checkpoint_on_resume_is_one_line_and_touches_nothing(tmp_path
 
 def test_teacher_of_another_shape_is_refused(tmp_path, tmp_path_factory):
   source = support.finished_run(tmp_path_factory)
-  result = support.kdjax(["--config", str(support.REPO / "configs/kd.py"), "--config.phases=('student_kd',)",
-                          f"--config.teacher.checkpoint={source}", *support.TINY,
-                          "--config.data.image_size=32"], tmp_path / "students")
-  assert result.returncode == 1
-  lines = result.stderr.strip().splitlines()
-  assert len(lines) == 1 and str(source / "checkpoints" / "teacher" / "3") in lines[0]
-  assert "does not fit" in lines[0]
+  # In process: the command's exit 1 and one line for a CheckpointError: test_truncated_checkpoint_on_resume_...
+  config = support.kd_config(**{"phases": ("student_kd",), "teacher.checkpoint": str(source), "data.image_size": 32})
+  with pytest.raises(ckpt_lib.CheckpointError) as error:
+    support.run_in_process(config, tmp_path / "students")
+  message = str(error.value)
+  assert "\n" not in message and str(source / "checkpoints" / "teacher" / "3") in message
+  assert "does not fit" in message
 
 
 def test_unwritable_workdir_is_a_config_error(tmp_path):
   blocker = tmp_path / "a_file"
   blocker.write_text("")
-  result = support.kdjax(["--config", str(support.REPO / "configs/kd.py"), *support.TINY], blocker / "run")
-  assert result.returncode == 2
-  assert result.stderr.strip().splitlines() == [
-      f"kdjax: error: workdir: cannot write to {blocker / 'run'}: Not a directory"]
+  # In process: the command's exit 2 and its one line, test_config.py::test_cli_unwritable_workdir.
+  with pytest.raises(ConfigError) as error:
+    support.run_in_process(support.kd_config(), blocker / "run")
+  assert str(error.value) == f"workdir: cannot write to {blocker / 'run'}: Not a directory"
 
 
 # After student_ce's epoch-1 save, the wrapper fills the disk (or remounts it read-only): a real ENOSPC/EROFS.
