@@ -63,7 +63,7 @@ def test_compare_torch_rows_hold_every_variant_and_ratios_to_the_faster_torch(on
 
 
 def test_profile_lists_every_op_of_the_teacher_step():
-  ops = benchmark._teacher_ops(4, 64, 200)
+  ops = benchmark._step_ops("teacher_ce", 4, 64, 200)
   counts = {}
   for op in ops:
     counts[op["op"]] = counts.get(op["op"], 0) + len(op["layers"])
@@ -79,6 +79,23 @@ def test_profile_lists_every_op_of_the_teacher_step():
   conv_timings = benchmark._op_timers(dict(conv, shape=(2, 8, 8, 12)), 10, None, None, 1)
   assert [label for label, _ in conv_timings] == ["kdjax", "nn.Conv", "xla_default"]
   conv_timings = benchmark._op_timers(dict(conv, shape=(2, 2, 2, 12)), 10, None, None, 1)
+  assert [label for label, _ in conv_timings] == ["kdjax", "xla_default"]
+
+
+def test_profile_lists_every_op_of_the_student_step():
+  ops = benchmark._step_ops("student_ce", 4, 64, 200)
+  counts = {}
+  for op in ops:
+    counts[op["op"]] = counts.get(op["op"], 0) + len(op["layers"])
+  assert counts["conv forward"] == 4 and counts["conv weight grad"] == 4 and counts["conv input grad"] == 3
+  assert counts["pool"] == 4 and {op["net"] for op in ops} == {"student"}
+  sides = [op["shape"][1] for op in ops if op["op"] == "conv forward"]
+  assert sides == [64, 32, 16, 8]
+  dense = next(op for op in ops if op["op"].startswith("dense"))
+  assert dense["shape"] == (4, 4 * 4 * 12)
+  # The student's convs are nn.Conv's under XLA (speed.student_conv), never blocks.
+  conv = next(op for op in ops if op["op"] == "conv weight grad" and op["shape"][1] == 32)
+  conv_timings = benchmark._op_timers(dict(conv, shape=(2, 8, 8, 12)), 10, None, None, 1)
   assert [label for label, _ in conv_timings] == ["kdjax", "xla_default"]
 
 

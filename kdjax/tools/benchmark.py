@@ -3,7 +3,8 @@
     python -m kdjax.tools.benchmark [--json]                  kdjax's steps and evaluation, random uint8 batches
     python -m kdjax.tools.benchmark --compare-torch [--json]  kdjax against PyTorch NCHW and channels_last, and against
                                                         kdjax's path before the speed work, alternated in one run
-    python -m kdjax.tools.benchmark --profile [--json]        the teacher-CE step, op by op
+    python -m kdjax.tools.benchmark --profile [--json]        the teacher-CE step, op by op (--profile_kind=student_ce:
+                                                        the student's)
     python -m kdjax.tools.benchmark --study [--config.x=..]   one epoch of every phase of a study: kdjax.study.experiment
                                                         against parity/reference.py's seed loops (channels_last)
 
@@ -71,6 +72,8 @@ from kdjax.study.builder import Setup
 
 # The steps timed, named by the phase that runs them (kdjax/phases.py; the teacher's step is "teacher_ce").
 KINDS = {("teacher_ce" if name == "teacher" else name): name for name in phases.PHASE_NAMES}
+# --profile's steps: a CE step, by the net it trains.
+PROFILE_KINDS = {"teacher_ce": "teacher", "student_ce": "student"}
 
 
 def net_and_kind(kind: str) -> tuple[str, str]:
@@ -98,7 +101,8 @@ def study_config():
 
 
 _COMPARE = flags.DEFINE_bool("compare-torch", False, "kdjax (now and before) against PyTorch, side by side.")
-_PROFILE = flags.DEFINE_bool("profile", False, "The teacher-CE step's time, op by op.")
+_PROFILE = flags.DEFINE_bool("profile", False, "A CE step's time, op by op (--profile_kind).")
+_PROFILE_KIND = flags.DEFINE_enum("profile_kind", "teacher_ce", list(PROFILE_KINDS), "--profile's step.")
 _MESH = flags.DEFINE_bool("data_parallel", False, "The steps over every device jax.devices() lists (kdjax/training/mesh.py), "
                           "fed three ways; forced host devices: XLA_FLAGS=--xla_force_host_platform_device_count=N.")
 _STUDY = flags.DEFINE_bool("study", False, "One epoch of every phase: kdjax against the original's loops.")
@@ -470,32 +474,35 @@ def _conv(x, kernel):
   return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-def _teacher_ops(batch_size: int, image_size: int, num_classes: int) -> list[dict]:
-  """The teacher-CE step's ops with their shapes and counts: convs (forward, input grad, weight grad), pools
-  (forward, backward), the dense layer, the loss, Adam."""
-  teacher = models.teacher_net(num_classes)
+def _step_ops(kind: str, batch_size: int, image_size: int, num_classes: int) -> list[dict]:
+  """The ops of the CE step `kind` (PROFILE_KINDS) with their shapes and counts: convs (forward, input grad,
+  weight grad), pools (forward, backward), the dense layer, the loss, Adam. Each op names its net."""
+  name = PROFILE_KINDS[kind]
+  net = models.MODEL_FACTORIES[name](num_classes)
   ops, size, channels = [], image_size, 3
   convs: dict[tuple, list[int]] = {}
-  for index, features in enumerate(teacher.conv_features, start=1):
+  for index, features in enumerate(net.conv_features, start=1):
     convs.setdefault((size, channels, features), []).append(index)
     channels = features
-    if index in teacher.pool_after:
-      ops.append({"op": "pool", "shape": (batch_size, size, size, channels), "layers": [index]})
+    if index in net.pool_after:
+      ops.append({"op": "pool", "shape": (batch_size, size, size, channels), "layers": [index], "net": name})
       size //= 2
   for (side, cin, cout), layers in convs.items():
     shape = (batch_size, side, side, cin)
     flops = 2 * batch_size * side * side * cin * cout * 9
-    ops.append({"op": "conv forward", "shape": shape, "cout": cout, "layers": layers, "flops": flops})
+    ops.append({"op": "conv forward", "shape": shape, "cout": cout, "layers": layers, "flops": flops, "net": name})
     input_grad_layers = [layer for layer in layers if layer != 1]
     if input_grad_layers:
       ops.append({"op": "conv input grad", "shape": shape, "cout": cout, "layers": input_grad_layers,
-                  "flops": flops})
-    ops.append({"op": "conv weight grad", "shape": shape, "cout": cout, "layers": layers, "flops": flops})
+                  "flops": flops, "net": name})
+    ops.append({"op": "conv weight grad", "shape": shape, "cout": cout, "layers": layers, "flops": flops,
+                "net": name})
   features = size * size * channels
   ops.append({"op": "dense (fwd + both grads)", "shape": (batch_size, features), "cout": num_classes,
-              "layers": ["fc"], "flops": 3 * 2 * batch_size * features * num_classes})
-  ops.append({"op": "loss (softmax CE, fwd + grad)", "shape": (batch_size, num_classes), "layers": ["loss"]})
-  ops.append({"op": "Adam update", "shape": None, "layers": ["all"]})
+              "layers": ["fc"], "flops": 3 * 2 * batch_size * features * num_classes, "net": name})
+  ops.append({"op": "loss (softmax CE, fwd + grad)", "shape": (batch_size, num_classes), "layers": ["loss"],
+              "net": name})
+  ops.append({"op": "Adam update", "shape": None, "layers": ["all"], "net": name})
   return ops
 
 
@@ -526,7 +533,8 @@ def _op_timers(op: dict, num_classes: int, options_now, options_default, repeats
     time_it = lambda fn, options, *args: _median_seconds(lambda f=compile_with(fn, options): f(*args), repeats)
     plain = [(label, time_it(way(_conv), options, x, kernel, grad))
              for label, options in (("nn.Conv", options_now), ("xla_default", options_default))]
-    if not (config_lib.default_config().speed.teacher_conv == "blocks" and block_conv.supported(h, w)):
+    per_net = config_lib.default_config().speed.get(f"{op.get('net', 'teacher')}_conv")
+    if not (per_net == "blocks" and block_conv.supported(h, w)):
       return [("kdjax", plain[0][1]), plain[1]]
     # One layer as the blocked teacher runs it: aligned blocks in, offset blocks out (pad, 2x2 conv, mask).
     bias = jnp.zeros(op["cout"], jnp.float32)
@@ -561,7 +569,8 @@ def _op_timers(op: dict, num_classes: int, options_now, options_default, repeats
     fn = compile_with(jax.value_and_grad(losses.cross_entropy), options_now)
     return [("kdjax", _median_seconds(lambda: fn(logits, labels), repeats))]
   if name == "Adam update":
-    params = models.init_params(models.teacher_net(num_classes), jax.random.PRNGKey(0), (64, 64, 3))
+    params = models.init_params(models.MODEL_FACTORIES[op.get("net", "teacher")](num_classes), jax.random.PRNGKey(0),
+                                (64, 64, 3))
     optimizer = optim.make_optimizer(config_lib.default_config().optimizer, 1000)
     opt_state = optimizer.init(params)
 
@@ -628,19 +637,19 @@ def _torch_op_timers(op: dict, num_classes: int, repeats: int) -> dict:
 
 
 def profile(batch_size: int, image_size: int, num_classes: int, steps: int, repeats: int,
-            with_torch: bool = True) -> dict:
-  """Where the teacher-CE step's time goes: each op compiled and timed alone at the step's shapes, times its
-  count in the step, against the whole step timed in the same run; GFLOP/s per op."""
+            with_torch: bool = True, kind: str = "teacher_ce") -> dict:
+  """Where the CE step `kind`'s time goes (PROFILE_KINDS): each op compiled and timed alone at the step's
+  shapes, times its count in the step, against the whole step timed in the same run; GFLOP/s per op."""
 
   load_before = load_average()
   options_now, options_default = xla.compiler_options(True), None
-  onednn = config_nets.conv_engine(config_lib.default_config(), "teacher")[0] != "xla"
+  onednn = config_nets.conv_engine(config_lib.default_config(), PROFILE_KINDS[kind])[0] != "xla"
   batch = random_batch(batch_size, image_size, num_classes)
-  step = kdjax_step("teacher_ce", batch, num_classes)
+  step = kdjax_step(kind, batch, num_classes)
   step_seconds = time_alternating({"step": step}, steps, repeats)["step"]["step_s"]
   rows = []
   op_repeats = max(7, 2 * repeats)  # ops alone take milliseconds: more repeats for a steadier median
-  for op in _teacher_ops(batch_size, image_size, num_classes):
+  for op in _step_ops(kind, batch_size, image_size, num_classes):
     count = len(op["layers"])
     timings = _op_timers(op, num_classes, options_now, options_default, op_repeats, onednn)
     torch_timings = _torch_op_timers(op, num_classes, op_repeats) if with_torch else {}
@@ -652,7 +661,7 @@ def profile(batch_size: int, image_size: int, num_classes: int, steps: int, repe
     rows.append(_profile_row(op["op"], op, count, dict(timings, **torch_timings), op.get("flops")))
   accounted = sum(row["total_ms"] for row in rows)
   rows.sort(key=lambda row: -row["total_ms"])
-  return {"mode": "profile", **_shapes(batch_size, image_size, num_classes, steps, repeats),
+  return {"mode": "profile", "kind": kind, **_shapes(batch_size, image_size, num_classes, steps, repeats),
           "method": "each op jitted and timed alone (median of repeats) at the step's shapes, times its count in "
                     "the step; 'other' is the whole step minus their sum (elementwise fusions: normalisation, "
                     "bias adds and their gradients, copies; dispatch). Beside each: XLA's default / nn.max_pool, "
@@ -853,7 +862,7 @@ def _print_compare(figures: dict) -> None:
 
 
 def _print_profile(figures: dict) -> None:
-  print(f"teacher-CE step, batch {figures['batch_size']}, input {figures['image_shape']}: "
+  print(f"{figures['kind']} step, batch {figures['batch_size']}, input {figures['image_shape']}: "
         f"{figures['step_ms']:.1f} ms ({figures['step_gflops']:.1f} GFLOP/s); load average "
         f"{figures['load_average_before']} -> {figures['load_average_after']}")
   print(f"method: {figures['method']}")
@@ -922,7 +931,7 @@ def main(argv):
     figures, show = compare_torch(*shapes, peak_gflops=_PEAK.value, xla_beside=True,
                                   allocators=("tuned", "plain")), _print_compare
   elif _PROFILE.value:
-    figures, show = profile(*shapes), _print_profile
+    figures, show = profile(*shapes, kind=_PROFILE_KIND.value), _print_profile
   elif _MESH.value:
     try:
       figures, show = data_parallel(*shapes), _print_data_parallel
