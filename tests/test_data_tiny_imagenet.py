@@ -278,6 +278,7 @@ def test_info_bad_manual_dir_is_one_line(tmp_path):
   assert result.stderr.strip() == f"kdjax.data: error: data.manual_dir: {tmp_path / 'nowhere'} does not exist"
 
 
+@pytest.mark.slow   # prepares the real 21,000-image archive into TFDS (decodes every JPEG): ~12 s on 2 cores
 @pytest.mark.skipif(not (DEV_ZIP_DIR / "tiny-imagenet-200.zip").exists(),
                     reason=f"no dev subset at {DEV_ZIP_DIR}/tiny-imagenet-200.zip")
 def test_dev_subset_from_shared_data(tmp_path):
