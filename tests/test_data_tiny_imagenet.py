@@ -146,6 +146,21 @@ def test_builds_from_extracted_folder_same_as_zip(tmp_path):
   np.testing.assert_array_equal(from_folder.val_labels, from_zip.val_labels)
 
 
+def test_a_manual_dir_holding_another_copy_than_the_prepared_one_is_refused(tmp_path):
+  files = fabricated_files()
+  write_zip(tmp_path / "manual", files)
+  data_lib.load(data_config(tmp_path / "manual", tmp_path / "tfds"))
+  data_lib.load(data_config(tmp_path / "manual", tmp_path / "tfds"))          # the same copy: reused
+  write_folder(tmp_path / "smaller", fabricated_files(drop=(f"train/{WNIDS[0]}/images/{WNIDS[0]}_3.JPEG",)))
+  with pytest.raises(data_lib.DataError) as error:
+    data_lib.load(data_config(tmp_path / "smaller", tmp_path / "tfds"))
+  message = str(error.value)
+  assert "\n" not in message and message.startswith(f"data.manual_dir: {tmp_path / 'smaller'} holds 11 train / 6 ")
+  assert f"{tmp_path / 'tfds'}" in message and "(12 train / 6 validation images, 3 classes)" in message
+  assert "data.data_dir" in message
+  assert data_lib.load(data_config("", tmp_path / "tfds")).train_images.shape[0] == 12   # no manual dir: the cache
+
+
 def test_records_keep_file_name_and_box(tmp_path):
   write_zip(tmp_path / "manual", fabricated_files())
   builder, _ = tiny_imagenet.prepare(data_config(tmp_path / "manual", tmp_path / "tfds"))

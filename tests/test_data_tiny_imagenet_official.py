@@ -93,10 +93,13 @@ def test_load_warns_once_for_202_classes_none_for_200(tmp_path, caplog, fake_off
   with caplog.at_level(logging.WARNING):
     dataset = data_lib.load(data_config(tmp_path / "copy200", tmp_path / "tfds200"))
   assert dataset.num_classes == 200 and not warnings_in(caplog)
-  # The cache is reused whatever the manual dir says now: the 202-class set still warns.
+  # The 200-class copy is not what tfds202 was prepared from: refused (a prepared set is never rebuilt), and
+  # the prepared 202-class set, read without a manual dir, still warns.
+  with pytest.raises(data_lib.DataError, match=r"copy200 holds 200 train / 2 validation images, 200 classes, but "):
+    data_lib.load(data_config(tmp_path / "copy200", tmp_path / "tfds202"))
   caplog.clear()
   with caplog.at_level(logging.WARNING):
-    dataset = data_lib.load(data_config(tmp_path / "copy200", tmp_path / "tfds202"))
+    dataset = data_lib.load(data_config("", tmp_path / "tfds202"))
   assert dataset.num_classes == 202 and len(warnings_in(caplog)) == 1
 
 

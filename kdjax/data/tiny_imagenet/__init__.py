@@ -4,7 +4,8 @@
 
 data.manual_dir holds tiny-imagenet-200.zip or its extracted tiny-imagenet-200/ folder (offline); empty means
 download the official archive (checked: size and md5). The prepared set (ArrayRecord, the source JPEG bytes) is
-cached in data.data_dir (TFDS's default when empty) and reused by later runs. Examples are in file-name order
+cached in data.data_dir (TFDS's default when empty) and reused by later runs; a data.manual_dir holding another
+copy than the one prepared there is refused in one line (check_prepared_from). Examples are in file-name order
 (train: by wnid then image number as text; validation: val_<n>.JPEG as text), whatever order TFDS stored them in.
 Images are 64x64x3 uint8 (greyscale JPEGs decoded to 3 equal channels); data.image_size does not apply.
 A load whose prepared classes are not the official 200 wnids says so in one warning line (official.py).
@@ -31,14 +32,41 @@ def prepare(data_config):
       source_lib.find_in_manual_dir(manual_dir)
     except source_lib.SourceError as error:
       raise data_lib.DataError(f"data.manual_dir: {error}") from None
+  elif manual_dir is not None and source_lib.holds_source(manual_dir):
+    check_prepared_from(builder, manual_dir)
   seconds = tfds_common.prepare(builder, manual_dir, source_errors=(source_lib.SourceError,))
   return builder, seconds
+
+
+def check_prepared_from(builder, manual_dir: str) -> None:
+  """A prepared set is never rebuilt, so when data.manual_dir holds a copy whose classes or image counts differ
+  from the prepared set's (e.g. the 16,000-image dev subset against a prepared full archive), a run would
+  silently train on the other copy: DataError instead, naming both and the way out. The copy is listed, not
+  decoded (its text files and file names)."""
+  try:
+    source = source_lib.TinyImageNetSource(source_lib.find_in_manual_dir(manual_dir))
+  except source_lib.SourceError as error:
+    raise data_lib.DataError(f"data.manual_dir: {error}") from None
+  splits = builder.info.splits
+  prepared = (splits["train"].num_examples, splits["validation"].num_examples,
+              builder.info.features["label"].num_classes)
+  given = (source.num_examples("train"), source.num_examples("validation"), len(source.wnids))
+  wnids = (builder.info.metadata or {}).get("wnids")
+  if prepared == given and (wnids is None or list(wnids) == list(source.wnids)):
+    return
+  describe = lambda counts: f"{counts[0]:,} train / {counts[1]:,} validation images, {counts[2]} classes"
+  same_counts = " (the same counts, other classes)" if prepared == given else ""
+  raise data_lib.DataError(
+      f"data.manual_dir: {manual_dir} holds {describe(given)}, but {builder.data_dir} was prepared from another "
+      f"copy ({describe(prepared)}){same_counts}; a prepared set is never rebuilt: set data.data_dir to another "
+      f"folder to prepare this copy there, or leave data.manual_dir empty to use the prepared one")
 
 
 def class_list_warning(builder) -> str | None:
   """One line when the prepared set's classes are not the official 200 wnids; None when they are.
 
-  Checked on the prepared set, not the manual copy: a cache is reused whatever data.manual_dir says now.
+  Checked on the prepared set, not the manual copy (a data.manual_dir that holds another copy is refused first:
+  check_prepared_from).
   """
   wnids = (builder.info.metadata or {}).get("wnids")
   if wnids is None:  # a set prepared by hand or by another builder version: nothing to check against

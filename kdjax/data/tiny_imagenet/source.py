@@ -141,13 +141,18 @@ class TinyImageNetSource:
 
   def _train_examples(self):
     examples = []
+    images_of: dict[str, list[str]] = {}   # train/<wnid>/images/<...> by wnid, in one pass over the listing
+    for relpath in self.tree.files:
+      parts = relpath.split("/", 3)
+      if len(parts) == 4 and parts[0] == "train" and parts[2] == "images" and _is_jpeg(relpath):
+        images_of.setdefault(parts[1], []).append(relpath)
     for wnid in self.wnids:
       boxes_path = f"train/{wnid}/{wnid}_boxes.txt"
       boxes = {}
       if boxes_path in self.tree.files:
         boxes = {f[0]: _box(f[1:5], self.tree.describe(boxes_path)) for f in _lines(self.tree, boxes_path)}
       prefix = f"train/{wnid}/images/"
-      images = sorted(f for f in self.tree.files if f.startswith(prefix) and _is_jpeg(f))
+      images = sorted(images_of.get(wnid, ()))
       if not images:
         raise SourceError(f"{self.tree.describe(prefix)}: no training images for class {wnid}")
       for relpath in images:
