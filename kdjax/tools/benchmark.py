@@ -6,7 +6,8 @@
     python -m kdjax.tools.benchmark --profile [--json]        the teacher-CE step, op by op (--profile_kind=student_ce:
                                                         the student's)
     python -m kdjax.tools.benchmark --study [--config.x=..]   one epoch of every phase of a study: kdjax.study.experiment
-                                                        against parity/reference.py's seed loops (channels_last)
+                                                        against parity/reference.py's seed loops (channels_last, in
+                                                        child processes: glibc plain and tuned, the faster)
 
 Shapes: --batch_size (128), --image_size (64), --num_classes (200); Adam (config.optimizer's defaults).
 
@@ -120,7 +121,7 @@ _JSON = flags.DEFINE_bool("json", False, "Print JSON instead of tables.")
 _HOST_MALLOC = flags.DEFINE_enum("host_malloc", "tuned", list(host_memory.SETTINGS),
                                  "kdjax's host allocator, as config speed.host_malloc (kdjax/training/host_memory.py); "
                                  "process-wide, so every kdjax row of a run has the same. PyTorch's child processes "
-                                 "choose their own (--compare-torch).")
+                                 "choose their own (--compare-torch, --study).")
 _CONFIG = config_flags.DEFINE_config_dict("config", study_config(), "--study's config (--config.x=...).",
                                           lock_config=True)
 
@@ -684,10 +685,13 @@ def _profile_row(name: str, op: dict, count: int, seconds: dict, flops) -> dict:
   return row
 
 
-def study(config, torch_threads: int = 0) -> dict:
+def study(config, torch_threads: int = 0, allocators=("tuned", "plain")) -> dict:
   """One run of `config` (every phase, config.epochs epochs) in kdjax.study.experiment and in parity/reference.py's
-  seed loops (channels_last), on the same batches: wall times and their ratio."""
+  seed loops (channels_last), on the same batches: wall times and their ratio. PyTorch runs in a child process
+  per allocator (kdjax.tools.torch_peer.ALLOCATORS), one after the other, and the faster is compared: its
+  allocator is a stated choice, never this process's (whose glibc kdjax's speed.host_malloc may have tuned)."""
   from kdjax.study import experiment
+  from kdjax.tools import torch_peer
 
   config_validation.validate(config)
   if config.teacher.checkpoint:
@@ -702,7 +706,16 @@ def study(config, torch_threads: int = 0) -> dict:
       kdjax_report = experiment.train_and_evaluate(config, workdir)
     kdjax_wall = time.perf_counter() - start
   kdjax_train = {phase: kdjax_report["models"][phase]["train_seconds"] for phase in names}
-  torch_side = reference_study(config, names, torch_threads)
+  runs = {}
+  for allocator in allocators:
+    peer = torch_peer.Peer(allocator)
+    try:
+      runs[allocator] = peer.study(config, names, torch_threads)
+    finally:
+      peer.close()
+  allocator = min(runs, key=lambda name: sum(runs[name]["train_seconds"].values()))
+  torch_side = dict(runs[allocator], allocator=allocator,
+                    allocators={name: sum(run["train_seconds"].values()) for name, run in runs.items()})
   kdjax_total, torch_total = sum(kdjax_train.values()), sum(torch_side["train_seconds"].values())
   phases = {phase: {"kdjax_train_s": kdjax_train[phase], "torch_train_s": torch_side["train_seconds"][phase],
                     "speedup": torch_side["train_seconds"][phase] / kdjax_train[phase]}
@@ -895,7 +908,9 @@ def _print_study(figures: dict) -> None:
   print(f"study, {figures['epochs']} epoch(s) of phases {', '.join(figures['phases'])} on {figures['data']} "
         f"({figures['train_examples']} train images, batch {figures['batch_size']}); kdjax config.speed (as "
         f"kdjax.study.experiment applies it) "
-        f"{figures['speed_config']}; PyTorch channels_last at {torch_side['threads']} thread(s){probe}; load "
+        f"{figures['speed_config']}; PyTorch channels_last at {torch_side['threads']} thread(s){probe}, glibc "
+        f"{torch_side['allocator']} (the faster of {', '.join(torch_side['allocators'])}: train s "
+        f"{', '.join(f'{seconds:.1f}' for seconds in torch_side['allocators'].values())}); load "
         f"average {figures['load_average_before']} -> {figures['load_average_after']}")
   print(f"{'phase':<16}{'kdjax train s':>14}{'torch train s':>14}{'torch/kdjax':>12}")
   for phase, row in figures["phases"].items():

@@ -1,5 +1,5 @@
-"""The child process of kdjax/tools/torch_peer.py: PyTorch's benchmark steps under the allocator its environment
-chose.
+"""The child process of kdjax/tools/torch_peer.py: PyTorch's benchmark steps, or the original's whole loops
+(--study), under the allocator its environment chose.
 
     python -m kdjax.tools.torch_child    (reads one JSON request a line on stdin, answers one JSON line on stdout)
 """
@@ -27,6 +27,10 @@ def serve() -> None:
                                       request["channels_last"])
         runners.append(runner)
         answer = {"id": len(runners) - 1, "flops_per_image": runner.flops_per_image}
+      elif request["command"] == "study":
+        import ml_collections
+        config = ml_collections.ConfigDict(json.loads(request["config"]))
+        answer = benchmark.reference_study(config, request["names"], request["threads"])
       else:
         runners[request["id"]].run(request["steps"])
         answer = {"done": True}

@@ -58,6 +58,11 @@ class Peer:
     return types.SimpleNamespace(run=lambda steps: self._ask({"command": "run", "id": made["id"], "steps": steps}),
                                  flops_per_image=made["flops_per_image"], compile_seconds=None, extra={})
 
+  def study(self, config, names, threads: int) -> dict:
+    """kdjax.benchmark.reference_study(config, names, threads) in the child: the original's loops, timed there."""
+    return self._ask({"command": "study", "config": config.to_json_best_effort(), "names": list(names),
+                      "threads": threads})
+
   def close(self) -> None:
     if self._process.poll() is None:
       self._process.stdin.close()
