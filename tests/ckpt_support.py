@@ -12,8 +12,9 @@ import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Tiny shapes: 16x16 digits, 200 train / 100 validation, 3 epochs of 4 steps.
-TINY = ["--config.data.image_size=16", "--config.data.max_train_examples=200",
-        "--config.data.max_val_examples=100", "--config.epochs=3", "--config.progress=False"]
+TINY_FIELDS = {"data.image_size": 16, "data.max_train_examples": 200, "data.max_val_examples": 100, "epochs": 3,
+               "progress": False}
+TINY = [f"--config.{field}={value}" for field, value in TINY_FIELDS.items()]   # the same, on a command line
 # Both kinds of saved state: the EMA-updated teacher copy and the student-weights average.
 EMA_STUDY = ["--config", str(REPO / "configs/ema.py"), "--config.phases=('teacher','student_kd_ema')",
              "--config.ema.student_decay=0.5", *TINY]
@@ -123,9 +124,7 @@ def study_config(**overrides):
   from kdjax.config import defaults as config_lib
   config = config_lib.default_config()
   config.update_from_flattened_dict({"phases": ("teacher", "student_kd_ema"), "ema.student_decay": 0.5,
-                                     "data.image_size": 16, "data.max_train_examples": 200,
-                                     "data.max_val_examples": 100, "epochs": 3, "progress": False,
-                                     **overrides})
+                                     **TINY_FIELDS, **overrides})
   return config
 
 
@@ -146,8 +145,7 @@ def kd_config(**overrides):
   """configs/kd.py with TINY's fields, in process."""
   from configs import kd
   config = kd.get_config()
-  config.update_from_flattened_dict({"data.image_size": 16, "data.max_train_examples": 200,
-                                     "data.max_val_examples": 100, "epochs": 3, "progress": False, **overrides})
+  config.update_from_flattened_dict({**TINY_FIELDS, **overrides})
   return config
 
 

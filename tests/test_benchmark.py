@@ -62,11 +62,17 @@ def test_compare_torch_rows_hold_every_variant_and_ratios_to_the_faster_torch(on
   json.dumps(figures, default=float)
 
 
-def test_profile_lists_every_op_of_the_teacher_step():
-  ops = benchmark._step_ops("teacher_ce", 4, 64, 200)
+def _layer_counts(ops) -> dict:
+  """How many of the step's layers each op name covers."""
   counts = {}
   for op in ops:
     counts[op["op"]] = counts.get(op["op"], 0) + len(op["layers"])
+  return counts
+
+
+def test_profile_lists_every_op_of_the_teacher_step():
+  ops = benchmark._step_ops("teacher_ce", 4, 64, 200)
+  counts = _layer_counts(ops)
   assert counts["conv forward"] == 12 and counts["conv weight grad"] == 12 and counts["conv input grad"] == 11
   assert counts["pool"] == 4
   conv = next(op for op in ops if op["op"] == "conv weight grad" and op["shape"][1] == 64 and op["shape"][3] == 12)
@@ -84,9 +90,7 @@ def test_profile_lists_every_op_of_the_teacher_step():
 
 def test_profile_lists_every_op_of_the_student_step():
   ops = benchmark._step_ops("student_ce", 4, 64, 200)
-  counts = {}
-  for op in ops:
-    counts[op["op"]] = counts.get(op["op"], 0) + len(op["layers"])
+  counts = _layer_counts(ops)
   assert counts["conv forward"] == 4 and counts["conv weight grad"] == 4 and counts["conv input grad"] == 3
   assert counts["pool"] == 4 and {op["net"] for op in ops} == {"student"}
   sides = [op["shape"][1] for op in ops if op["op"] == "conv forward"]

@@ -713,9 +713,9 @@ def study(config, torch_threads: int = 0, allocators=("tuned", "plain")) -> dict
       runs[allocator] = peer.study(config, names, torch_threads)
     finally:
       peer.close()
-  allocator = min(runs, key=lambda name: sum(runs[name]["train_seconds"].values()))
-  torch_side = dict(runs[allocator], allocator=allocator,
-                    allocators={name: sum(run["train_seconds"].values()) for name, run in runs.items()})
+  totals = {name: sum(run["train_seconds"].values()) for name, run in runs.items()}
+  allocator = min(totals, key=totals.get)
+  torch_side = dict(runs[allocator], allocator=allocator, allocators=totals)
   kdjax_total, torch_total = sum(kdjax_train.values()), sum(torch_side["train_seconds"].values())
   phases = {phase: {"kdjax_train_s": kdjax_train[phase], "torch_train_s": torch_side["train_seconds"][phase],
                     "speedup": torch_side["train_seconds"][phase] / kdjax_train[phase]}
