@@ -90,7 +90,8 @@ def default_config() -> ml_collections.ConfigDict:
 
   # How fast, not what: each switch turns one speed-up off so that a user can compare (kdjax.tools.benchmark).
   config.speed = ml_collections.ConfigDict()
-  config.speed.pool = "fast"            # kdjax.nets.pooling's 2x2 max-pool; "reduce_window" = nn.max_pool (same bits)
+  config.speed.pool = "fast"            # kdjax.nets.pooling's 2x2 max-pool (after a oneDNN conv kdjax.nets.onednn_pool's);
+                                        # "reduce_window" = nn.max_pool; all the same bits
   config.speed.cached_teacher_logits = True   # student_kd: the frozen teacher's logits once per split (same bits)
   config.speed.xla_cpu_options = True   # kdjax.training.xla.CPU_OPTIONS per compile on CPU (weight grads move ~1 ulp)
   config.speed.teacher_conv = "blocks"  # "blocks": kdjax.nets.block_conv, on 2x2 pixel blocks; "xla": nn.Conv (sums move

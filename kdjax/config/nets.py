@@ -70,6 +70,8 @@ def describe(config) -> dict:
     path = "onednn" if engine in ("onednn", "auto") else ("xla (pixel blocks)" if conv_kind == "blocks" else "xla")
     if path == "onednn":
       why += f", {onednn_conv.threads()} OpenMP threads"
+      if config.speed.get("pool", "fast") == "fast":   # kdjax.nets.models: a oneDNN conv's fast pool is oneDNN's
+        why += "; 2x2 max-pools in oneDNN too"
     described[net] = {"path": path, "why": why}
   return described
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from kdjax.nets import block_conv
 from kdjax.nets import onednn_conv
+from kdjax.nets import onednn_pool
 from kdjax.nets import pooling
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -120,7 +121,8 @@ class ConvNet(nn.Module):
     for index, features in enumerate(self.conv_features, start=1):
       in_features = x.shape[-1] // (1 if layout == "pixels" else 4)
       inits = _layer_inits(self.init_scheme, in_features * kh * kw)
-      if self.engine != "xla" and self._on_onednn(x, f"conv{index}"):
+      on_onednn = self.engine != "xla" and self._on_onednn(x, f"conv{index}")
+      if on_onednn:
         kernel, bias = ConvParams(features, in_features, inits, name=f"conv{index}")()
         x = act(onednn_conv.conv(x, kernel, bias))
       elif self.conv == "blocks" and (layout != "pixels" or block_conv.supported(*x.shape[1:3])):
@@ -132,7 +134,10 @@ class ConvNet(nn.Module):
       else:
         x = act(nn.Conv(features, KERNEL_SIZE, padding="SAME", name=f"conv{index}", **inits)(x))
       if index in self.pool_after:
-        x = block_conv.max_pool(x, layout) if layout != "pixels" else max_pool(x)
+        if layout != "pixels":
+          x = block_conv.max_pool(x, layout)
+        else:   # after a oneDNN conv, the "fast" pool is oneDNN's too: the same bits (kdjax.nets.onednn_pool)
+          x = onednn_pool.max_pool_2x2(x) if on_onednn and self.pool == "fast" else max_pool(x)
         layout = "pixels"
     if layout != "pixels":
       x = block_conv.to_pixels(x, layout)

@@ -1,4 +1,4 @@
-"""kdjax's build backend: setuptools', plus the optional oneDNN convolution extension (kdjax/nets/_onednn_conv.cc).
+"""kdjax's build backend: setuptools', plus the optional oneDNN extension (kdjax/nets/_onednn.cc: convs and pools).
 
 pyproject.toml names this module as the PEP 517 backend (backend-path kdjax/nets), so `pip install -e .` builds the
 extension with no setup.py at the top of the repository: the hooks are setuptools' own, except that setuptools'
@@ -6,7 +6,7 @@ run_setup executes this file, whose `setup()` call adds the extension. Everythin
 
 The extension is optional: without a C++ compiler, the oneDNN headers (onednn-devel-cpu-gomp) or JAX's FFI headers,
 or on a machine that is not x86_64, the build still succeeds without it and writes the reason to
-kdjax/nets/_onednn_conv.unavailable, which kdjax reports ("oneDNN extension not built: <reason>") while running its
+kdjax/nets/_onednn.unavailable, which kdjax reports ("oneDNN extension not built: <reason>") while running its
 convolutions in XLA. KDJAX_BUILD_ONEDNN=0 skips it on purpose.
 
 At run time libdnnl.so.3 is found through the extension's rpath: `$ORIGIN/../../../..` (a wheel installed into
@@ -24,9 +24,9 @@ from setuptools import Extension, setup
 from setuptools import build_meta
 from setuptools.command.build_ext import build_ext
 
-NAME = "kdjax.nets._onednn_conv"
-SOURCE = "kdjax/nets/_onednn_conv.cc"
-STATUS = "_onednn_conv.unavailable"
+NAME = "kdjax.nets._onednn"
+SOURCE = "kdjax/nets/_onednn.cc"
+STATUS = "_onednn.unavailable"
 
 
 def _installed_file(distribution: str, suffix: str) -> pathlib.Path:

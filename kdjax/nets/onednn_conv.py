@@ -5,8 +5,10 @@
 x NHWC float32, k HWIO float32 (nn.Conv's parameters), b [D]. The forward, the input gradient
 dx = sum_{i, j, d} dy[n, h-i+1, w-j+1, d] * k[i, j, c, d] and the weight gradients dk[i, j, c, d] =
 sum_{n, h, w} x[n, h+i-1, w+j-1, c] * dy[n, h, w, d], db[d] = sum_{n, h, w} dy[n, h, w, d] are oneDNN's
-convolution forward, backward-data and backward-weights primitives (kdjax/nets/_onednn_conv.cc, built at install by kdjax/nets/onednn_build.py),
+convolution forward, backward-data and backward-weights primitives (kdjax/nets/_onednn.cc, built at install by kdjax/nets/onednn_build.py),
 joined by a `jax.custom_vjp`. The same function as `lax.conv_general_dilated`, float32 sums in another order.
+
+This module also loads the extension for the 2x2 max-pools that follow these convs (kdjax.nets.onednn_pool).
 
 The extension is optional (no compiler, no x86_64, ...): `unavailable_reason()` says why it is missing, and
 config speed.conv "auto" then keeps the convolutions in XLA (kdjax.config.nets.conv_engine).
@@ -30,17 +32,18 @@ import numpy as np
 
 ENV_DISABLE = "KDJAX_ONEDNN"   # "0": behave as if the extension were not built (tests, comparisons)
 ENV_THREADS = "KDJAX_ONEDNN_THREADS"   # oneDNN's OpenMP threads (default: the cores this process may use)
-STATUS_FILE = "_onednn_conv.unavailable"   # written at install when the extension could not be built
+STATUS_FILE = "_onednn.unavailable"   # written at install when the extension could not be built
 TARGETS = {"forward": "kdjax_onednn_conv_forward", "backward_data": "kdjax_onednn_conv_backward_data",
            "backward_weights": "kdjax_onednn_conv_backward_weights"}
+POOL_TARGETS = {"forward": "kdjax_onednn_pool_forward", "backward": "kdjax_onednn_pool_backward"}  # onednn_pool.py
 KINDS = {"forward": 0, "backward_data": 1, "backward_weights": 2}
 
 
 def _library_path() -> pathlib.Path | None:
   here = pathlib.Path(__file__).parent
   for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-    if (here / f"_onednn_conv{suffix}").exists():
-      return here / f"_onednn_conv{suffix}"
+    if (here / f"_onednn{suffix}").exists():
+      return here / f"_onednn{suffix}"
   return None
 
 
@@ -54,15 +57,17 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
   path = _library_path()
   if path is None:
     status = pathlib.Path(__file__).parent / STATUS_FILE
-    reason = status.read_text().strip() if status.exists() else "no kdjax/nets/_onednn_conv*.so (the install did not build it)"
+    reason = status.read_text().strip() if status.exists() else "no kdjax/nets/_onednn*.so (the install did not build it)"
     return None, f"oneDNN extension not built: {reason}"
   try:
     library = ctypes.CDLL(str(path))
   except OSError as error:  # libdnnl.so.3 not where the rpath points (onednn-cpu-gomp not installed)
     return None, f"oneDNN extension not loaded: {error}"
-  for name in TARGETS.values():
+  for name in (*TARGETS.values(), *POOL_TARGETS.values()):
     jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, name)), platform="cpu")
   library.kdjax_onednn_impl_info.argtypes = [ctypes.c_int, *[ctypes.c_int64] * 6, ctypes.c_char_p, ctypes.c_int]
+  library.kdjax_onednn_pool_workspace.argtypes = [*[ctypes.c_int64] * 4, ctypes.c_char_p, ctypes.c_int]
+  library.kdjax_onednn_pool_workspace.restype = ctypes.c_int64
   library.kdjax_onednn_scratchpad_bytes.restype = ctypes.c_int64
   library.kdjax_onednn_set_threads(default_threads())
   return library, ""
@@ -88,11 +93,13 @@ def unavailable_reason() -> str:
 
 def version() -> str:
   """oneDNN's version, e.g. "3.2.0"."""
-  number = _require().kdjax_onednn_version()
+  number = library().kdjax_onednn_version()
   return f"{number // 10000}.{number // 100 % 100}.{number % 100}"
 
 
-def _require() -> ctypes.CDLL:
+def library() -> ctypes.CDLL:
+  """The loaded extension (kdjax/nets/_onednn.cc: the convs here, the pools in kdjax.nets.onednn_pool); raises
+  RuntimeError saying why when it is not available."""
   library, reason = _load()
   if library is None:
     raise RuntimeError(reason)
@@ -101,11 +108,11 @@ def _require() -> ctypes.CDLL:
 
 def set_threads(threads: int) -> None:
   """OpenMP threads of every later oneDNN call (0: OpenMP's default, OMP_NUM_THREADS or the core count)."""
-  _require().kdjax_onednn_set_threads(int(threads))
+  library().kdjax_onednn_set_threads(int(threads))
 
 
 def threads() -> int:
-  return _require().kdjax_onednn_get_threads()
+  return library().kdjax_onednn_get_threads()
 
 
 def implementation(kind: str, batch: int, height: int, width: int, in_channels: int, out_channels: int,
@@ -113,7 +120,7 @@ def implementation(kind: str, batch: int, height: int, width: int, in_channels: 
   """oneDNN's implementation name for `kind` ("forward", "backward_data", "backward_weights") at a shape, e.g.
   "brg:avx512_core" or "jit:avx2"; a "gemm" here is the slow im2col fallback."""
   buffer = ctypes.create_string_buffer(256)
-  if _require().kdjax_onednn_impl_info(KINDS[kind], batch, height, width, in_channels, out_channels, kernel_size,
+  if library().kdjax_onednn_impl_info(KINDS[kind], batch, height, width, in_channels, out_channels, kernel_size,
                                        buffer, len(buffer)) < 0:
     raise RuntimeError(f"oneDNN: {buffer.value.decode()}")
   return buffer.value.decode()
@@ -121,13 +128,13 @@ def implementation(kind: str, batch: int, height: int, width: int, in_channels: 
 
 def cached_primitives() -> int:
   """How many primitives the extension has created: one per (kind, shape), however many calls."""
-  return _require().kdjax_onednn_cache_size()
+  return library().kdjax_onednn_cache_size()
 
 
 def scratchpad_bytes() -> int:
   """Bytes of the one scratch buffer every primitive shares (the largest need so far): the extension keeps it, so
   no call allocates scratch memory of its own."""
-  return _require().kdjax_onednn_scratchpad_bytes()
+  return library().kdjax_onednn_scratchpad_bytes()
 
 
 def _check(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> None:
@@ -147,7 +154,7 @@ def _forward(x, kernel, bias):
 @jax.custom_vjp
 def conv(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
   """The KxK (K odd) SAME stride-1 convolution plus bias of NHWC float32 `x` with HWIO `kernel`, in oneDNN."""
-  _require()
+  library()
   _check(x, kernel, bias)
   return _forward(x, kernel, bias)
 

@@ -63,6 +63,7 @@ from kdjax.training import host_memory
 from kdjax.training import losses
 from kdjax.training import mesh as mesh_lib
 from kdjax.nets import models
+from kdjax.nets import onednn_pool
 from kdjax.training import optim
 from kdjax import phases
 from kdjax.nets import pooling
@@ -552,8 +553,14 @@ def _op_timers(op: dict, num_classes: int, options_now, options_default, repeats
     backward = {"kdjax": (compile_with(pooling._backward, options_now), ((x, pooled), grad)),
                 "nn.max_pool": (compile_with(lambda x, g: jax.vjp(models.POOLS["reduce_window"], x)[1](g)[0],
                                              options_now), (x, grad))}
+    ways = [("kdjax", pooling.max_pool_2x2), ("nn.max_pool", models.POOLS["reduce_window"])]
+    if onednn:  # after a oneDNN conv kdjax pools in oneDNN too (kdjax.nets.onednn_pool); XLA's pool beside it
+      ways = [("kdjax", onednn_pool.max_pool_2x2), ("xla_path", pooling.max_pool_2x2), ways[1]]
+      backward["xla_path"] = backward.pop("kdjax")
+      workspace = jax.jit(onednn_pool.forward_with_workspace)(x)[1]   # the backward's residual
+      backward["kdjax"] = (jax.jit(onednn_pool.backward_from_workspace), (workspace, grad))
     timings = []
-    for label, pool in (("kdjax", pooling.max_pool_2x2), ("nn.max_pool", models.POOLS["reduce_window"])):
+    for label, pool in ways:
       forward = compile_with(pool, options_now)
       fn, args = backward[label]
       timings.append((label, _median_seconds(lambda: forward(x), repeats),

@@ -1,8 +1,11 @@
-// kdjax's CPU convolutions in oneDNN, as typed XLA FFI handlers (see kdjax/nets/onednn_conv.py).
+// kdjax's CPU convolutions and their 2x2 max-pools in oneDNN, as typed XLA FFI handlers (see
+// kdjax/nets/onednn_conv.py and kdjax/nets/onednn_pool.py).
 //
 // A "SAME" KxK stride-1 convolution of NHWC float32 activations with HWIO float32 weights:
 //   y[n, h, w, d] = b[d] + sum_{i, j, c} x[n, h + i - K/2, w + j - K/2, c] * k[i, j, c, d]   (0 outside the image)
 // and its two gradients, dx = conv_transpose(dy, k) (oneDNN backward-data) and dk, db (oneDNN backward-weights).
+// A 2x2 stride-2 max-pool, y[n, i, j, c] = max of x[n, 2i..2i+1, 2j..2j+1, c], whose forward records each window's
+// argmax in a workspace and whose backward puts dy there (oneDNN pooling forward-training and backward).
 //
 // The activations stay NHWC (XLA's layout, no copies); the weights go to the layout oneDNN picks for the shape
 // (format_tag::any) through a reorder: with plain HWIO weights the backward primitives fall back to oneDNN's
@@ -13,20 +16,26 @@
 // need and never freed (oneDNN's default allocates and frees it at every call; measured on a student-CE step at
 // batch 128, 64x64: about 5,000 minor page faults a step before, 25 after).
 //
-// Threads: one mutex serialises every oneDNN execution, so that XLA running two independent custom calls at once
-// cannot start two OpenMP teams on the same cores; each call sets its calling thread's OpenMP team size to the
-// count kdjax_onednn_set_threads chose (OpenMP's count is per calling thread, and XLA calls from its own pool).
+// Threads: one mutex serialises every oneDNN execution, and every execution runs on one thread the extension keeps
+// (Executor, below), whose OpenMP team size is the count kdjax_onednn_set_threads chose.
 
 #include <omp.h>
 
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <new>
+#include <exception>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <new>
+#include <stdexcept>
 #include <string>
+#include <thread>
 #include <tuple>
 
 #include "oneapi/dnnl/dnnl.hpp"
@@ -157,13 +166,94 @@ void SetThreads() {
   if (g_threads > 0 && omp_get_max_threads() != g_threads) omp_set_num_threads(g_threads);
 }
 
+// Every oneDNN execution runs on one thread the extension keeps, whichever XLA thread calls (Executor).
+//
+// Why: OpenMP's team belongs to the thread that starts a parallel region, and XLA calls from its pool's threads,
+// so each of them would lead a team of its own. GNU OpenMP then manages more threads than there are cores, and its
+// idle workers stop spinning after ~100 checks (its "throttled" spin) and sleep; every call wakes them again, and on
+// this 2-core machine after any idle moment the woken threads queue on one core while the other stays idle (seen
+// with `perf sched`: a student step 45-57 ms instead of 20 after 50 ms idle, ~50 involuntary context switches a
+// step). One team, led by the executor, keeps its workers spinning between calls as PyTorch's does.
+//
+// The handover spins briefly on both sides before sleeping on a condition variable: the caller for
+// kCallerSpin (most convs of these nets take longer; then it sleeps and its core is free for oneDNN's team), the
+// executor for kExecutorSpin after each call (the next call usually comes within microseconds).
+class Executor {
+ public:
+  // Runs fn on the executor thread and returns once it has run (an exception is passed back to the caller).
+  void Run(const std::function<void()>& fn) {
+    if (!thread_.joinable()) thread_ = std::thread([this] { Loop(); });
+    task_ = &fn;
+    error_ = nullptr;
+    const uint64_t ticket = posted_.load(std::memory_order_relaxed) + 1;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      posted_.store(ticket, std::memory_order_release);
+    }
+    work_.notify_one();
+    if (!SpinUntil([&] { return finished_.load(std::memory_order_acquire) == ticket; }, kCallerSpin)) {
+      std::unique_lock<std::mutex> lock(mutex_);
+      done_.wait(lock, [&] { return finished_.load(std::memory_order_acquire) == ticket; });
+    }
+    if (error_) std::rethrow_exception(error_);
+  }
+
+ private:
+  static constexpr auto kCallerSpin = std::chrono::microseconds(30);
+  static constexpr auto kExecutorSpin = std::chrono::microseconds(200);
+
+  template <typename Done>
+  static bool SpinUntil(Done done, std::chrono::microseconds limit) {
+    const auto until = std::chrono::steady_clock::now() + limit;
+    while (!done()) {
+      for (int i = 0; i < 64; ++i) __builtin_ia32_pause();
+      if (std::chrono::steady_clock::now() > until) return done();
+    }
+    return true;
+  }
+
+  void Loop() {
+    uint64_t seen = 0;
+    while (true) {
+      auto posted = [&] { return posted_.load(std::memory_order_acquire) != seen; };
+      if (!SpinUntil(posted, kExecutorSpin)) {
+        std::unique_lock<std::mutex> lock(mutex_);
+        work_.wait(lock, posted);
+      }
+      seen = posted_.load(std::memory_order_acquire);
+      try {
+        (*task_)();
+      } catch (...) {
+        error_ = std::current_exception();
+      }
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        finished_.store(seen, std::memory_order_release);
+      }
+      done_.notify_one();
+    }
+  }
+
+  std::mutex mutex_;
+  std::condition_variable work_, done_;
+  std::thread thread_;
+  const std::function<void()>* task_ = nullptr;   // written before posted_ is raised, read after
+  std::exception_ptr error_;
+  std::atomic<uint64_t> posted_{0}, finished_{0};
+};
+
+Executor* g_executor = new Executor();   // never destroyed: its thread lives as long as the process
+
+// Runs fn (a oneDNN execution) on the executor, one call at a time (g_mutex), with oneDNN's errors as FFI errors.
 template <typename Fn>
 ffi::Error Guarded(Fn&& fn) {
   try {
     std::lock_guard<std::mutex> lock(g_mutex);
-    SetThreads();
-    fn();
-    g_stream->wait();
+    g_executor->Run([&] {
+      SetThreads();
+      fn();
+      g_stream->wait();
+    });
     return ffi::Error::Success();
   } catch (const dnnl::error& error) {
     return ffi::Error::Internal(std::string("oneDNN: ") + error.what());
@@ -245,6 +335,88 @@ ffi::Error BackwardWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ff
   });
 }
 
+// 2x2 stride-2 max pooling of NHWC float32 (H, W even), oneDNN's forward-training (which writes the argmax of
+// every window to a workspace) and backward (dx = 0 but at each window's recorded argmax, where it is dy).
+struct CachedPool {
+  dnnl::pooling_forward forward;
+  dnnl::pooling_backward backward;
+  dnnl::memory::desc src, dst, workspace, forward_scratchpad, backward_scratchpad;
+  std::string impl;
+};
+
+using PoolKey = std::tuple<int64_t, int64_t, int64_t, int64_t>;   // (N, H, W, C) of the input
+std::map<PoolKey, std::unique_ptr<CachedPool>>* g_pools = nullptr;
+
+// The cached pooling primitives of `key`, created on first use (caller holds g_mutex).
+CachedPool& LookupPool(const PoolKey& key) {
+  EnsureEngine();
+  if (g_pools == nullptr) g_pools = new std::map<PoolKey, std::unique_ptr<CachedPool>>();
+  auto found = g_pools->find(key);
+  if (found != g_pools->end()) return *found->second;
+  auto [n, h, w, c] = key;
+  auto entry = std::make_unique<CachedPool>();
+  entry->src = dnnl::memory::desc({n, c, h, w}, dt::f32, tag::nhwc);
+  entry->dst = dnnl::memory::desc({n, c, h / 2, w / 2}, dt::f32, tag::nhwc);
+  dnnl::pooling_forward::primitive_desc forward(
+      *g_engine, dnnl::prop_kind::forward_training, dnnl::algorithm::pooling_max, entry->src, entry->dst, {2, 2},
+      {2, 2}, {0, 0}, {0, 0}, {0, 0}, UserScratchpad());
+  dnnl::pooling_backward::primitive_desc backward(
+      *g_engine, dnnl::algorithm::pooling_max, entry->src, entry->dst, {2, 2}, {2, 2}, {0, 0}, {0, 0}, {0, 0},
+      forward, UserScratchpad());
+  entry->workspace = forward.workspace_desc();
+  entry->forward_scratchpad = forward.scratchpad_desc();
+  entry->backward_scratchpad = backward.scratchpad_desc();
+  entry->impl = std::string(forward.impl_info_str()) + " / " + backward.impl_info_str();
+  entry->forward = dnnl::pooling_forward(forward);
+  entry->backward = dnnl::pooling_backward(backward);
+  CachedPool& result = *entry;
+  g_pools->emplace(key, std::move(entry));
+  return result;
+}
+
+dnnl::memory ScratchpadOf(const dnnl::memory::desc& desc) {
+  Cached holder;
+  holder.scratchpad = desc;
+  return Scratchpad(holder);
+}
+
+std::string PoolKeyOf(ffi::Span<const int64_t> x, PoolKey* key) {
+  if (x.size() != 4 || x[1] % 2 != 0 || x[2] % 2 != 0) return "expects NHWC input of even height and width";
+  *key = PoolKey(x[0], x[1], x[2], x[3]);
+  return "";
+}
+
+ffi::Error PoolForward(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> y,
+                       ffi::ResultBuffer<ffi::U8> workspace) {
+  PoolKey key;
+  std::string problem = PoolKeyOf(x.dimensions(), &key);
+  if (!problem.empty()) return ffi::Error::InvalidArgument(problem);
+  return Guarded([&] {
+    CachedPool& p = LookupPool(key);
+    if (workspace->size_bytes() != p.workspace.get_size()) throw std::runtime_error("pool workspace size");
+    p.forward.execute(*g_stream, {{DNNL_ARG_SRC, dnnl::memory(p.src, *g_engine, x.untyped_data())},
+                                  {DNNL_ARG_DST, dnnl::memory(p.dst, *g_engine, y->untyped_data())},
+                                  {DNNL_ARG_WORKSPACE, dnnl::memory(p.workspace, *g_engine,
+                                                                    workspace->untyped_data())},
+                                  {DNNL_ARG_SCRATCHPAD, ScratchpadOf(p.forward_scratchpad)}});
+  });
+}
+
+ffi::Error PoolBackward(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::U8> workspace, ffi::ResultBuffer<ffi::F32> dx) {
+  PoolKey key;
+  std::string problem = PoolKeyOf(dx->dimensions(), &key);
+  if (!problem.empty()) return ffi::Error::InvalidArgument(problem);
+  return Guarded([&] {
+    CachedPool& p = LookupPool(key);
+    if (workspace.size_bytes() != p.workspace.get_size()) throw std::runtime_error("pool workspace size");
+    p.backward.execute(*g_stream, {{DNNL_ARG_DIFF_DST, dnnl::memory(p.dst, *g_engine, dy.untyped_data())},
+                                   {DNNL_ARG_DIFF_SRC, dnnl::memory(p.src, *g_engine, dx->untyped_data())},
+                                   {DNNL_ARG_WORKSPACE, dnnl::memory(p.workspace, *g_engine,
+                                                                     workspace.untyped_data())},
+                                   {DNNL_ARG_SCRATCHPAD, ScratchpadOf(p.backward_scratchpad)}});
+  });
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(kdjax_onednn_conv_forward, Forward,
@@ -266,6 +438,18 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(kdjax_onednn_conv_backward_weights, BackwardWeight
                                   .Arg<ffi::Buffer<ffi::F32>>()   // dy [N, H, W, D]
                                   .Ret<ffi::Buffer<ffi::F32>>()   // dkernel [K, K, C, D]
                                   .Ret<ffi::Buffer<ffi::F32>>());  // dbias [D]
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(kdjax_onednn_pool_forward, PoolForward,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // x [N, H, W, C]
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // y [N, H/2, W/2, C]
+                                  .Ret<ffi::Buffer<ffi::U8>>());  // workspace (the windows' argmax)
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(kdjax_onednn_pool_backward, PoolBackward,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // dy [N, H/2, W/2, C]
+                                  .Arg<ffi::Buffer<ffi::U8>>()    // workspace of the forward
+                                  .Ret<ffi::Buffer<ffi::F32>>());  // dx [N, H, W, C]
 
 // Plain C entry points for the Python wrapper (ctypes).
 extern "C" {
@@ -307,6 +491,20 @@ int kdjax_onednn_impl_info(int kind, int64_t n, int64_t h, int64_t w, int64_t c,
 int kdjax_onednn_cache_size() {
   std::lock_guard<std::mutex> lock(g_mutex);
   return g_cache == nullptr ? 0 : static_cast<int>(g_cache->size());
+}
+
+// Bytes of the pooling workspace at input shape [n, h, w, c], and oneDNN's implementation names (forward /
+// backward) written to `out`; -1 on error (the message in `out`).
+int64_t kdjax_onednn_pool_workspace(int64_t n, int64_t h, int64_t w, int64_t c, char* out, int size) {
+  try {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    CachedPool& p = LookupPool(PoolKey(n, h, w, c));
+    std::snprintf(out, size, "%s", p.impl.c_str());
+    return static_cast<int64_t>(p.workspace.get_size());
+  } catch (const std::exception& error) {
+    std::snprintf(out, size, "%s", error.what());
+    return -1;
+  }
 }
 
 int kdjax_onednn_version() {
