@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from kdjax.nets import onednn_conv
 from kdjax.tools import benchmark
 from kdjax.nets import models
 from tests.conftest import tiny_config
@@ -80,6 +81,10 @@ def test_profile_lists_every_op_of_the_teacher_step():
   pool = next(op for op in ops if op["op"] == "pool")
   timings = benchmark._op_timers(dict(pool, shape=(2, 8, 8, 12)), 10, None, None, 1)
   assert [label for label, *_ in timings] == ["kdjax", "nn.max_pool"]
+  if onednn_conv.available():   # after oneDNN convs kdjax pools in oneDNN: XLA's pool beside it
+    timings = benchmark._op_timers(dict(pool, shape=(2, 8, 8, 12)), 10, None, None, 1, onednn=True)
+    assert [label for label, *_ in timings] == ["kdjax", "xla_path", "nn.max_pool"]
+    assert all(seconds > 0 for _, *both in timings for seconds in both)
   # The teacher's convs run on blocks (speed.teacher_conv): kdjax's way is the blocked layer, nn.Conv beside it;
   # a side too small for blocks is nn.Conv's own.
   conv_timings = benchmark._op_timers(dict(conv, shape=(2, 8, 8, 12)), 10, None, None, 1)

@@ -14,7 +14,8 @@ The extension is optional (no compiler, no x86_64, ...): `unavailable_reason()` 
 config speed.conv "auto" then keeps the convolutions in XLA (kdjax.config.nets.conv_engine).
 
 Threads: oneDNN runs on GNU OpenMP, XLA on its own pool; the two never run at once (a custom call blocks XLA's
-thread until it returns, and the extension serialises its calls), so each may use every core. `set_threads` sets
+thread until it returns, and the extension runs its calls one at a time on one thread of its own, so oneDNN has one
+OpenMP team whichever XLA thread calls), so each may use every core. `set_threads` sets
 oneDNN's count (default: KDJAX_ONEDNN_THREADS, else the cores this process may use, os.sched_getaffinity); on this
 CPU 1 and 2 threads give the same bits (tests/test_onednn_conv.py).
 """

@@ -511,7 +511,8 @@ def _step_ops(kind: str, batch_size: int, image_size: int, num_classes: int) -> 
 def _op_timers(op: dict, num_classes: int, options_now, options_default, repeats: int,
                onednn: bool = False) -> list[tuple]:
   """[(variant, seconds)] for one op: kdjax's way, and XLA's default / nn.max_pool's way where they differ.
-  onednn: kdjax runs its convs in oneDNN (kdjax.nets.onednn_conv): that is kdjax's way, XLA's ways beside it."""
+  onednn: kdjax runs its convs in oneDNN (kdjax.nets.onednn_conv) and their pools too (kdjax.nets.onednn_pool):
+  that is kdjax's way, XLA's ways beside it."""
   if onednn and op["op"].startswith("conv"):
     from kdjax.nets import onednn_conv
 
@@ -674,7 +675,8 @@ def profile(batch_size: int, image_size: int, num_classes: int, steps: int, repe
                     "the step; 'other' is the whole step minus their sum (elementwise fusions: normalisation, "
                     "bias adds and their gradients, copies; dispatch). Beside each: XLA's default / nn.max_pool, "
                     "and PyTorch channels_last (oneDNN) on the same op at its faster thread count; where kdjax's "
-                    "convs run in oneDNN (kdjax.nets.onednn_conv), kdjax's way is that and xla:* are XLA's ways",
+                    "convs run in oneDNN (kdjax.nets.onednn_conv) and their pools too (kdjax.nets.onednn_pool), "
+                    "kdjax's way is that and xla_path / xla:* are XLA's ways",
           "step_ms": 1e3 * step_seconds, "accounted_ms": accounted, "other_ms": 1e3 * step_seconds - accounted,
           "step_gflops": step.flops_per_image * batch_size / step_seconds / 1e9, "ops": rows,
           "xla_options": options_now, "load_average_before": load_before, "load_average_after": load_average(),
