@@ -255,6 +255,43 @@ def test_orbax_thread_errors_of_a_failed_save_are_dropped_from_stderr(monkeypatc
   assert seen == ["an unrelated error"]
 
 
+
+def test_unretrieved_orbax_restore_task_errors_are_dropped_from_stderr(monkeypatch):
+  """A checkpoint that cannot be read fails every array's restore task; the first failure becomes the one-line
+  CheckpointError and asyncio logs the others ("Task exception was never retrieved", with tracebacks) when they are
+  collected. The entry points drop those for Orbax's tasks, and keep them for anyone else's."""
+  import logging
+  import sys
+  monkeypatch.setattr(sys, "stderr", sys.stderr)
+  asyncio_logger = logging.getLogger("asyncio")
+  monkeypatch.setattr(asyncio_logger, "filters", list(asyncio_logger.filters))
+  exits.quiet_stderr()
+  seen = []
+
+  class Keep(logging.Handler):
+    def emit(self, record):
+      seen.append(record.getMessage().splitlines()[-1])
+
+  def failure_from(path):
+    namespace = {}
+    exec(compile("def read():\n  raise ValueError('NOT_FOUND: Metadata does not exist')\n", path, "exec"), namespace)
+    try:
+      namespace["read"]()
+    except ValueError:
+      return sys.exc_info()
+
+  handler = Keep()
+  asyncio_logger.addHandler(handler)
+  try:
+    for path, task in (("/venv/site-packages/orbax/checkpoint/_src/serialization/serialization.py", "orbax's"),
+                       ("/home/user/mine.py", "mine")):
+      message = f"Task exception was never retrieved\nfuture: <Task finished name='{task}'>"
+      asyncio_logger.handle(asyncio_logger.makeRecord("asyncio", logging.ERROR, "base_events.py", 1771, message,
+                                                      (), failure_from(path)))
+  finally:
+    asyncio_logger.removeHandler(handler)
+  assert seen == ["future: <Task finished name='mine'>"]
+
 def test_a_figure_that_cannot_be_written_is_named_and_report_md_does_not_link_it(finished_teacher, tmp_path,
                                                                                  monkeypatch):
   import errno

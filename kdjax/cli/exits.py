@@ -75,13 +75,33 @@ class _DropOrbaxThreadErrors(logging.Filter):
                 and "orbax" in record.pathname.replace("\\", "/"))
 
 
+class _DropOrbaxTaskErrors(logging.Filter):
+  """Drops asyncio's "Task exception was never retrieved" records (each with its traceback, ~20 lines) for Orbax's
+  restore tasks: when a checkpoint cannot be read, the first failing array read reaches the main thread, which
+  turns it into the one-line CheckpointError, and the tasks of the other arrays fail alike unread; asyncio logs
+  each when it is garbage-collected, sometimes before the process ends (seen once in a CI run: 386 lines of
+  stderr for a truncated checkpoint). Records whose task failed outside Orbax pass."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if not str(record.msg).startswith("Task exception was never retrieved") or not record.exc_info:
+      return True
+    traceback = record.exc_info[2]
+    while traceback is not None:
+      if "/orbax/" in traceback.tb_frame.f_code.co_filename.replace("\\", "/"):
+        return False
+      traceback = traceback.tb_next
+    return True
+
+
 def quiet_stderr() -> None:
-  """For the command-line entry points: see _DropClosedLoopTracebacks and _DropOrbaxThreadErrors."""
+  """For the command-line entry points: see _DropClosedLoopTracebacks, _DropOrbaxThreadErrors and
+  _DropOrbaxTaskErrors."""
   if not isinstance(sys.stderr, _DropClosedLoopTracebacks):
     sys.stderr = _DropClosedLoopTracebacks(sys.stderr)
-  absl_logger = logging.getLogger("absl")
-  if not any(isinstance(known, _DropOrbaxThreadErrors) for known in absl_logger.filters):
-    absl_logger.addFilter(_DropOrbaxThreadErrors())
+  for name, kind in (("absl", _DropOrbaxThreadErrors), ("asyncio", _DropOrbaxTaskErrors)):
+    logger = logging.getLogger(name)
+    if not any(isinstance(known, kind) for known in logger.filters):
+      logger.addFilter(kind())
 
 
 def exit_now(code: int) -> None:
