@@ -82,7 +82,8 @@ class ConvNet(nn.Module):
     activation: "none" (the seed) or "relu", applied after every conv.
     init_scheme: config model.init, "pytorch" (the seed) or "lecun_normal".
     pool: how the 2x2 max-pool is computed, a key of POOLS; "fast" and "reduce_window" give the same
-      values and gradients bit for bit, at different speeds.
+      values and gradients bit for bit, at different speeds. After a conv in oneDNN, "fast" is oneDNN's pool
+      (kdjax.nets.onednn_pool: the same bits again).
     conv: how the convs are computed: "xla" (nn.Conv) or "blocks" (kdjax.nets.block_conv: each run of convs up to a
       pool on 2x2 pixel blocks; the same function, float32 sums in another order). Same parameters either way.
       A blocked run's pool is kdjax.nets.block_conv.max_pool whatever `pool` says (the same bits as both).
