@@ -160,3 +160,13 @@ def test_profile_times_pytorch_on_the_same_ops(one_torch_thread):
                                                  1)["torch_cl"]
   assert forward > 0 and backward > 0
   assert benchmark._torch_op_timers({"op": "Adam update", "shape": None, "layers": ["all"]}, 10, 1) == {}
+  # --profile asks a child process (kdjax.tools.torch_peer), which answers in the same form
+  from kdjax.tools import torch_peer
+  peer = torch_peer.Peer("tuned")
+  try:
+    assert peer.op_timers(conv, 10, 1)["torch_cl"] > 0
+    forward, backward = peer.op_timers({"op": "pool", "shape": (2, 8, 8, 12), "layers": [3]}, 10, 1)["torch_cl"]
+    assert forward > 0 and backward > 0
+    assert peer.op_timers({"op": "Adam update", "shape": None, "layers": ["all"]}, 10, 1) == {}
+  finally:
+    peer.close()

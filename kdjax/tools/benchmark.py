@@ -607,7 +607,8 @@ def _conv_op_seconds(op: dict, conv: Callable, options, repeats: int) -> float:
 
 def _torch_op_timers(op: dict, num_classes: int, repeats: int) -> dict:
   """PyTorch channels_last (oneDNN) on the same op, at the faster of 1 and core_count() threads:
-  {"torch_cl": seconds} (pools: {"torch_cl": (forward, backward)}); {} for the ops it is not shown for."""
+  {"torch_cl": seconds} (pools: {"torch_cl": (forward, backward)}); {} for the ops it is not shown for. profile()
+  runs it in a kdjax.tools.torch_peer child."""
   import torch
   import torch.nn.functional as F
 
@@ -658,23 +659,33 @@ def profile(batch_size: int, image_size: int, num_classes: int, steps: int, repe
   step_seconds = time_alternating({"step": step}, steps, repeats)["step"]["step_s"]
   rows = []
   op_repeats = max(7, 2 * repeats)  # ops alone take milliseconds: more repeats for a steadier median
-  for op in _step_ops(kind, batch_size, image_size, num_classes):
-    count = len(op["layers"])
-    timings = _op_timers(op, num_classes, options_now, options_default, op_repeats, onednn)
-    torch_timings = _torch_op_timers(op, num_classes, op_repeats) if with_torch else {}
-    if op["op"] == "pool":
-      timings += [(label, *values) for label, values in torch_timings.items()]
-      rows.append(_profile_row("pool forward", op, count, {label: fwd for label, fwd, _ in timings}, None))
-      rows.append(_profile_row("pool backward", op, count, {label: bwd for label, _, bwd in timings}, None))
-      continue
-    rows.append(_profile_row(op["op"], op, count, dict(timings, **torch_timings), op.get("flops")))
+  # PyTorch's ops run in a child process (its allocator "tuned"), whose OpenMP workers spin there after each op
+  # rather than beside kdjax's ops in this process.
+  from kdjax.tools import torch_peer
+
+  peer = torch_peer.Peer("tuned") if with_torch else None
+  try:
+    for op in _step_ops(kind, batch_size, image_size, num_classes):
+      count = len(op["layers"])
+      timings = _op_timers(op, num_classes, options_now, options_default, op_repeats, onednn)
+      torch_timings = peer.op_timers(op, num_classes, op_repeats) if peer else {}
+      if op["op"] == "pool":
+        timings += [(label, *values) for label, values in torch_timings.items()]
+        rows.append(_profile_row("pool forward", op, count, {label: fwd for label, fwd, _ in timings}, None))
+        rows.append(_profile_row("pool backward", op, count, {label: bwd for label, _, bwd in timings}, None))
+        continue
+      rows.append(_profile_row(op["op"], op, count, dict(timings, **torch_timings), op.get("flops")))
+  finally:
+    if peer:
+      peer.close()
   accounted = sum(row["total_ms"] for row in rows)
   rows.sort(key=lambda row: -row["total_ms"])
   return {"mode": "profile", "kind": kind, **_shapes(batch_size, image_size, num_classes, steps, repeats),
           "method": "each op jitted and timed alone (median of repeats) at the step's shapes, times its count in "
                     "the step; 'other' is the whole step minus their sum (elementwise fusions: normalisation, "
                     "bias adds and their gradients, copies; dispatch). Beside each: XLA's default / nn.max_pool, "
-                    "and PyTorch channels_last (oneDNN) on the same op at its faster thread count; where kdjax's "
+                    "and PyTorch channels_last (oneDNN) on the same op at its faster thread count, in a child process "
+                    "(tuned glibc); where kdjax's "
                     "convs run in oneDNN (kdjax.nets.onednn_conv) and their pools too (kdjax.nets.onednn_pool), "
                     "kdjax's way is that and xla_path / xla:* are XLA's ways",
           "step_ms": 1e3 * step_seconds, "accounted_ms": accounted, "other_ms": 1e3 * step_seconds - accounted,

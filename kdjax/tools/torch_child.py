@@ -1,5 +1,5 @@
-"""The child process of kdjax/tools/torch_peer.py: PyTorch's benchmark steps, or the original's whole loops
-(--study), under the allocator its environment chose.
+"""The child process of kdjax/tools/torch_peer.py: PyTorch's benchmark steps, its ops alone (--profile) or the
+original's whole loops (--study), under the allocator its environment chose.
 
     python -m kdjax.tools.torch_child    (reads one JSON request a line on stdin, answers one JSON line on stdout)
 """
@@ -27,6 +27,8 @@ def serve() -> None:
                                       request["channels_last"])
         runners.append(runner)
         answer = {"id": len(runners) - 1, "flops_per_image": runner.flops_per_image}
+      elif request["command"] == "op_timers":
+        answer = benchmark._torch_op_timers(request["op"], request["num_classes"], request["repeats"])
       elif request["command"] == "study":
         import ml_collections
         config = ml_collections.ConfigDict(json.loads(request["config"]))

@@ -58,6 +58,12 @@ class Peer:
     return types.SimpleNamespace(run=lambda steps: self._ask({"command": "run", "id": made["id"], "steps": steps}),
                                  flops_per_image=made["flops_per_image"], compile_seconds=None, extra={})
 
+  def op_timers(self, op: dict, num_classes: int, repeats: int) -> dict:
+    """kdjax.benchmark._torch_op_timers(op, num_classes, repeats) in the child: PyTorch's own OpenMP workers, which
+    spin after each op, then spin in the child, not beside kdjax's ops in the profiling process."""
+    timers = self._ask({"command": "op_timers", "op": op, "num_classes": num_classes, "repeats": repeats})
+    return {label: tuple(value) if isinstance(value, list) else value for label, value in timers.items()}
+
   def study(self, config, names, threads: int) -> dict:
     """kdjax.benchmark.reference_study(config, names, threads) in the child: the original's loops, timed there."""
     return self._ask({"command": "study", "config": config.to_json_best_effort(), "names": list(names),
