@@ -77,9 +77,10 @@ dnnl::primitive_attr UserScratchpad() {
   return attr;
 }
 
-// The shared scratch buffer as `p`'s scratchpad memory, grown first if `p` needs more (caller holds g_mutex).
-dnnl::memory Scratchpad(const Cached& p) {
-  const size_t bytes = p.scratchpad.get_size();
+// The shared scratch buffer as a primitive's scratchpad memory of `desc`, grown first if it needs more (caller holds
+// g_mutex).
+dnnl::memory Scratchpad(const dnnl::memory::desc& desc) {
+  const size_t bytes = desc.get_size();
   if (bytes > g_scratchpad_bytes) {
     std::free(g_scratchpad);
     g_scratchpad = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
@@ -89,7 +90,7 @@ dnnl::memory Scratchpad(const Cached& p) {
     }
     g_scratchpad_bytes = bytes;
   }
-  return dnnl::memory(p.scratchpad, *g_engine, g_scratchpad);
+  return dnnl::memory(desc, *g_engine, g_scratchpad);
 }
 
 void EnsureEngine() {
@@ -258,7 +259,7 @@ ffi::Error Guarded(Fn&& fn) {
   } catch (const dnnl::error& error) {
     return ffi::Error::Internal(std::string("oneDNN: ") + error.what());
   } catch (const std::exception& error) {
-    return ffi::Error::Internal(std::string("kdjax oneDNN conv: ") + error.what());
+    return ffi::Error::Internal(std::string("kdjax oneDNN: ") + error.what());
   }
 }
 
@@ -289,7 +290,7 @@ ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel, ffi::B
       p.weights_reorder.execute(*g_stream, user_weights, weights);
     }
     p.conv.execute(*g_stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_BIAS, bias_mem},
-                               {DNNL_ARG_DST, dst}, {DNNL_ARG_SCRATCHPAD, Scratchpad(p)}});
+                               {DNNL_ARG_DST, dst}, {DNNL_ARG_SCRATCHPAD, Scratchpad(p.scratchpad)}});
   });
 }
 
@@ -310,7 +311,7 @@ ffi::Error BackwardData(ffi::Buffer<ffi::F32> kernel, ffi::Buffer<ffi::F32> dy, 
       p.weights_reorder.execute(*g_stream, user_weights, weights);
     }
     p.conv.execute(*g_stream, {{DNNL_ARG_DIFF_SRC, diff_src}, {DNNL_ARG_WEIGHTS, weights},
-                               {DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_SCRATCHPAD, Scratchpad(p)}});
+                               {DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_SCRATCHPAD, Scratchpad(p.scratchpad)}});
   });
 }
 
@@ -330,7 +331,7 @@ ffi::Error BackwardWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ff
     dnnl::memory weights = p.reorder_weights ? dnnl::memory(p.conv_weights, *g_engine) : user_weights;
     p.conv.execute(*g_stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, diff_dst},
                                {DNNL_ARG_DIFF_WEIGHTS, weights}, {DNNL_ARG_DIFF_BIAS, diff_bias},
-                               {DNNL_ARG_SCRATCHPAD, Scratchpad(p)}});
+                               {DNNL_ARG_SCRATCHPAD, Scratchpad(p.scratchpad)}});
     if (p.reorder_weights) p.weights_reorder.execute(*g_stream, weights, user_weights);
   });
 }
@@ -374,12 +375,6 @@ CachedPool& LookupPool(const PoolKey& key) {
   return result;
 }
 
-dnnl::memory ScratchpadOf(const dnnl::memory::desc& desc) {
-  Cached holder;
-  holder.scratchpad = desc;
-  return Scratchpad(holder);
-}
-
 std::string PoolKeyOf(ffi::Span<const int64_t> x, PoolKey* key) {
   if (x.size() != 4 || x[1] % 2 != 0 || x[2] % 2 != 0) return "expects NHWC input of even height and width";
   *key = PoolKey(x[0], x[1], x[2], x[3]);
@@ -398,7 +393,7 @@ ffi::Error PoolForward(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> y,
                                   {DNNL_ARG_DST, dnnl::memory(p.dst, *g_engine, y->untyped_data())},
                                   {DNNL_ARG_WORKSPACE, dnnl::memory(p.workspace, *g_engine,
                                                                     workspace->untyped_data())},
-                                  {DNNL_ARG_SCRATCHPAD, ScratchpadOf(p.forward_scratchpad)}});
+                                  {DNNL_ARG_SCRATCHPAD, Scratchpad(p.forward_scratchpad)}});
   });
 }
 
@@ -413,7 +408,7 @@ ffi::Error PoolBackward(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::U8> workspace
                                    {DNNL_ARG_DIFF_SRC, dnnl::memory(p.src, *g_engine, dx->untyped_data())},
                                    {DNNL_ARG_WORKSPACE, dnnl::memory(p.workspace, *g_engine,
                                                                      workspace.untyped_data())},
-                                   {DNNL_ARG_SCRATCHPAD, ScratchpadOf(p.backward_scratchpad)}});
+                                   {DNNL_ARG_SCRATCHPAD, Scratchpad(p.backward_scratchpad)}});
   });
 }
 
