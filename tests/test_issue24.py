@@ -228,49 +228,46 @@ def test_a_truncated_report_is_flagged_by_inspect_and_evaluate(finished_teacher,
 
 # --- disk full ----------------------------------------------------------------------------------------------------
 
-def test_orbax_thread_errors_of_a_failed_save_are_dropped_from_stderr(monkeypatch):
-  """Each Orbax worker thread logs "_SignalingThread.run() raised an exception" with a ~55-line traceback when a
-  save fails (a full disk: ~115 lines before the one-line error); the entry points drop those records."""
+def _kept_by_the_entry_points(monkeypatch, logger_name: str, records) -> list[str]:
+  """The messages of `records` ((pathname, lineno, message, exc_info) logged at ERROR on `logger_name`) that are
+  still emitted once exits.quiet_stderr() has run, as it does in every command-line entry point."""
   import logging
   import sys
   monkeypatch.setattr(sys, "stderr", sys.stderr)   # quiet_stderr wraps it; restored after the test
-  absl_logger = logging.getLogger("absl")
-  monkeypatch.setattr(absl_logger, "filters", list(absl_logger.filters))
+  logger = logging.getLogger(logger_name)
+  monkeypatch.setattr(logger, "filters", list(logger.filters))
   exits.quiet_stderr()
-  seen = []
+  kept = []
 
   class Keep(logging.Handler):
     def emit(self, record):
-      seen.append(record.getMessage())
+      kept.append(record.getMessage())
 
   handler = Keep()
-  absl_logger.addHandler(handler)
+  logger.addHandler(handler)
   try:
-    orbax_file = "/venv/site-packages/orbax/checkpoint/_src/futures/future.py"
-    for message in ("[thread=array_type_handler] _SignalingThread.run() raised an exception: RESOURCE_EXHAUSTED",
-                    "an unrelated error"):
-      absl_logger.handle(absl_logger.makeRecord("absl", logging.ERROR, orbax_file, 387, message, (), None))
+    for pathname, lineno, message, exc_info in records:
+      logger.handle(logger.makeRecord(logger_name, logging.ERROR, pathname, lineno, message, (), exc_info))
   finally:
-    absl_logger.removeHandler(handler)
-  assert seen == ["an unrelated error"]
+    logger.removeHandler(handler)
+  return kept
 
+
+def test_orbax_thread_errors_of_a_failed_save_are_dropped_from_stderr(monkeypatch):
+  """Each Orbax worker thread logs "_SignalingThread.run() raised an exception" with a ~55-line traceback when a
+  save fails (a full disk: ~115 lines before the one-line error); the entry points drop those records."""
+  orbax_file = "/venv/site-packages/orbax/checkpoint/_src/futures/future.py"
+  records = [(orbax_file, 387, message, None) for message in (
+      "[thread=array_type_handler] _SignalingThread.run() raised an exception: RESOURCE_EXHAUSTED",
+      "an unrelated error")]
+  assert _kept_by_the_entry_points(monkeypatch, "absl", records) == ["an unrelated error"]
 
 
 def test_unretrieved_orbax_restore_task_errors_are_dropped_from_stderr(monkeypatch):
   """A checkpoint that cannot be read fails every array's restore task; the first failure becomes the one-line
   CheckpointError and asyncio logs the others ("Task exception was never retrieved", with tracebacks) when they are
   collected. The entry points drop those for Orbax's tasks, and keep them for anyone else's."""
-  import logging
   import sys
-  monkeypatch.setattr(sys, "stderr", sys.stderr)
-  asyncio_logger = logging.getLogger("asyncio")
-  monkeypatch.setattr(asyncio_logger, "filters", list(asyncio_logger.filters))
-  exits.quiet_stderr()
-  seen = []
-
-  class Keep(logging.Handler):
-    def emit(self, record):
-      seen.append(record.getMessage().splitlines()[-1])
 
   def failure_from(path):
     namespace = {}
@@ -280,17 +277,13 @@ def test_unretrieved_orbax_restore_task_errors_are_dropped_from_stderr(monkeypat
     except ValueError:
       return sys.exc_info()
 
-  handler = Keep()
-  asyncio_logger.addHandler(handler)
-  try:
-    for path, task in (("/venv/site-packages/orbax/checkpoint/_src/serialization/serialization.py", "orbax's"),
-                       ("/home/user/mine.py", "mine")):
-      message = f"Task exception was never retrieved\nfuture: <Task finished name='{task}'>"
-      asyncio_logger.handle(asyncio_logger.makeRecord("asyncio", logging.ERROR, "base_events.py", 1771, message,
-                                                      (), failure_from(path)))
-  finally:
-    asyncio_logger.removeHandler(handler)
-  assert seen == ["future: <Task finished name='mine'>"]
+  records = [("base_events.py", 1771, f"Task exception was never retrieved\nfuture: <Task finished name='{task}'>",
+              failure_from(path))
+             for path, task in (("/venv/site-packages/orbax/checkpoint/_src/serialization/serialization.py", "orbax's"),
+                                ("/home/user/mine.py", "mine"))]
+  kept = _kept_by_the_entry_points(monkeypatch, "asyncio", records)
+  assert [message.splitlines()[-1] for message in kept] == ["future: <Task finished name='mine'>"]
+
 
 def test_a_figure_that_cannot_be_written_is_named_and_report_md_does_not_link_it(finished_teacher, tmp_path,
                                                                                  monkeypatch):
