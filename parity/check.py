@@ -33,6 +33,7 @@ from ml_collections import config_flags
 from kdjax import errors
 from kdjax import data as data_lib
 from kdjax.cli import exits as cli
+from kdjax.cli import help as help_lib
 from parity import compare
 from parity import harness
 from parity import precision
@@ -106,8 +107,17 @@ def _usage_error(message: str) -> None:
   cli.usage_error(PROG, message)
 
 
+FLAG_NAMES = ("config", "steps", "dtype", "floors", "student_decay")
+EXAMPLES = [
+    "python -m parity.check --config ema.py --steps 2 --dtype float32   # a first look: minutes",
+    "python -m parity.check --config ema.py --steps 20                  # the full check: float32 and float64",
+]
+
+
 def parse_flags(argv: list[str]) -> list[str]:
-  """kdjax's flag parsing (kdjax.cli.exits): --config by name or path, a bad flag one line and exit 2."""
+  """kdjax's flag parsing (kdjax.cli.exits): --config by name or path, a bad flag one line and exit 2; --help and
+  --helpfull answered first (kdjax.cli.help), exit 0."""
+  help_lib.answer(argv, __doc__, FLAG_NAMES, EXAMPLES)
   return cli.parse_flags(PROG, argv)
 
 
@@ -133,7 +143,7 @@ def main(argv):
 
 if __name__ == "__main__":
   # Flags are defined only when run as a program, so tests can import this module beside other CLIs.
-  _CONFIG = config_flags.DEFINE_config_file("config", None, "A kdjax config file, e.g. configs/ema.py.",
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "A shipped config (ema.py, ema, configs/ema.py) or a config file's path.",
                                             lock_config=True)
   _STEPS = flags.DEFINE_integer("steps", 20, "Training steps per phase, in each framework.")
   _STUDENT_DECAY = flags.DEFINE_float(

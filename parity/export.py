@@ -137,20 +137,50 @@ def export_data(workdir: str, split: str, out: str) -> tuple[np.ndarray, np.ndar
   return x, y
 
 
+EXAMPLES = """examples:
+  python -m kdjax.main --config ema.py --workdir runs/ema
+  python -m parity.export weights --workdir runs/ema --model student_kd --out student_kd.pt
+  python -m parity.export data --workdir runs/ema --split validation --out val.npz"""
+
+
 def parser() -> argparse.ArgumentParser:
-  top = argparse.ArgumentParser(prog="python -m parity.export", description=__doc__.split("\n")[0])
-  commands = top.add_subparsers(dest="command", required=True)
-  weights = commands.add_parser("weights", help="a model's checkpoint as a PyTorch state_dict")
-  weights.add_argument("--workdir", required=True)
+  """The command line; --help shows the module docstring and the examples, --helpfull each command's flags too."""
+  raw = argparse.RawDescriptionHelpFormatter
+  top = argparse.ArgumentParser(prog="python -m parity.export", description=__doc__, epilog=EXAMPLES,
+                                formatter_class=raw)
+  top.add_argument("--helpfull", action=_HelpFull, help="this help and every command's flags")
+  commands = top.add_subparsers(dest="command", required=True, metavar="{weights,data}")
+  weights = commands.add_parser("weights", help="a model's checkpoint as a PyTorch state_dict", formatter_class=raw,
+                                description="Saves MODEL's latest checkpoint in WORKDIR as a PyTorch state_dict.",
+                                epilog=EXAMPLES)
+  weights.add_argument("--workdir", required=True, help="a kdjax run's folder (kdjax.main --workdir)")
   weights.add_argument("--model", required=True, help=", ".join(MODELS))
   weights.add_argument("--out", required=True, help="NAME.pt")
   weights.add_argument("--probe-out", dest="probe_out", help="PROBE.npz: seeded inputs x and Flax logits")
-  weights.add_argument("--probe-count", dest="probe_count", type=int, default=64)
-  data = commands.add_parser("data", help="a split's exact model inputs x and labels y")
-  data.add_argument("--workdir", required=True)
-  data.add_argument("--split", default="validation", help=", ".join(SPLITS))
+  weights.add_argument("--probe-count", dest="probe_count", type=int, default=64,
+                       help="the probe's examples (default: 64)")
+  data = commands.add_parser("data", help="a split's exact model inputs x and labels y", formatter_class=raw,
+                             description="Saves a split of WORKDIR's data set as kdjax's models see it.",
+                             epilog=EXAMPLES)
+  data.add_argument("--workdir", required=True, help="a kdjax run's folder (kdjax.main --workdir)")
+  data.add_argument("--split", default="validation", help=", ".join(SPLITS) + " (default: validation)")
   data.add_argument("--out", required=True, help="VAL.npz")
   return top
+
+
+class _HelpFull(argparse.Action):
+  """--helpfull: the top help, then each command's (argparse's own -h shows one level)."""
+
+  def __init__(self, option_strings, dest, **kwargs):
+    super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+  def __call__(self, parser, namespace, values, option_string=None):
+    parser.print_help()
+    for action in parser._subparsers._group_actions:   # pylint: disable=protected-access
+      for name, command in action.choices.items():
+        print(f"\n--- {parser.prog} {name} ---")
+        command.print_help()
+    parser.exit(0)
 
 
 def main(argv=None) -> int:

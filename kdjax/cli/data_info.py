@@ -23,6 +23,7 @@ from ml_collections import config_flags
 from kdjax import data as data_lib
 from kdjax import progress
 from kdjax.cli import exits as cli
+from kdjax.cli import help as help_lib
 from kdjax.config import validation as config_validation
 
 PROG = "kdjax.data"
@@ -80,10 +81,24 @@ def main(argv):
 def run() -> None:
   """The program: its flags are defined here, not on import, so tests can import this module beside other CLIs."""
   global _CONFIG, _JSON
-  _CONFIG = config_flags.DEFINE_config_file("config", None, "A shipped config (ema.py) or a config file's path.",
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "A shipped config (ema.py, ema, configs/ema.py) or a "
+                                            "config file's path: its data.* fields name the set.",
                                             lock_config=True)
-  _JSON = flags.DEFINE_bool("json", False, "Print one JSON object.")
-  app.run(main, flags_parser=lambda argv: cli.parse_flags(PROG, argv))
+  _JSON = flags.DEFINE_bool("json", False, "Print one JSON object (its keys above) instead of text.")
+  app.run(main, flags_parser=parse_flags)
+
+
+EXAMPLES = [
+    "python -m kdjax.data info --config ema.py                       # the digits set the default study uses",
+    "python -m kdjax.data info --config ema.py --config.data.name=tiny_imagenet "
+    "--config.data.manual_dir=DIR --json",
+]
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """--help and --helpfull first (kdjax.cli.help, exit 0), then kdjax's flag parsing (a mistake: exit 2)."""
+  help_lib.answer(argv, __doc__, ("config", "json"), EXAMPLES)
+  return cli.parse_flags(PROG, argv)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from kdjax.cli import exits as cli
+from kdjax.cli import help as help_lib
 from kdjax.config import nets as config_nets
 from kdjax.nets import block_conv
 from kdjax.config import validation as config_validation
@@ -68,6 +69,7 @@ from kdjax.training import optim
 from kdjax import phases
 from kdjax.nets import pooling
 from kdjax.report import build as report
+from kdjax.report import environment as run_environment
 from kdjax.training import train
 from kdjax.training import xla
 from kdjax.study.builder import Setup
@@ -88,14 +90,14 @@ MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)  # any fixed constants: speed do
 PROG = "kdjax.tools.benchmark"
 
 def study_config():
-  """--study's default: every phase, one epoch, of the Tiny ImageNet dev subset in ../shared/data."""
+  """--study's default: every phase, one epoch, of Tiny ImageNet; --config.data.manual_dir names the folder that
+  holds its archive (no default: a path is the user's, never a developer's)."""
   config = config_lib.default_config()
   config.phases = phases.PHASE_NAMES
   config.epochs = 1
   config.progress = False
   config.log_every_epoch = False
   config.data.name = "tiny_imagenet"
-  config.data.manual_dir = "../shared/data"
   # kd_ema's collapse diagnostics evaluate both nets at log-spaced steps inside the epoch's timed loop:
   # kdjax-only work that the original's loop does not do (--config.ema.diagnostics_per_decade=8 to include it).
   config.ema.diagnostics_per_decade = 0
@@ -123,7 +125,8 @@ _HOST_MALLOC = flags.DEFINE_enum("host_malloc", "tuned", list(host_memory.SETTIN
                                  "kdjax's host allocator, as config speed.host_malloc (kdjax/training/host_memory.py); "
                                  "process-wide, so every kdjax row of a run has the same. PyTorch's child processes "
                                  "choose their own (--compare-torch, --study).")
-_CONFIG = config_flags.DEFINE_config_dict("config", study_config(), "--study's config (--config.x=...).",
+_CONFIG = config_flags.DEFINE_config_dict("config", study_config(), "--study's config: the default config with "
+                                          "every phase, one epoch, data.name=tiny_imagenet.",
                                           lock_config=True)
 
 
@@ -826,7 +829,7 @@ def _shapes(batch_size, image_size, num_classes, steps, repeats) -> dict:
 
 
 def _environment() -> dict:
-  return dict(report.environment(), cores=core_count(), xla_cpu_options=xla.compiler_options(True),
+  return dict(run_environment.environment(), cores=core_count(), xla_cpu_options=xla.compiler_options(True),
               host_malloc=host_memory.describe())
 
 
@@ -944,8 +947,20 @@ def _print_study(figures: dict) -> None:
 
 # -------------------------------------------------------------------------------------------------- CLI
 
+FLAG_NAMES = ("compare-torch", "profile", "profile_kind", "study", "data_parallel", "batch_size", "image_size",
+              "num_classes", "steps", "repeats", "eval_batch_size", "peak_gflops", "torch_threads", "host_malloc",
+              "json", "config")
+EXAMPLES = [
+    "python -m kdjax.tools.benchmark --steps 2 --repeats 3                  # kdjax's steps, fewer rounds",
+    "python -m kdjax.tools.benchmark --compare-torch --json > speed.json",
+    "python -m kdjax.tools.benchmark --study --config.data.manual_dir=DIR   # DIR holds tiny-imagenet-200.zip",
+]
+
+
 def _parse(argv: list[str]) -> list[str]:
-  """absl's parser, but a bad flag is one line on stderr and exit status 2."""
+  """--help and --helpfull first (kdjax.cli.help, exit 0); then absl's parser, but a bad flag is one line on
+  stderr and exit status 2."""
+  help_lib.answer(argv, __doc__, FLAG_NAMES, EXAMPLES)
   return cli.parse_flags(PROG, argv, config_required=False)
 
 
@@ -973,6 +988,9 @@ def main(argv):
     except errors.ConfigError as error:
       cli.usage_error(PROG, error)
   elif _STUDY.value:
+    if _CONFIG.value.data.name != "digits" and not _CONFIG.value.data.manual_dir:
+      cli.usage_error(PROG, f"--study reads {_CONFIG.value.data.name}: give --config.data.manual_dir=DIR, the folder "
+                            f"that holds its archive (docs/data.md)")
     try:
       figures = study(_CONFIG.value, _TORCH_THREADS.value)
     except (errors.ConfigError, data_lib.DataError) as error:
