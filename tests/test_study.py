@@ -33,7 +33,13 @@ def test_report_shape_and_files(ema_run):
       f"{phase} (EMA weights)" for phase in ("student_ce", "student_kd", "student_kd_ema")]
   assert report["dataset"] == {"name": "digits", "train_examples": 240, "val_examples": 120,
                                "num_classes": 10, "image_shape": [16, 16, 3]}
-  assert set(report["environment"]) >= {"jax", "flax", "backend", "devices", "host_malloc"}
+  assert set(report["environment"]) >= {"jax", "flax", "backend", "devices", "host_malloc", "cpu", "xla", "onednn",
+                                        "variables"}
+  # what decides the bits is named: the CPU's kernel class, XLA's cap, float64 mode, and report.md says it
+  environment = report["environment"]
+  assert environment["cpu"]["isa_class"] in ("avx512", "avx2", "avx", "sse", platform.machine())
+  assert environment["xla"]["x64"] is False and environment["xla"]["intra_op_threads"] >= 1
+  assert f"; CPU {environment['cpu']['model']} ({environment['cpu']['isa_class']};" in (workdir / "report.md").read_text()
   if platform.libc_ver()[0] == "glibc":   # speed.host_malloc="tuned" (the default) took effect, and report.md says so
     assert "no mmap" in report["environment"]["host_malloc"]
     assert f"host memory: {report['environment']['host_malloc']}." in (workdir / "report.md").read_text()

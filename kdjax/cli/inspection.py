@@ -3,13 +3,16 @@
     python -m kdjax.cli.inspection WORKDIR                          # every model of the run
     python -m kdjax.cli.inspection WORKDIR/checkpoints/teacher [--epoch N] [--json]
     python -m kdjax.cli.inspection WORKDIR --evaluate MODEL [--epoch N]
+    python -m kdjax.cli.inspection WORKDIR --compare OTHER_WORKDIR  # which numbers and environment fields differ
 
 Per model: the saved epochs, a parameter table in layer order (conv1, conv2, ..., fc;
 kernel before bias, as PyTorch registers them) with shape, dtype, count, L2 norm, min and max, the totals,
 what else the state holds (optimizer state, the teacher copy, the student-weights average), the metrics
 stored with the checkpoint, and the config. --json prints the same as one JSON document.
 --evaluate re-evaluates a checkpoint (default: the latest) on the run's validation split, as the report does;
-MODEL may be a row of the report such as "student_kd (EMA weights)". Reads only; writes nothing.
+MODEL may be a row of the report such as "student_kd (EMA weights)". --compare sets two runs' report.json side by
+side: the numbers that differ and by how much, and the config and environment fields (CPU, instruction sets, threads,
+conv paths) that differ (kdjax/report/compare.py). Reads only; writes nothing.
 
 Every checkpoint read is verified as a run verifies it (content hashes, state/_METADATA present; see
 kdjax/store/checkpoints.py). A workdir with a bad model checkpoint shows the others and marks that one; exit status
@@ -32,6 +35,7 @@ from kdjax.training import ema
 from kdjax import phases
 from kdjax.store import meta as run_meta
 from kdjax.store import run as run_lib
+from kdjax.report import compare
 
 PROG = "kdjax.cli.inspection"
 
@@ -277,6 +281,25 @@ def format_evaluation(result: dict) -> str:
   return text
 
 
+def compare_workdirs(path_a, path_b, as_json: bool = False) -> int:
+  """Prints what differs between two workdirs' report.json; 0, or 2 when a report cannot be read."""
+  reports = []
+  for path in (path_a, path_b):
+    report_path = pathlib.Path(path) / "report.json"
+    if pathlib.Path(path).is_file():
+      report_path = pathlib.Path(path)
+    report, error = read_report(report_path) if report_path.exists() else (
+        None, f"{report_path}: no report.json (the run has not finished)")
+    if error:
+      cli.say_error(PROG, error)
+      return 2
+    reports.append(report)
+  result = compare.compare(*reports)
+  print(json.dumps(result, indent=2) if as_json else compare.format_comparison(result, str(path_a), str(path_b)),
+        flush=True)
+  return 0
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog=f"python -m {PROG}", description=__doc__,   # what it does, with examples
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -286,10 +309,14 @@ def main(argv=None) -> int:
   parser.add_argument("--json", action="store_true", help="print JSON instead of text")
   parser.add_argument("--evaluate", metavar="MODEL", default=None,
                       help="re-evaluate MODEL of the workdir on its validation split")
+  parser.add_argument("--compare", metavar="OTHER_WORKDIR", default=None,
+                      help="compare the two workdirs' report.json: numbers, config and environment that differ")
   args = parser.parse_args(argv)
   logging.set_verbosity(logging.ERROR)  # Orbax warns about what the one-line error says anyway
   cli.quiet_stderr()
   try:
+    if args.compare is not None:
+      return compare_workdirs(args.path, args.compare, args.json)
     if args.evaluate is not None:
       result = evaluate_model(args.path, args.evaluate, args.epoch)
       print(json.dumps(result, indent=2) if args.json else format_evaluation(result), flush=True)

@@ -8,18 +8,15 @@ agreement with and KL to the teacher once every phase is done; `build` makes rep
 
 import base64
 import dataclasses
-import platform
 from typing import Any
 
-import flax
-import jax
 import numpy as np
 
 from kdjax.config import nets as config_nets
 from kdjax.report import collapse
+from kdjax.report import environment as run_environment
 from kdjax.report import figures
 from kdjax.training import evaluate
-from kdjax.training import host_memory
 from kdjax import phases
 from kdjax import progress
 from kdjax.report import significance
@@ -79,14 +76,6 @@ def _model_entry(result) -> dict:
   return entry
 
 
-def environment(data_parallel: int = 1) -> dict:
-  """Where the run ran; mesh.data: the data-parallel device count D (kdjax/training/mesh.py), processes: the hosts'."""
-  return {"mesh": {"data": data_parallel}, "processes": jax.process_count(), "jax": jax.__version__,
-          "flax": flax.__version__, "backend": jax.default_backend(),
-          "devices": [str(device) for device in jax.devices()], "python": platform.python_version(),
-          "machine": platform.machine(), "processor": platform.processor() or platform.machine()}
-
-
 PER_EXAMPLE_ENCODING = ("base64 of numpy.packbits(correct) (bit order big, padded with zeros to a whole byte): "
                         "correct[i] = 1 when the model's top-1 on validation example i is its label")
 
@@ -117,9 +106,10 @@ def build(config, dataset, results, checkpoints: dict, wall_seconds: float, data
                   "image_shape": list(dataset.image_shape)},
       "models": {name: _model_entry(result) for name, result in results.items()},
       "config": config.to_dict(),
-      # which convolution path ran, and why (kdjax.config.nets.conv_engine); the host allocator in force
-      "environment": dict(environment(data_parallel), conv=config_nets.describe(config),
-                          host_malloc=host_memory.describe()),
+      # what decides the bits (CPU, instruction sets, threads: report/environment.py) and which conv path ran, and
+      # why (kdjax.config.nets.conv_engine)
+      "environment": dict(run_environment.environment(data_parallel, config.batch_size, dataset.image_shape),
+                          conv=config_nets.describe(config)),
       "checkpoints": checkpoints,
       "ema_sweep": sweep.points(config, {name: _model_entry(result) for name, result in results.items()}),
       "per_example": per_example(np.asarray(dataset.val_labels), results),
@@ -291,9 +281,19 @@ def markdown(report: dict) -> str:
             f"Environment: jax {env['jax']}, flax {env['flax']}, backend {env['backend']}, "
             f"devices {', '.join(env['devices'])}"
             f"{', data parallel over %d' % env['mesh']['data'] if env.get('mesh', {}).get('data', 1) > 1 else ''}"
-            f"{_conv_paths(env)}{'; host memory: ' + env['host_malloc'] if 'host_malloc' in env else ''}.",
+            f"{_cpu(env)}{_conv_paths(env)}{'; host memory: ' + env['host_malloc'] if 'host_malloc' in env else ''}.",
             ""]
   return "\n".join(lines)
+
+
+def _cpu(env: dict) -> str:
+  """"; CPU AMD EPYC (avx2; oneDNN avx2, XLA host (no cap))" from the environment (absent in older reports)."""
+  if "cpu" not in env:
+    return ""
+  onednn = env.get("onednn", {})
+  kernels = f"oneDNN {onednn['effective_isa']}, " if onednn.get("loaded") else ""
+  return (f"; CPU {env['cpu']['model']} ({env['cpu']['isa_class']}; {kernels}XLA {env['xla']['max_isa']}"
+          f"{', float64 on' if env['xla']['x64'] else ''})")
 
 
 def _conv_paths(env: dict) -> str:

@@ -69,6 +69,7 @@ from kdjax.training import optim
 from kdjax import phases
 from kdjax.nets import pooling
 from kdjax.report import build as report
+from kdjax.report import environment as run_environment
 from kdjax.training import train
 from kdjax.training import xla
 from kdjax.study.builder import Setup
@@ -828,7 +829,7 @@ def _shapes(batch_size, image_size, num_classes, steps, repeats) -> dict:
 
 
 def _environment() -> dict:
-  return dict(report.environment(), cores=core_count(), xla_cpu_options=xla.compiler_options(True),
+  return dict(run_environment.environment(), cores=core_count(), xla_cpu_options=xla.compiler_options(True),
               host_malloc=host_memory.describe())
 
 
