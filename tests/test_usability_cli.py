@@ -139,3 +139,68 @@ def test_a_run_from_another_folder_logs_without_carriage_returns(tmp_path):
   assert "![curves](curves.png)" in (workdir / "report.md").read_text()
   assert sorted(path.name for path in (workdir / "tensorboard").iterdir()) == [
       "config", "student_kd_ema", "student_kd_ema (EMA weights)", "teacher", "teacher_ema"]
+
+
+# Issue 36 (helper H3): a config file's own errors, and fields named as the KD literature names them ------------
+
+BROKEN_CONFIG_FILES = {
+    # file text, the one line expected after "kdjax: error: config FILE"
+    "syntax": ("from kdjax import config as config_lib\n\ndef get_config(:\n  return config_lib.default_config()\n",
+               ":3: SyntaxError: invalid syntax, column 16"),
+    "returns 5": ("def get_config():\n  return 5\n",
+                  ": get_config() returned int 5, not an ml_collections.ConfigDict (start from "
+                  "kdjax.config.default_config())"),
+    "raises": ("from kdjax import config as config_lib\n\ndef get_config():\n  config = config_lib.default_config()\n"
+               "  raise ValueError('epochs must come from the cluster')\n  return config\n",
+               ":5: ValueError: epochs must come from the cluster (in get_config())"),
+    "import fails": ("import no_such_module_for_kdjax\n\ndef get_config():\n  return None\n",
+                     ":1: ModuleNotFoundError: No module named 'no_such_module_for_kdjax' (while loading the file)"),
+}
+
+
+@pytest.mark.parametrize("kind", list(BROKEN_CONFIG_FILES))
+@pytest.mark.parametrize("mode", [["--workdir", "w"], ["--show_config"]])
+def test_a_broken_config_file_is_one_line_with_its_file_and_line(tmp_path, kind, mode):
+  text, expected = BROKEN_CONFIG_FILES[kind]
+  (tmp_path / "mine.py").write_text(text)
+  result = kdjax_main("--config", "mine.py", *mode, cwd=tmp_path)
+  assert result.returncode == 2, result.stderr
+  assert one_error_line(result) == f"kdjax: error: config {tmp_path / 'mine.py'}{expected}"
+  assert not (tmp_path / "w").exists()
+
+
+def test_a_broken_config_file_from_python_is_a_config_error(tmp_path):
+  (tmp_path / "mine.py").write_text(BROKEN_CONFIG_FILES["raises"][0])
+  with pytest.raises(ConfigError, match=rf"^config {re.escape(str(tmp_path / 'mine.py'))}:5: ValueError: "):
+    configs.get(str(tmp_path / "mine.py"), epochs=2)
+
+
+def test_a_kd_concept_that_is_no_field_points_at_the_field_that_does_it(tmp_path):
+  result = kdjax_main("--config", "ema.py", "--workdir", "w", "--config.kd.alpha=0.5", cwd=tmp_path)
+  assert result.returncode == 2
+  assert one_error_line(result) == (
+      "kdjax: error: --config.kd.alpha: no such config field; use kd.kd_weight and kd.ce_weight (the loss is "
+      "kd_weight * KL * T^2 + ce_weight * CE; Hinton's alpha * KD + (1 - alpha) * CE is kd_weight=alpha, "
+      "ce_weight=1-alpha) (--show_config lists them all)")
+
+
+@pytest.mark.parametrize("field,pointer", [
+    ("kd.alpha", "use kd.kd_weight and kd.ce_weight"), ("kd.beta", "use kd.kd_weight and kd.ce_weight"),
+    ("ema.alpha", "use ema.decay (the original's EMA alpha"), ("ema.momentum", "use ema.decay"),
+    ("alpha", "use kd.kd_weight and kd.ce_weight"), ("kd.T", "use kd.temperature"), ("kd.tau", "use kd.temperature"),
+    ("temperature", "use kd.temperature"), ("ema.ema_decay", "use ema.decay"),
+    ("ema.student_ema", "use ema.student_decay"), ("lr", "use optimizer.learning_rate"),
+    ("optimizer.lr", "use optimizer.learning_rate"), ("optimizer.wd", "use optimizer.weight_decay"),
+    ("num_epochs", "use epochs"),
+    ("kd.temprature", "did you mean kd.temperature?"),   # a misspelling: the nearest field, as before
+])
+def test_pointers_for_fields_that_do_not_exist(field, pointer):
+  with pytest.raises(ConfigError) as error:
+    configs.check_field(configs.get("ema"), field, where="--config", listing="…")
+  assert str(error.value).startswith(f"--config.{field}: no such config field; {pointer}")
+
+
+def test_a_field_without_pointer_or_near_name_has_no_dangling_separator():
+  with pytest.raises(ConfigError) as error:
+    configs.check_field(configs.get("ema"), "nonsense.zzz", where="--config", listing="--show_config lists them all")
+  assert str(error.value) == "--config.nonsense.zzz: no such config field (--show_config lists them all)"

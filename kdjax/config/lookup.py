@@ -69,28 +69,65 @@ def path(value: str) -> pathlib.Path:
                     f"({', '.join(f'{shipped}.py' for shipped in available())}){hint}")
 
 
+def _where_in(file: pathlib.Path, error: BaseException) -> str:
+  """`FILE:LINE` of the deepest frame of `error`'s traceback that runs in `file` (a raise inside get_config,
+  or a line the module runs at import); `FILE` when none does."""
+  line, traceback = None, error.__traceback__
+  while traceback is not None:
+    if pathlib.Path(traceback.tb_frame.f_code.co_filename).resolve() == file.resolve():
+      line = traceback.tb_lineno
+    traceback = traceback.tb_next
+  return f"{file}:{line}" if line is not None else str(file)
+
+
+def _one_line(error: BaseException) -> str:
+  text = " ".join(str(error).split())
+  return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
 def _module(file: pathlib.Path):
-  """A shipped config is imported as kdjax.config.shipped.NAME; another file is executed as a fresh module."""
+  """A shipped config is imported as kdjax.config.shipped.NAME; another file is executed as a fresh module.
+  A user's file that does not compile or raises while it runs is a ConfigError naming `FILE:LINE`."""
   if file.parent == _HERE:
     return importlib.import_module(f"kdjax.config.shipped.{file.stem}")
   spec = importlib.util.spec_from_file_location(f"kdjax_config_file_{file.stem}", file)
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  try:
+    spec.loader.exec_module(module)
+  except SyntaxError as error:   # IndentationError included; its own filename/lineno, not a frame of the file
+    column = f", column {error.offset}" if error.offset else ""
+    raise ConfigError(f"config {error.filename or file}:{error.lineno}: {type(error).__name__}: {error.msg}"
+                      f"{column}") from None
+  except Exception as error:  # noqa: BLE001  (whatever a user's file raises; its line is what they need)
+    raise ConfigError(f"config {_where_in(file, error)}: {_one_line(error)} (while loading the file)") from None
   return module
 
 
 def load(value: str) -> ml_collections.ConfigDict:
-  """The locked ConfigDict of `value` (`FILE` or `FILE:ARG`, FILE a path or a shipped config's name)."""
+  """The locked ConfigDict of `value` (`FILE` or `FILE:ARG`, FILE a path or a shipped config's name). A user's
+  file that does not compile, raises, or whose get_config() returns anything but a ConfigDict is a ConfigError
+  of one line naming the file (and the line of the raise)."""
   file_value, argument = split_argument(value)
   file = path(file_value)
   module = _module(file)
-  if not hasattr(module, "get_config"):
+  if not callable(getattr(module, "get_config", None)):
     raise ConfigError(f"config {file}: defines no get_config()")
-  takes_argument = bool(inspect.signature(module.get_config).parameters)
+  try:
+    takes_argument = bool(inspect.signature(module.get_config).parameters)
+  except (TypeError, ValueError):   # a builtin or odd callable: let the call below say what is wrong
+    takes_argument = argument is not None
   if argument is not None and not takes_argument:
     raise ConfigError(f"config {value}: get_config() of {file.name} takes no argument; change fields with "
                       f"overrides instead (e.g. --config.epochs=2)")
-  config = module.get_config(argument) if argument is not None else module.get_config()
+  try:
+    config = module.get_config(argument) if argument is not None else module.get_config()
+  except Exception as error:  # noqa: BLE001
+    raise ConfigError(f"config {_where_in(file, error)}: {_one_line(error)} (in get_config())") from None
+  if not isinstance(config, ml_collections.ConfigDict):
+    shown = repr(config)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    raise ConfigError(f"config {file}: get_config() returned {type(config).__name__} {shown}, not an "
+                      f"ml_collections.ConfigDict (start from kdjax.config.default_config())")
   config.lock()  # a misspelled field raises instead of adding a new one
   return config
 
@@ -108,15 +145,61 @@ def field_names(config: ml_collections.ConfigDict) -> list[str]:
   return names
 
 
+# Names from the KD and EMA literature (and other codebases) that are not kdjax's fields: a field that does not
+# exist but whose last part is one of these points at the field that does it. Keyed by the last part, lower case;
+# the value is {section or None (any): the pointer}.
+_KD_WEIGHTS = ("kd.kd_weight and kd.ce_weight (the loss is kd_weight * KL * T^2 + ce_weight * CE; Hinton's "
+               "alpha * KD + (1 - alpha) * CE is kd_weight=alpha, ce_weight=1-alpha)")
+_EMA_DECAY = "ema.decay (the original's EMA alpha: teacher = alpha * teacher + (1 - alpha) * student)"
+_LEARNING_RATE = "optimizer.learning_rate (with optimizer.schedule)"
+CONCEPTS = {
+    "alpha": {"kd": _KD_WEIGHTS, "ema": _EMA_DECAY, None: f"{_KD_WEIGHTS}; or, for the EMA teacher, {_EMA_DECAY}"},
+    "beta": {None: _KD_WEIGHTS},
+    "lambda": {None: _KD_WEIGHTS},
+    "weight": {"kd": _KD_WEIGHTS},
+    "t": {None: "kd.temperature (T in KL(softmax(t/T) || softmax(s/T)) * T^2)"},
+    **{name: {None: "kd.temperature (T in KL(softmax(t/T) || softmax(s/T)) * T^2)"}
+       for name in ("temp", "tau", "temperature", "kd_temperature", "kd_temp")},
+    **{name: {None: f"{_EMA_DECAY}; ema.student_decay for an EMA of the student's weights"}
+       for name in ("decay", "ema_decay", "ema_alpha", "momentum_decay", "teacher_decay", "ema_momentum",
+                    "ema_rate")},
+    "momentum": {"ema": _EMA_DECAY},
+    **{name: {None: "ema.student_decay (> 0: an EMA of the student's weights, reported apart)"}
+       for name in ("student_ema", "student_ema_decay", "ema_student", "swa")},
+    **{name: {None: "ema.warmup (mean-teacher warm-up: alpha_t = min(1 - 1/(t+1), alpha))"}
+       for name in ("ema_warmup", "warm_up", "warmup")},
+    **{name: {None: _LEARNING_RATE} for name in ("lr", "learning_rate", "learningrate", "base_lr", "eta", "step_size")},
+    **{name: {None: "optimizer.weight_decay"} for name in ("wd", "weight_decay", "l2")},
+    **{name: {None: "epochs (per phase)"} for name in ("epochs", "num_epochs", "n_epochs", "max_epochs")},
+    **{name: {None: "batch_size (the global batch)"} for name in ("batch", "bs", "batch_size", "train_batch_size")},
+}
+
+
+def concept_pointer(field: str) -> str | None:
+  """The field that does what the non-existent `field` names (kd.alpha -> kd.kd_weight and kd.ce_weight, ...),
+  or None."""
+  parts = field.lower().split(".")
+  choices = CONCEPTS.get(parts[-1])
+  if not choices:
+    return None
+  section = parts[0] if len(parts) > 1 else None
+  return choices.get(section, choices.get(None))
+
+
 def check_field(config: ml_collections.ConfigDict, field: str, where: str = "config",
                 listing: str = "describe(config) lists them all") -> None:
-  """ConfigError naming `field` and the nearest real one when the config has no such field."""
+  """ConfigError naming `field` and what to use instead (the field that does what a known KD/EMA name means,
+  else the nearest real one) when the config has no such field."""
   names = field_names(config)
   if field in names:
     return
-  near = difflib.get_close_matches(field, names, n=1, cutoff=0.6)
-  hint = f"did you mean {near[0]}? " if near else ""
-  raise ConfigError(f"{where}.{field}: no such config field; {hint}({listing})")
+  pointer = concept_pointer(field)
+  if pointer is not None:
+    hint = f"; use {pointer}"
+  else:
+    near = difflib.get_close_matches(field, names, n=1, cutoff=0.6)
+    hint = f"; did you mean {near[0]}?" if near else ""
+  raise ConfigError(f"{where}.{field}: no such config field{hint} ({listing})")
 
 
 def override(config: ml_collections.ConfigDict, field: str, value) -> None:
