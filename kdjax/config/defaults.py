@@ -87,6 +87,15 @@ def default_config() -> ml_collections.ConfigDict:
   config.distributed.coordinator_address = ""   # "host:port" of process 0, or "auto"
   config.distributed.num_processes = 1
   config.distributed.process_id = 0
+  # A study spread over tasks (kdjax/study/grid.py, docs/scaling.md): its units are the (seed, sweep point)
+  # pairs; unit i (seed-major, then "main" and the ema.sweep variants in phase order) runs in task i mod N.
+  config.task = ""                      # "" = every unit in this process (one study, as before); "K/N" = task K
+                                        # (0-based) of N; "auto" = K, N from SLURM_ARRAY_TASK_ID/_MIN/_STEP/_COUNT
+                                        # or JOB_COMPLETION_INDEX with KDJAX_TASK_COUNT (Kubernetes); "merge" =
+                                        # report.json/md from the finished units (exit 1 naming any missing)
+  config.task_cores = 0                 # > 0: pin the task to that many of the cores it may use (task K takes
+                                        # cores K*C, K*C+1, ... mod their count) before JAX starts: XLA's pool and
+                                        # oneDNN's team; 0 = SLURM_CPUS_PER_TASK if set, else as launched (taskset)
 
   # How fast, not what: each switch turns one speed-up off so that a user can compare (kdjax.tools.benchmark).
   config.speed = ml_collections.ConfigDict()
@@ -117,6 +126,8 @@ RESULT_NEUTRAL = ("progress", "log_every_epoch", "log_every_steps", "checkpoint.
                   # where it runs; D > 1 equals D = 1 up to float32 reduction order (tests/test_mesh.py)
                   "mesh.num_devices", "distributed.coordinator_address", "distributed.num_processes",
                   "distributed.process_id",
+                  # how a study is spread over tasks and cores (kdjax/study/grid.py): units compute the same bits
+                  "task", "task_cores",
                   # a field of older runs' config.json, since replaced by ema.diagnostics_per_decade: it set when
                   # the collapse diagnostics measured, never what trains (tests/test_collapse.py)
                   "ema.diagnostics_every")

@@ -3,6 +3,7 @@ naming the first field whose value cannot run. The allowed values come from the 
 them (nets, data, training), so a new option is allowed where it is implemented."""
 
 import math
+import os
 
 import ml_collections
 
@@ -132,6 +133,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
          "must be an integer >= 1", dist.num_processes)
   _check(isinstance(dist.process_id, int) and 0 <= dist.process_id < dist.num_processes,
          "distributed.process_id", f"must be an integer in [0, {dist.num_processes - 1}]", dist.process_id)
+  # A study spread over tasks (kdjax/study/grid.py): "", "auto", "merge" or "K/N" with 0 <= K < N.
+  task = config.get("task", "")
+  number, _, count = task.partition("/") if isinstance(task, str) else ("", "", "")
+  _check(isinstance(task, str) and (task in ("", "auto", "merge") or (number.isdigit() and count.isdigit()
+                                                                      and int(number) < int(count))),
+         "task", "must be '' (every unit here), 'K/N' (task K of N, 0 <= K < N), 'auto' or 'merge'", task)
+  _check(not task or not dist.coordinator_address, "task",
+         "runs a share of the study's units in one process: it needs distributed.coordinator_address ''", task)
+  cores = config.get("task_cores", 0)
+  _check(isinstance(cores, int) and not isinstance(cores, bool) and cores >= 0, "task_cores",
+         "must be an integer >= 0 (0 = as launched)", cores)
   speed_conv_error = config_nets.validation_error(config)
   if speed_conv_error:
     raise ConfigError(speed_conv_error)
@@ -139,3 +151,113 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f"must be {' or '.join(map(repr, host_memory.SETTINGS))}", config.speed.host_malloc)
   for field in ("cached_teacher_logits", "xla_cpu_options"):
     _check(isinstance(config.speed[field], bool), f"speed.{field}", "must be True or False", config.speed[field])
+  check_memory(config)
+
+
+# The memory check: every size field (data.image_size, batch_size, eval_batch_size, data.max_train_examples,
+# data.max_val_examples; the nets' widths are fixed) against the memory it implies, before anything runs, so that
+# data.image_size=100000 is one line rather than the kernel's OOM killer (which may take another process).
+#
+# Each set's split sizes and side where they are fixed (None: data.image_size; an image_folder's count is not
+# known before its folders are read, so only its batches are counted unless data.max_*_examples bounds it).
+DATA_SIZES = {"digits": (1437, 360, None), "tiny_imagenet": (100_000, 10_000, 64), "cifar10": (50_000, 10_000, 32),
+              "cifar100": (50_000, 10_000, 32), "image_folder": (None, None, None)}
+IMAGE_COPIES = 2          # uint8 images: the loaded numpy arrays and their device copy
+TRAIN_FACTOR = 2          # a training step: the forward's saved activations, then as much again for their gradients
+RUNTIME_BYTES = 1 << 30   # Python, JAX, XLA's compiled programs
+# What a size field is compared with to name the one to lower: its default (memory grows with image_size squared).
+USUAL = {"data.image_size": 64, "batch_size": 64, "eval_batch_size": 500, "data.max_train_examples": 100_000}
+# The real study on Tiny ImageNet (100,000 + 10,000 images of 64x64x3, batch 64, eval batch 500) is estimated at
+# 3.9 GB; its measured peak RSS is ~5.6 GB. The estimate is meant to be low: it refuses what cannot fit, and
+# leaves what may fit to run.
+
+
+def activation_bytes_per_pixel() -> tuple[float, float]:
+  """(all, peak): float32 bytes that one input pixel costs the larger net (the teacher). all: its input and every
+  conv's output, each max-pool quartering the pixels, as a training step keeps them for the backward pass:
+  12 + 12·4·(3 + 3/4 + 3/16 + 3/64) ≈ 203 for 12 convs of 12 channels pooled after conv 3, 6, 9, 12. peak: a
+  forward pass alone, which holds its input and one conv's input and output at a time: 12 + 2·12·4 = 108."""
+  net = models.teacher_net(num_classes=1)
+  total, scale, widest = 3 * 4.0, 1.0, 0.0
+  for index, features in enumerate(net.conv_features, start=1):
+    total += features * 4 * scale
+    widest = max(widest, features * 4 * scale)
+    if index in net.pool_after:
+      scale /= 4
+  return total, 3 * 4.0 + 2 * widest
+
+
+def machine_memory() -> tuple[int, str]:
+  """(bytes, what they are): the machine's physical memory, or its cgroup's limit where that is lower (a container)."""
+  limit, source = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "physical memory"
+  for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+    try:
+      with open(path, encoding="ascii") as file:
+        text = file.read().strip()
+    except (OSError, UnicodeDecodeError):
+      continue
+    if text.isdigit() and int(text) < limit:
+      limit, source = int(text), f"the limit in {path}"
+  return limit, source
+
+
+def _bytes(count: float) -> str:
+  """1234567 -> "1.2 MB" (powers of 1000), up to "...e+03 PB"."""
+  for unit in ("B", "KB", "MB", "GB", "TB"):
+    if count < 1000:
+      return f"{count:.1f} {unit}"
+    count /= 1000
+  return f"{count:.3g} PB"
+
+
+def memory_estimate(config) -> tuple[int, list[tuple[str, int, tuple[str, ...]]]]:
+  """(bytes, parts): a low estimate of the memory a run of `config` needs, and its parts (what, bytes, the size
+  fields that set it). With all, peak = activation_bytes_per_pixel() and side the images' side:
+
+    images      (train + val) · side² · 3 bytes · IMAGE_COPIES
+    training    min(batch_size, train) · side² · all · TRAIN_FACTOR
+    forward     max(eval_batch_size, batch_size) · side² · peak   (evaluation, the cached teacher logits: their
+                last batch is padded to the full size, so neither batch is capped by the split)
+    need        RUNTIME_BYTES + images + max(training, forward)   (a step's buffers are freed before the next
+                program runs)"""
+  num_train, num_val, fixed_side = DATA_SIZES.get(config.data.name, (None, None, None))
+  side = fixed_side or config.data.image_size
+  counts = []
+  for count, limit in ((num_train, config.data.max_train_examples), (num_val, config.data.max_val_examples)):
+    counts.append(limit if count is None else (min(count, limit) if limit else count))
+  num_train, num_val = counts
+  pixels = side * side
+  every_layer, peak = activation_bytes_per_pixel()
+  sized = ("data.image_size",) if fixed_side is None else ()
+  train_rows = min(config.batch_size, num_train) if num_train else config.batch_size
+  forward_rows = max(config.eval_batch_size, config.batch_size)
+  forward_field = "eval_batch_size" if config.eval_batch_size >= config.batch_size else "batch_size"
+  parts = [
+      (f"{num_train + num_val:,} images of {side}x{side}x3 held {IMAGE_COPIES}x",
+       (num_train + num_val) * pixels * 3 * IMAGE_COPIES, sized + ("data.max_train_examples",)),
+      (f"a training batch of {train_rows}", int(train_rows * pixels * every_layer * TRAIN_FACTOR),
+       ("batch_size",) + sized),
+      (f"a forward batch of {forward_rows}", int(forward_rows * pixels * peak), (forward_field,) + sized),
+  ]
+  return RUNTIME_BYTES + parts[0][1] + max(parts[1][1], parts[2][1]), parts
+
+
+def _field_value(config, field: str):
+  return config.data[field.removeprefix("data.")] if field.startswith("data.") else config[field]
+
+
+def check_memory(config) -> None:
+  """ConfigError (exit 2) when memory_estimate exceeds machine_memory, naming the size field to lower: of the
+  largest part's fields, the one furthest above its usual value (USUAL; image_size counted squared)."""
+  need, parts = memory_estimate(config)
+  limit, source = machine_memory()
+  if need <= limit:
+    return
+  fields = max(parts, key=lambda part: part[1])[2]
+  excess = lambda field: ((_field_value(config, field) / USUAL[field]) ** (2 if field == "data.image_size" else 1)
+                          if field in USUAL else 0.0)
+  field = max(fields, key=excess)
+  raise ConfigError(
+      f"{field}={_field_value(config, field)} needs an estimated {_bytes(need)} of memory ("
+      + "; ".join(f"{what}: {_bytes(count)}" for what, count, _ in parts)
+      + f"), more than this machine's {_bytes(limit)} ({source}); lower {field}")

@@ -1,6 +1,10 @@
 """A run's directory: config.json at start, one JSON line per model and epoch in metrics.jsonl, and the
 paths of everything else a run writes (checkpoints/, report.json, report.md, curves.png), and .lock, which a
-running study holds (an fcntl lock: the OS releases it when the process ends, however it ends)."""
+running study holds (an fcntl lock: the OS releases it when the process ends, however it ends).
+
+A study spread over tasks (kdjax/study/grid.py) holds WORKDIR/.lock shared (tasks together, never beside a
+one-process run), each unit's own lock in its folder (SEED/units/<point>/.lock, `unit_dir`) and
+WORKDIR/.merge.lock while it checks and merges; a unit's RunDir keeps its checkpoints in the seed's checkpoints/."""
 
 import contextlib
 import errno
@@ -13,6 +17,10 @@ from kdjax.errors import ConfigError
 from kdjax.errors import WriteError  # noqa: F401  (rundir.WriteError)
 
 
+class BusyError(ConfigError):
+  """The lock is held by another live process (a second run of the workdir, another task's unit)."""
+
+
 def _write_failed(path, error: OSError) -> WriteError:
   return WriteError(f"cannot write {path}: {error.strerror or error}")
 
@@ -22,8 +30,11 @@ class RunDir:
   process of a multi-host run but process 0): the lock, config.json and metrics.jsonl are process 0's; this
   process writes only its part of the checkpoints (Orbax)."""
 
-  def __init__(self, path: str | os.PathLike, writer: bool = True):
+  def __init__(self, path: str | os.PathLike, writer: bool = True, checkpoints: str | os.PathLike | None = None):
     self.writer = writer
+    # a grid unit's run (kdjax/study/grid.py): its own folder for the lock, metrics and TensorBoard, its phases'
+    # checkpoints in the seed's checkpoints/ beside the other units' (one folder per phase, one writer each)
+    self._checkpoints = pathlib.Path(checkpoints) if checkpoints is not None else None
     if not str(path).strip():   # Path("") is the current directory: an unset shell variable would write there
       raise ConfigError(f"workdir: empty ({str(path)!r}; an unset shell variable?): give the run's directory, "
                         f"e.g. --workdir=runs/kd")
@@ -37,14 +48,15 @@ class RunDir:
       raise ConfigError(f"workdir: cannot write to {self.path}: {error.strerror or error}") from None
 
   @contextlib.contextmanager
-  def locked(self):
-    """Holds WORKDIR/.lock exclusively while the block runs, so two runs never share a workdir. A second
+  def locked(self, name: str = ".lock", shared: bool = False, wait: bool = False):
+    """Holds WORKDIR/`name` exclusively while the block runs, so two runs never share a workdir. A second
     run gets ConfigError naming the workdir and the holder's PID; a killed holder (even kill -9) leaves no
-    stale lock, since the OS drops an flock with the process."""
+    stale lock, since the OS drops an flock with the process. `shared`: held beside other shared holders (the
+    tasks of one grid study), never beside an exclusive one; `wait`: blocks until the lock is free."""
     if not self.writer:
       yield self
       return
-    lock_path = self.path / ".lock"
+    lock_path = self.path / name
     try:
       # Held through a read-only descriptor (flock needs no write access), so that a filesystem can still be
       # remounted read-only under a run; the PID is written through a short-lived one.
@@ -53,12 +65,12 @@ class RunDir:
       raise ConfigError(f"workdir: cannot write to {self.path}: {error.strerror or error}") from None
     try:
       try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(descriptor, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB))
       except OSError as error:
         if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
           raise ConfigError(f"workdir: cannot lock {lock_path}: {error.strerror or error}") from None
-        holder = lock_path.read_text().strip() or "unknown"
-        raise ConfigError(f"workdir {self.path.absolute()} is in use by another kdjax run (PID {holder}); "
+        holder = self.lock_holder(name)
+        raise BusyError(f"workdir {self.path.absolute()} is in use by another kdjax run (PID {holder}); "
                           f"wait for it to end, or use another workdir") from None
       try:
         lock_path.write_text(f"{os.getpid()}\n")
@@ -68,14 +80,22 @@ class RunDir:
     finally:
       # A run that stopped before writing anything (a bad data path, say) leaves the workdir as it found it:
       # .lock goes while still held, so no other run can be holding it.
+      # (Not a shared lock: another holder may hold the same file.)
       with contextlib.suppress(OSError):
-        if [entry.name for entry in self.path.iterdir()] == [".lock"]:
+        if not shared and [entry.name for entry in self.path.iterdir()] == [name]:
           lock_path.unlink()
       os.close(descriptor)   # releases the lock
 
+  def lock_holder(self, name: str = ".lock") -> str:
+    """The PID the last holder of WORKDIR/`name` wrote there ("unknown" if none)."""
+    try:
+      return (self.path / name).read_text().strip() or "unknown"
+    except OSError:
+      return "unknown"
+
   @property
   def checkpoints(self) -> pathlib.Path:
-    return self.path / "checkpoints"
+    return self._checkpoints if self._checkpoints is not None else self.path / "checkpoints"
 
   @property
   def metrics_path(self) -> pathlib.Path:
@@ -97,7 +117,8 @@ class RunDir:
     return self._replace(self.path / name, text)
 
   def _replace(self, target: pathlib.Path, text: str) -> pathlib.Path:
-    temporary = target.with_suffix(target.suffix + ".tmp")
+    # One temporary name per process: the tasks of a grid study may write the same file (config.json) at once.
+    temporary = target.with_suffix(f"{target.suffix}.{os.getpid()}.tmp")
     try:
       temporary.write_text(text)
       os.replace(temporary, target)
@@ -125,3 +146,9 @@ class RunDir:
 def seed_dir(workdir, seed: int) -> pathlib.Path:
   """Where a several-seed run keeps seed `seed`'s own one-seed run: WORKDIR/seed_<seed>/."""
   return pathlib.Path(workdir) / f"seed_{seed}"
+
+
+def unit_dir(seed_folder, point: str) -> pathlib.Path:
+  """Where a grid task runs one unit (seed, sweep point) of a study (kdjax/study/grid.py): its lock, done.json,
+  metrics.jsonl and TensorBoard in SEED_FOLDER/units/<point>/."""
+  return pathlib.Path(seed_folder) / "units" / point

@@ -34,6 +34,7 @@ from kdjax.store import teacher as teacher_lib
 from kdjax.store import tensorboard
 from kdjax.store.rundir import RunDir
 from kdjax.study import acceptance
+from kdjax.study import grid
 from kdjax.study import seeds
 from kdjax.study.builder import Setup
 from kdjax.training import host_memory
@@ -262,19 +263,26 @@ def train_and_evaluate(config, workdir) -> dict:
   a second run on the same workdir stops with one line.
   """
   start = time.perf_counter()
+  grid.share_cores(config)   # a task's share of the cores (task_cores): before anything starts JAX's backend
   config_validation.validate(config)
   mesh_lib.initialize(config)   # several hosts: before any device is touched
   mesh_lib.data_parallel(config)   # batch sizes that the devices cannot split stop here, before any write
   if config.speed.host_malloc == "tuned":
     host_memory.tune()
   run = RunDir(workdir, writer=mesh_lib.is_writer())
+  if config.get("task"):   # a share of the study's units (study/grid.py), the tasks holding the workdir together
+    with run.locked(shared=True):
+      return grid.run(config, run, lambda one, unit_run, only: _run_locked(one, unit_run, time.perf_counter(), only),
+                      lambda sequential: (seeds.run(sequential, run, train_and_evaluate) if sequential.num_seeds > 1
+                                          else _run_locked(sequential, run, start)))
   with run.locked():
     if config.num_seeds > 1:   # each seed's run in seed_<s>/ holds a lock of its own
       return seeds.run(config, run, train_and_evaluate)
     return _run_locked(config, run, start)
 
 
-def _run_locked(config, run: RunDir, start: float) -> dict:
+def _run_locked(config, run: RunDir, start: float, only: tuple[str, ...] | None = None) -> dict:
+  """The study in `run`; `only`: a grid unit's phases (study/grid.py), its teacher loaded, and no report."""
   config_dict = run_meta.config_json(config)
   config_changes = resume.check_config(run, config_dict, config.checkpoint.allow_config_change)
   setup = Setup.build(config)
@@ -286,6 +294,8 @@ def _run_locked(config, run: RunDir, start: float) -> dict:
   names = phases_to_run(config, teacher_source)
   if [name for name in names if name in config.phases] != list(config.phases):
     progress.say(f"kdjax: note: phases run in dependency order: {', '.join(names)}")
+  if only is not None:
+    names = tuple(name for name in names if name in only)
   trained_here = [name for name in names if not (name == "teacher" and teacher_source is not None)]
   saved, saved_changes = resume.read_saved_phases(run, setup, trained_here, config_dict,
                                                   config.checkpoint.allow_config_change)
@@ -319,6 +329,8 @@ def _run_locked(config, run: RunDir, start: float) -> dict:
         teacher_params = outcome.state.params
   finally:
     events.close()  # what was flushed stays readable after an error
+  if only is not None:   # a grid unit: the merge builds the report from every unit's saves
+    return {"phases": list(names), "loaded": loaded, "resumed": resumed}
 
   report_lib.compare_to_teachers(results)
   checkpoints = {"directory": str(run.checkpoints.absolute()), "loaded": loaded, "resumed": resumed,
