@@ -69,16 +69,24 @@ class Dataset:
     raise DataError(f"unknown split {name!r}: expected 'train' or 'validation'")
 
 
+def subset_indices(count: int, limit: int) -> np.ndarray | None:
+  """The examples data.max_*_examples keeps of `count`: the first `limit` of a fixed (seed 0) permutation, sorted;
+  None (all of them) when limit <= 0 or limit >= count. A source that can read single examples (tfds_common) reads
+  only these."""
+  if limit <= 0 or limit >= count:
+    return None
+  return np.sort(np.random.default_rng(0).permutation(count)[:limit])
+
+
 def _subset(images: np.ndarray, labels: np.ndarray, limit: int):
-  """The first `limit` examples of a fixed (seed 0) permutation; all of them when limit <= 0."""
-  if limit <= 0 or limit >= len(labels):
-    return images, labels
-  keep = np.sort(np.random.default_rng(0).permutation(len(labels))[:limit])
-  return images[keep], labels[keep]
+  """subset_indices of the examples (a source that read only those already has `limit` or fewer: unchanged)."""
+  keep = subset_indices(len(labels), limit)
+  return (images, labels) if keep is None else (images[keep], labels[keep])
 
 
 def load(data_config) -> Dataset:
-  """Loads `data_config.name`, limited to data.max_train_examples / data.max_val_examples (0 = all)."""
+  """Loads `data_config.name`, limited to data.max_train_examples / data.max_val_examples (0 = all); the TFDS
+  sets decode only the examples kept (tfds_common.read_split)."""
   if data_config.name not in SOURCES:
     raise DataError(f"data.name: unknown data set {data_config.name!r}; known: {sorted(SOURCES)}")
   dataset = importlib.import_module(SOURCES[data_config.name]).load(data_config)

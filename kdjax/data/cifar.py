@@ -120,6 +120,13 @@ def prepare(data_config):
     raise data_lib.DataError(
         f"data.manual_dir: {manual_dir} holds no {archive} ({url}); put it there, or leave data.manual_dir "
         f"empty to download it, or set data.data_dir to where {data_config.name} is prepared")
+  downloads = os.path.join(os.path.dirname(os.path.dirname(builder.data_dir)), "downloads")
+  already = os.path.isdir(downloads) and any(archive.split(".")[0] in name for name in os.listdir(downloads))
+  offline = None if manual_dir is not None or already else tfds_common.unreachable(url)
+  if offline:   # say so now: TFDS's download manager would retry for minutes
+    raise data_lib.DataError(
+        f"{data_config.name}: could not download or prepare {url} into {builder.data_dir} ({offline}); offline, "
+        f"put {archive} in data.manual_dir or set data.data_dir to where {data_config.name} is prepared")
   try:
     seconds = tfds_common.prepare(builder, manual_dir)
   except data_lib.DataError:
@@ -133,6 +140,8 @@ def prepare(data_config):
 
 
 def load(data_config) -> data_lib.Dataset:
-  builder, _ = prepare(data_config)
+  with tfds_common.quiet_tfds():
+    builder, _ = prepare(data_config)
   return tfds_common.read_dataset(builder, data_config.name, splits={"train": "train", "validation": "test"},
+                                  limits=tfds_common.limits(data_config),
                                   order_key="id", image_shape=IMAGE_SHAPE)

@@ -79,10 +79,12 @@ def class_list_warning(builder) -> str | None:
 
 
 def load(data_config) -> data_lib.Dataset:
-  builder, _ = prepare(data_config)
-  warning = class_list_warning(builder)
-  if warning:
-    progress.warn(warning)
-  return tfds_common.read_dataset(builder, "tiny_imagenet",
-                                  splits={"train": "train", "validation": "validation"},
-                                  order_key="file_name", image_shape=source_lib.IMAGE_SHAPE)
+  with tfds_common.quiet_tfds():
+    builder, _ = prepare(data_config)
+    warning = class_list_warning(builder)
+    if warning:
+      progress.warn(warning)
+    return tfds_common.read_dataset(builder, "tiny_imagenet",
+                                    splits={"train": "train", "validation": "validation"},
+                                    order_key="file_name", image_shape=source_lib.IMAGE_SHAPE,
+                                    limits=tfds_common.limits(data_config))

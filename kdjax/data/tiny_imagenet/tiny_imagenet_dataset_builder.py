@@ -22,6 +22,7 @@ import hashlib
 from etils import epath
 import tensorflow_datasets as tfds
 
+from kdjax.data import tfds_common
 from kdjax.data.tiny_imagenet import source as source_lib
 
 URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
@@ -69,6 +70,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     manual_dir = dl_manager._manual_dir  # pylint: disable=protected-access  (TFDS keeps no public getter)
     if manual_dir is not None and source_lib.holds_source(manual_dir):
       return source_lib.find_in_manual_dir(manual_dir)
+    offline = None if _downloaded(dl_manager) else tfds_common.unreachable(URL)
+    if offline:   # say so now: TFDS's download manager would retry for minutes
+      raise source_lib.SourceError(
+          f"could not download {URL} ({offline}); offline, put {source_lib.ARCHIVE_NAME} or its extracted "
+          f"{source_lib.ROOT}/ folder in the manual dir (kdjax: data.manual_dir; now {manual_dir})")
     try:
       archive = epath.Path(dl_manager.download(URL))
     except Exception as error:  # offline: the download manager raises many types
@@ -104,3 +110,11 @@ def check_official_archive(path: epath.Path) -> None:
     raise source_lib.SourceError(
         f"{path}: downloaded {URL} is {size} bytes, md5 {digest.hexdigest()}; expected {ARCHIVE_SIZE} bytes, "
         f"md5 {ARCHIVE_MD5}; delete it to download again")
+
+
+def _downloaded(dl_manager) -> bool:
+  """Whether TFDS's download folder already holds the archive (then no network is needed to prepare)."""
+  folder = epath.Path(dl_manager._download_dir)  # pylint: disable=protected-access  (no public getter)
+  stem = source_lib.ARCHIVE_NAME.removesuffix(".zip")
+  return folder.is_dir() and any(stem in path.name and not path.name.endswith((".INFO", ".tmp"))
+                                 for path in folder.iterdir())
