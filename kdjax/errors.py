@@ -27,3 +27,9 @@ class CorruptCheckpointError(CheckpointError):
 
 class WriteError(RuntimeError):
   """A file of the run that cannot be written (disk full, read-only); one line naming the path."""
+
+
+class TeacherCheckpointError(CheckpointError, ConfigError):
+  """teacher.checkpoint names a checkpoint that cannot be used (missing, corrupt, not a teacher's, not fitting this
+  run): a CheckpointError that is also a ConfigError, since the value the user gave is wrong (exit 2, as for any
+  config value; a run's own checkpoints that break are exit 1)."""

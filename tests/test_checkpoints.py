@@ -238,3 +238,70 @@ def test_full_or_read_only_disk_is_a_clear_error_and_earlier_checkpoints_survive
   assert reader.epochs() == [1]
   tree, meta, _ = reader.restore()
   assert meta["epoch"] == 1 and int(tree["step"]) == 4
+
+
+# Issue 36 (helper H3): a bad teacher.checkpoint is a usage error (exit 2); every corrupt save named, with the way out.
+
+def test_a_bad_teacher_checkpoint_exits_2_as_a_config_value_does(tmp_path):
+  """docs/failures.md: a checkpoint the user names is a value the user gave; a run's own checkpoints are exit 1."""
+  result = support.kdjax(["--config", str(support.REPO / "configs/kd.py"), "--config.phases=('student_kd',)",
+                          f"--config.teacher.checkpoint={tmp_path / 'no_such_run'}", *support.TINY],
+                         tmp_path / "students")
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert result.stderr.strip().splitlines() == [
+      f"kdjax: error: {tmp_path / 'no_such_run'}: no such file or directory (given as teacher.checkpoint)"]
+  assert not (tmp_path / "students" / "config.json").exists()
+
+
+def _corrupt_steps(folder: pathlib.Path, epochs) -> dict[int, str]:
+  return {epoch: support.corrupt_an_array(folder / str(epoch)) for epoch in epochs}
+
+
+def test_a_teacher_checkpoint_with_a_corrupt_latest_save_names_an_intact_one(tmp_path, tmp_path_factory):
+  from kdjax.errors import TeacherCheckpointError
+  from kdjax.store import meta as run_meta
+  from kdjax.store import teacher as teacher_lib
+  from kdjax.study.builder import Setup
+  source = support.copy_of_finished_run(tmp_path, tmp_path_factory)
+  folder = source / "checkpoints" / "teacher"
+  config = support.study_config(phases=("student_kd",), **{"teacher.checkpoint": str(source)})
+  setup = Setup.build(config)
+  messages = _corrupt_steps(folder, [3])
+  with pytest.raises(TeacherCheckpointError) as error:
+    teacher_lib.read_teacher(str(source), setup, run_meta.config_json(config))
+  assert str(error.value) == (f"{messages[3]}; {folder / '2'} is intact: pass it as teacher.checkpoint to distill "
+                              f"from that epoch's teacher, or retrain the teacher (delete {folder} and rerun its "
+                              f"run) (given as teacher.checkpoint)")
+  messages.update(_corrupt_steps(folder, [2, 1]))
+  with pytest.raises(TeacherCheckpointError) as error:   # every save corrupt: each named, and the way out
+    teacher_lib.read_teacher(str(source), setup, run_meta.config_json(config))
+  message = str(error.value)
+  assert "\n" not in message and message.startswith(f"{messages[3]}; every earlier save in {folder} is unusable too (")
+  for epoch in (2, 1):
+    assert f"step {epoch}: {messages[epoch].removeprefix(f'{folder / str(epoch)}: ')}" in message
+  assert message.endswith(f"no save of this teacher is intact: retrain the teacher (delete {folder} and rerun "
+                          f"its run), or pass another teacher.checkpoint (given as teacher.checkpoint)")
+
+
+def test_every_corrupt_save_of_a_phase_is_named_and_deleting_the_phase_retrains_it(tmp_path, tmp_path_factory):
+  """A corrupt byte in every teacher save of a workdir: one line naming each save and the way out (delete the
+  phase's folder); following it, the rerun trains the teacher again and the report equals the original's (CPU)."""
+  workdir = support.copy_of_finished_run(tmp_path, tmp_path_factory)
+  folder = workdir / "checkpoints" / "teacher"
+  messages = _corrupt_steps(folder, [3, 2, 1])
+  before = support.snapshot(workdir)
+  with pytest.raises(ckpt_lib.CorruptCheckpointError) as error:
+    support.run_in_process(support.study_config(), workdir)
+  message = str(error.value)
+  assert "\n" not in message
+  assert message == (f"{messages[3]}; every earlier save in {folder} is unusable too (step 2: "
+                     f"{messages[2].removeprefix(f'{folder / str(2)}: ')}; step 1: "
+                     f"{messages[1].removeprefix(f'{folder / str(1)}: ')}); no save of phase teacher to resume from "
+                     f"is intact; delete {folder} to train phase teacher again (the rerun saves it anew), or use a "
+                     f"new workdir")
+  assert support.snapshot(workdir) == before
+  shutil.rmtree(folder)
+  support.run_in_process(support.study_config(), workdir)
+  original = support.read_report(support.finished_run(tmp_path_factory))
+  rerun = support.read_report(workdir)
+  assert support.without_timing(rerun["models"]) == support.without_timing(original["models"])

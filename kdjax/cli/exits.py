@@ -3,9 +3,10 @@ parity.check, parity.export): one error printer, one exit-code table, one way to
 stderr they can read.
 
 Library modules raise one-line errors (kdjax/errors.py); the CLIs print them as `PROG: error: MESSAGE` and exit
-with the code of EXIT_CODES: 2 for a usage error, 1 for a run that broke, 130 for Ctrl-C, 143 for SIGTERM. After a failed Orbax read TensorStore's threads print
-tracebacks about a closed event loop, during the read and at interpreter teardown; `quiet_stderr` drops the
-first kind and `exit_now` skips the second, so the one line stays the last thing a user reads.
+with the code of EXIT_CODES: 2 for a usage error, 1 for a run that broke, 130 for Ctrl-C, 143 for SIGTERM (the
+cases: docs/failures.md). After a failed Orbax read TensorStore's threads print tracebacks about a closed event
+loop, during the read and at interpreter teardown; `quiet_stderr` drops the first kind and `exit_now` skips the
+second, so the one line stays the last thing a user reads.
 """
 
 import io
@@ -116,9 +117,11 @@ def exit_now(code: int) -> None:
   os._exit(code)
 
 
-# (error types, exit code): 2 for what the user asked for (a config value, a data path), 1 for a run that broke
-# (a diverging loss, an unreadable checkpoint, a file that cannot be written).
-EXIT_CODES = (((errors.ConfigError, errors.DataError), 2),
+# (error types, exit code), the first row that matches wins; docs/failures.md's table lists each case.
+# 2, a usage error: what the user gave is wrong (a config value or file, a data path, a checkpoint the user named
+#    as teacher.checkpoint, a workdir that holds another run or cannot be written);
+# 1, a run that broke: a diverging loss, the workdir's own checkpoints unreadable, a file that cannot be written.
+EXIT_CODES = (((errors.ConfigError, errors.DataError, errors.TeacherCheckpointError), 2),
               ((errors.DivergenceError, errors.CheckpointError, errors.WriteError), 1))
 USAGE = 2
 

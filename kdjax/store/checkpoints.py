@@ -223,6 +223,27 @@ class ModelCheckpoints:
       raise CheckpointError(f"{self.directory}: cannot finish writing checkpoints ({_brief(error)})") from None
 
 
+def _what_is_wrong(where: pathlib.Path, error: CheckpointError) -> str:
+  """A checkpoint error's message less the path `where` it starts with and Orbax's detail in parentheses:
+  "corrupt: array params/fc/kernel does not match ...", "cannot restore: truncated, not an Orbax checkpoint, ..."."""
+  text = str(error).removeprefix(f"{where}: ")
+  return text.split(" (", 1)[0] if text.startswith("cannot restore") else text
+
+
+def none_intact(folder: pathlib.Path, failures: list[tuple[int, CheckpointError]],
+                way_out: str) -> CorruptCheckpointError:
+  """The one line for a model folder none of whose saves can be read, `failures` the (epoch, error) of each, the
+  latest first: the latest save's error in full, then each earlier one (its step, what is wrong with it), then
+  `way_out` (what the user can do about it)."""
+  folder = pathlib.Path(folder).absolute()
+  latest = failures[0][1]
+  if len(failures) == 1:
+    return CorruptCheckpointError(f"{latest}; it is the only save in {folder}; {way_out}")
+  earlier = "; ".join(f"step {epoch}: {_what_is_wrong(folder / str(epoch), error)}"
+                      for epoch, error in failures[1:])
+  return CorruptCheckpointError(f"{latest}; every earlier save in {folder} is unusable too ({earlier}); {way_out}")
+
+
 def model_folders(checkpoints_dir: pathlib.Path) -> list[pathlib.Path]:
   """The model folders of a run's checkpoints/ in MODEL_ORDER, then any others sorted."""
   if not checkpoints_dir.is_dir():

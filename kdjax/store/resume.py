@@ -70,23 +70,26 @@ class SavedPhase:
 
 def _restore_latest_intact(folder: pathlib.Path, target: dict) -> tuple[dict, dict, int]:
   """The latest step of `folder` that restores and verifies; when a later one is corrupt, one warning line
-  says which and what is used instead. The latest step's error when none is intact."""
+  says which and what is used instead. When none is intact: one CorruptCheckpointError line that names every
+  save tried and the way out (ckpt_lib.none_intact)."""
   failures = []
   for epoch in reversed(ckpt_lib.saved_epochs(folder)):
     reader = ckpt_lib.ModelCheckpoints(folder, read_only=True)
     try:
       tree, meta, epoch = reader.restore(epoch, target=target)
     except ckpt_lib.CorruptCheckpointError as error:
-      failures.append(error)
+      failures.append((epoch, error))
       continue
     finally:
       reader.close()
     if failures:
-      progress.warn(f"{failures[0]}"
+      progress.warn(f"{failures[0][1]}"
                     f"{f' (and {len(failures) - 1} earlier save(s))' if len(failures) > 1 else ''}; "
                     f"using the latest intact save, {folder / str(epoch)}")
     return tree, meta, epoch
-  raise failures[0]
+  raise ckpt_lib.none_intact(folder, failures, f"no save of phase {folder.name} to resume from is intact; delete "
+                                       f"{folder} to train phase {folder.name} again (the rerun saves it anew), "
+                                       f"or use a new workdir")
 
 
 def _check_against_meta(where: pathlib.Path, meta: dict, current_config: dict, fingerprint: dict,

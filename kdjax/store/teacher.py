@@ -12,6 +12,7 @@ import numpy as np
 from kdjax import progress
 from kdjax.config import defaults as config_lib
 from kdjax.errors import ConfigError
+from kdjax.errors import TeacherCheckpointError
 from kdjax.store import checkpoints as ckpt_lib
 from kdjax.store.meta import data_fingerprint
 from kdjax.store.meta import fingerprint_differences
@@ -34,13 +35,20 @@ class TeacherSource:
 def read_teacher(path, setup, current_config: dict) -> TeacherSource:
   """Reads teacher.checkpoint (a workdir, a model folder or a step folder); one-line errors name the path.
   A student's checkpoint is refused, and so is a teacher trained on other data (its fingerprint differs)
-  unless checkpoint.allow_config_change, which makes it a warning listed under data_differences."""
-  folder, epoch = ckpt_lib.resolve(path, "teacher")
-  reader = ckpt_lib.ModelCheckpoints(folder, read_only=True)
+  unless checkpoint.allow_config_change, which makes it a warning listed under data_differences.
+  Every refusal is a usage error (exit 2): the checkpoint is the user's config value, not this run's state, so
+  a CheckpointError becomes a TeacherCheckpointError (a CheckpointError and a ConfigError)."""
   try:
-    tree, meta, epoch = reader.restore(epoch)
-  finally:
-    reader.close()
+    return _read_teacher(path, setup, current_config)
+  except TeacherCheckpointError:
+    raise
+  except ckpt_lib.CheckpointError as error:
+    raise TeacherCheckpointError(f"{error} (given as teacher.checkpoint)") from None
+
+
+def _read_teacher(path, setup, current_config: dict) -> TeacherSource:
+  folder, epoch = ckpt_lib.resolve(path, "teacher")
+  tree, meta, epoch = _restore_or_say_the_way_out(folder, epoch)
   epoch = meta.get("epoch", epoch)
   where = folder / str(epoch)
   if meta.get("net", "teacher") != "teacher":
@@ -88,6 +96,41 @@ def read_teacher(path, setup, current_config: dict) -> TeacherSource:
                 "data_differences": data_changes}
   params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), tree["params"])
   return TeacherSource(params, meta, provenance)
+
+
+def _restore(folder: pathlib.Path, epoch: int | None):
+  reader = ckpt_lib.ModelCheckpoints(folder, read_only=True)
+  try:
+    return reader.restore(epoch)
+  finally:
+    reader.close()
+
+
+def _restore_or_say_the_way_out(folder: pathlib.Path, epoch: int | None):
+  """(tree, meta, epoch) of the teacher's save `epoch` (None: the latest). A corrupt one is not replaced by an
+  earlier epoch's teacher (another teacher than the one asked for): the error names every other save and whether
+  it is intact, so the user can pass an intact one or retrain the teacher."""
+  try:
+    return _restore(folder, epoch)
+  except ckpt_lib.CorruptCheckpointError as error:
+    asked = epoch if epoch is not None else ckpt_lib.saved_epochs(folder)[-1]
+    failures, intact = [(asked, error)], []
+    for other in reversed(ckpt_lib.saved_epochs(folder)):
+      if other == asked:
+        continue
+      try:
+        _restore(folder, other)
+        intact.append(other)
+      except ckpt_lib.CorruptCheckpointError as other_error:
+        failures.append((other, other_error))
+    retrain = (f"retrain the teacher (delete {folder} and rerun its run)" if folder.parent.name == "checkpoints"
+               else "retrain the teacher")
+    if intact:
+      raise ckpt_lib.CorruptCheckpointError(
+          f"{error}; {folder / str(intact[0])} is intact: pass it as teacher.checkpoint to distill from that "
+          f"epoch's teacher, or {retrain}") from None
+    raise ckpt_lib.none_intact(folder, failures, f"no save of this teacher is intact: {retrain}, or pass "
+                                                 f"another teacher.checkpoint") from None
 
 
 def keep_teacher_copy(run: RunDir, source: TeacherSource, keep: int) -> None:
