@@ -22,7 +22,31 @@ LINE_SECONDS = 30.0   # between two progress lines when there is no bar
 WARNING_FORMAT = "kdjax: warning: %(message)s"
 
 
-class _StderrNow(logging.StreamHandler):
+class _Handler(logging.StreamHandler):
+  """A StreamHandler whose lines survive a stream that cannot encode them (PYTHONIOENCODING=ascii, a latin-1
+  terminal): what the stream's encoding lacks is written as a backslash escape (Δ as \\u0394) instead of
+  logging's "--- Logging error ---" traceback per line. Files are not written through it (they are UTF-8)."""
+
+  def format(self, record: logging.LogRecord) -> str:
+    return encodable(super().format(record), self.stream)
+
+
+def encodable(text: str, stream) -> str:
+  """`text` as `stream` can write it: unchanged where its encoding holds every character (UTF-8, a StringIO),
+  else with the characters it lacks as backslash escapes."""
+  encoding = getattr(stream, "encoding", None)
+  if not encoding:
+    return text
+  try:
+    text.encode(encoding)
+    return text
+  except UnicodeEncodeError:
+    return text.encode(encoding, "backslashreplace").decode(encoding)
+  except LookupError:   # an encoding Python does not know: leave it to the stream
+    return text
+
+
+class _StderrNow(_Handler):
   """A handler that writes to sys.stderr as it is when a record comes (a test's capture, a CLI's filter)."""
 
   def __init__(self):
@@ -67,10 +91,10 @@ class _Below(logging.Filter):
 def printing(stream=None, warnings=None):
   """While inside: the run's lines, as they are, to `stream` (sys.stdout at the time of the call), and its
   warnings as `kdjax: warning: MESSAGE` to `warnings` (sys.stderr at the time of the call)."""
-  lines = logging.StreamHandler(stream if stream is not None else sys.stdout)
+  lines = _Handler(stream if stream is not None else sys.stdout)
   lines.setFormatter(logging.Formatter("%(message)s"))
   lines.addFilter(_Below(logging.WARNING))
-  warned = logging.StreamHandler(warnings if warnings is not None else sys.stderr)
+  warned = _Handler(warnings if warnings is not None else sys.stderr)
   warned.setFormatter(logging.Formatter(WARNING_FORMAT))
   warned.setLevel(logging.WARNING)
   saved = LOGGER.level, LOGGER.propagate

@@ -204,3 +204,18 @@ def test_a_field_without_pointer_or_near_name_has_no_dangling_separator():
   with pytest.raises(ConfigError) as error:
     configs.check_field(configs.get("ema"), "nonsense.zzz", where="--config", listing="--show_config lists them all")
   assert str(error.value) == "--config.nonsense.zzz: no such config field (--show_config lists them all)"
+
+
+def test_output_survives_a_terminal_that_cannot_encode_it(tmp_path):
+  """PYTHONIOENCODING=ascii (or a latin-1 terminal): the report's Δ is printed as \\u0394, with no logging-error
+  tracebacks, exit 0; the files keep it as UTF-8. A tiny run, so that every line a run prints goes through."""
+  env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu", PYTHONIOENCODING="ascii")
+  result = subprocess.run([sys.executable, "-m", "kdjax.main", "--config", "kd.py", "--workdir", "runs/Δ",
+                           *TINY_ARGS, "--config.progress=False", "--config.phases=('teacher','student_kd')"],
+                          cwd=tmp_path, env=env, capture_output=True, timeout=600)
+  stdout, stderr = result.stdout.decode("ascii"), result.stderr.decode("ascii")   # nothing but ASCII came out
+  assert result.returncode == 0, stderr[-3000:]
+  assert "Logging error" not in stderr and "Traceback" not in stderr and "UnicodeEncodeError" not in stderr
+  assert "\\u0394" in stdout   # the report's "Δ vs teacher" column, escaped
+  report = (tmp_path / "runs" / "Δ" / "report.md").read_bytes().decode("utf-8")
+  assert "Δ" in report and "\\u0394" not in report

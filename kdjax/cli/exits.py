@@ -94,9 +94,22 @@ class _DropOrbaxTaskErrors(logging.Filter):
     return True
 
 
+def tolerant_output() -> None:
+  """stdout and stderr write what their encoding lacks as backslash escapes (Δ as \\u0394) instead of raising:
+  under PYTHONIOENCODING=ascii or a latin-1 terminal a report line or a path with such a character would
+  otherwise end the command with a UnicodeEncodeError (files are written as UTF-8 regardless)."""
+  for stream in (sys.stdout, sys.stderr):
+    if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+      try:
+        stream.reconfigure(errors="backslashreplace")
+      except (ValueError, OSError):   # a closed or detached stream: nothing will be written to it
+        pass
+
+
 def quiet_stderr() -> None:
   """For the command-line entry points: see _DropClosedLoopTracebacks, _DropOrbaxThreadErrors and
-  _DropOrbaxTaskErrors."""
+  _DropOrbaxTaskErrors; and tolerant_output."""
+  tolerant_output()
   if not isinstance(sys.stderr, _DropClosedLoopTracebacks):
     sys.stderr = _DropClosedLoopTracebacks(sys.stderr)
   for name, kind in (("absl", _DropOrbaxThreadErrors), ("asyncio", _DropOrbaxTaskErrors)):

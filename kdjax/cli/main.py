@@ -94,6 +94,7 @@ def main(argv):
 
 
 def run() -> None:
+  cli.tolerant_output()   # before anything prints: --show_config, an error line naming a path
   app.run(main, flags_parser=parse_flags)
 
 

@@ -120,7 +120,7 @@ class RunDir:
     # One temporary name per process: the tasks of a grid study may write the same file (config.json) at once.
     temporary = target.with_suffix(f"{target.suffix}.{os.getpid()}.tmp")
     try:
-      temporary.write_text(text)
+      temporary.write_text(text, encoding="utf-8")   # report.md holds Δ: UTF-8 whatever the locale says
       os.replace(temporary, target)
     except OSError as error:
       temporary.unlink(missing_ok=True)
