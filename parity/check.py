@@ -32,6 +32,7 @@ from ml_collections import config_flags
 
 from kdjax import errors
 from kdjax import data as data_lib
+from kdjax import progress
 from kdjax.cli import exits as cli
 from kdjax.cli import help as help_lib
 from parity import compare
@@ -53,6 +54,9 @@ def check(config, steps: int, student_decay: float, dtypes=("float32", "float64"
   the mirrored problem (compare: "mirror")."""
   precision.set_precision()
   decay = float(config.ema.student_decay) or student_decay
+  print(f"parity.check: {steps} steps of {', '.join(config.phases)} in kdjax and PyTorch, in "
+        f"{' then '.join(dtypes)}{' (and the mirrored problem in float32)' if floors and 'float32' in dtypes else ''}"
+        f"\n{precision.summary()}", file=out, flush=True)
   setups, dataset = {}, None
   for dtype in dtypes:
     setups[dtype] = harness.make_setup(config, dtype, dataset)
@@ -135,7 +139,8 @@ def main(argv):
   except OSError:
     _usage_error(f"cannot load config file {flags.FLAGS['config'].config_filename!r}")
   try:
-    rows = check(config, _STEPS.value, _STUDENT_DECAY.value, DTYPE_CHOICES[_DTYPE.value], _FLOORS.value)
+    with progress.printing(sys.stdout):   # what each framework is doing, and its step counter, as it runs
+      rows = check(config, _STEPS.value, _STUDENT_DECAY.value, DTYPE_CHOICES[_DTYPE.value], _FLOORS.value)
   except (errors.ConfigError, data_lib.DataError) as error:
     _usage_error(str(error))
   sys.exit(0 if all(row.ok for row in rows) else 1)

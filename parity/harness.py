@@ -7,12 +7,14 @@ data.normalize's own table lookup, only transposed, so both see bit-identical in
 """
 
 import dataclasses
+import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
 
+from kdjax import progress
 from kdjax.config import validation as config_validation
 from kdjax import data as data_lib
 from kdjax.training import evaluate
@@ -118,6 +120,46 @@ def first_steps(setup: ParitySetup, steps: int) -> list[list[np.ndarray]]:
   return [batches[:steps]]
 
 
+class Steps:
+  """What one side of a phase is doing, said as it starts (`LABEL: N steps...`), then `LABEL: step i/N (t s)` at
+  most every `every` seconds: a float64 phase runs for minutes. Through the kdjax logger (progress.say): the
+  parity.check command prints them, a caller of check() sees them at INFO."""
+
+  EVERY = 15.0
+
+  def __init__(self, label: str, total: int, every: float | None = None, clock=time.monotonic):
+    self.label, self.total, self.clock = label, total, clock
+    self.every = self.EVERY if every is None else every
+    self.done = 0
+    self.start = self.last = clock()
+    progress.say(f"{label}: {total} steps...")
+
+  def tick(self) -> None:
+    self.done += 1
+    now = self.clock()
+    if now - self.last >= self.every and self.done < self.total:
+      self.last = now
+      progress.say(f"{self.label}: step {self.done}/{self.total} ({now - self.start:.0f} s)")
+
+
+class _Counted(list):
+  """A list of batches that ticks `steps` after each one is used (the reference loop asks for the next batch once
+  the step on the last one is done)."""
+
+  def __init__(self, items, steps: Steps):
+    super().__init__(items)
+    self.steps = steps
+
+  def __iter__(self):
+    for item in super().__iter__():
+      yield item
+      self.steps.tick()
+
+
+def _label(setup: "ParitySetup", phase: str, framework: str, mirrored: bool) -> str:
+  return f"  {setup.dtype} {phase}, {framework}{' (mirrored problem)' if mirrored else ''}"
+
+
 @dataclasses.dataclass
 class Side:
   """One framework's run of a phase (of the mirrored problem, mapped back: parity/mirror.py)."""
@@ -218,12 +260,15 @@ def jax_side(setup: ParitySetup, phase: str, batches, start_params, teacher_para
     train_labels = jax.device_put(setup.dataset.train_labels.astype(np.int32))
     val_labels = setup.dataset.val_labels
     step_losses, val_correct = [], []
+    steps = Steps(_label(setup, phase, "kdjax (its first step compiles)", mirrored),
+                  sum(len(epoch) for epoch in batches))
     for epoch in batches:
       losses = []
       for indices in epoch:
         indices = jnp.asarray(indices)
         state, metrics = step_fn(state, {"image": train_images[indices], "label": train_labels[indices]})
-        losses.append(metrics["loss"])
+        losses.append(jax.block_until_ready(metrics["loss"]))   # done, for the step counter
+        steps.tick()
       step_losses.append([float(loss) for loss in losses])
       val_correct.append(int((setup.predict(net, state.params, mirrored).argmax(-1) == val_labels).sum()))
     params = _tracked(phase, kind, student_decay, state.params, state.teacher_params, state.ema_params)
@@ -249,8 +294,10 @@ def torch_side(setup: ParitySetup, phase: str, batches, start_params, teacher_pa
   torch_optimizer, scheduler = reference.make_optimizer(model.parameters(), config.optimizer,
                                                         sum(len(epoch) for epoch in batches))
   student_ema = reference.StudentWeightsEMA(model) if student_decay else None
-  torch_epochs = [[(train_x[torch.from_numpy(idx).to(setup.torch_device)],
-                    train_y[torch.from_numpy(idx).to(setup.torch_device)]) for idx in epoch] for epoch in batches]
+  steps = Steps(_label(setup, phase, "PyTorch", mirrored), sum(len(epoch) for epoch in batches))
+  torch_epochs = [_Counted([(train_x[torch.from_numpy(idx).to(setup.torch_device)],
+                             train_y[torch.from_numpy(idx).to(setup.torch_device)]) for idx in epoch], steps)
+                  for epoch in batches]
   common = dict(validation=(val_x, val_y), scheduler=scheduler, options=loop_options(config, student_decay),
                 student_ema=student_ema)
   teacher = None
