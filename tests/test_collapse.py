@@ -175,3 +175,55 @@ def test_the_schedules_field_is_checked_and_an_older_runs_field_does_not_block_r
   del older["ema"]["diagnostics_per_decade"]
   older["ema"]["diagnostics_every"] = 25   # what a workdir written before the log-spaced schedule holds
   assert config_lib.differences(older, current) == []
+
+
+# One colour per model in every figure ---------------------------------------------------------------------------
+
+def _line_colors(figure) -> dict[str, str]:
+  """label -> colour (hex) of every line drawn in `figure`'s panels."""
+  from matplotlib import colors
+  return {line.get_label(): colors.to_hex(line.get_color()) for axis in figure.axes for line in axis.get_lines()
+          if not line.get_label().startswith("_")}
+
+
+def test_a_model_has_one_colour_in_every_figure(monkeypatch):
+  """curves.png, ema_collapse.png and the over-seeds curves draw a model in figures.color(model): student_kd green
+  in one and orange in another was issue 34's report. A model's "(EMA weights)" row shares its colour."""
+  from matplotlib import colors
+  from kdjax.report import build as report_lib
+  from kdjax.report import figures
+  from kdjax.report import over_seeds
+  names = ["teacher", "student_ce", "student_kd", "student_kd_ema", "teacher_ema", "student_kd (EMA weights)"]
+  expected = {name: colors.to_hex(figures.color(name)) for name in names}
+  assert len(set(expected.values())) == 5 and expected["student_kd (EMA weights)"] == expected["student_kd"]
+  sweep_names = [f"{model}@{alpha}{warmup}" for model in ("student_kd_ema", "teacher_ema")
+                 for alpha in ("0.9", "0.99", "0.999", "0.9999") for warmup in ("", "+warmup")]
+  assert len({figures.color(name) for name in sweep_names + names[:5]}) == len(sweep_names) + 5   # all apart
+
+  drawn = []
+  monkeypatch.setattr(figures, "save", lambda figure, path: drawn.append(figure))
+  rows = lambda: [{"epoch": epoch, "train_loss": 1.0 / epoch, "val_loss": 1.0, "val_top1": 50.0 + epoch}
+                  for epoch in (1, 2)]
+  # curves.png with the models in one order ...
+  results = {name: report_lib.ModelResult(name=name, net="teacher" if "teacher" in name else "student",
+                                          phase=name.removesuffix(" (EMA weights)").replace("teacher_ema",
+                                                                                            "student_kd_ema"),
+                                          params=1, flops_per_image=1, epochs=rows(), final={"val_top1": 52.0})
+             for name in names}
+  curves = _line_colors(report_lib.curves_figure(results))
+  # ... the over-seeds curves with another (a figure's order must not decide a colour) ...
+  report = {"num_seeds": 2, "models": {name: {"per_seed": [{"epochs": rows()}, {"epochs": rows()}]}
+                                       for name in reversed(names)}}
+  monkeypatch.setattr(over_seeds, "mean_curve", lambda per_seed, key: [
+      {"epoch": row["epoch"], "mean": row[key], "std": 0.0} for row in per_seed[0]["epochs"]])
+  over_seeds.plot(report, "unused.png")
+  # ... and the collapse diagnostics of one EMA-updated teacher and its student.
+  points = [{"step": step, "distance": 0.1, "entropy": 0.5, "kd_loss": 1.0, "teacher_top1": 50.0,
+             "student_top1": 40.0} for step in (0, 1, 2)]
+  collapse.plot({"teacher_ema": points}, "unused.png")
+  seeds, diagnostics = (_line_colors(figure) for figure in drawn)
+  for name in names:
+    assert curves[name] == expected[name] and seeds[name] == expected[name], name
+  assert diagnostics["teacher_ema"] == expected["teacher_ema"]
+  assert diagnostics["student_kd_ema"] == expected["student_kd_ema"]
+  assert diagnostics["student_kd_ema (against teacher_ema)"] == expected["student_kd_ema"]

@@ -348,7 +348,7 @@ def curves_figure(results, suptitle: str | None = None):
   student. Epochs are whole numbers on every x axis."""
   # A model's "(EMA weights)" row: its model's colour, dashed.
   base = {name: name.removesuffix(EMA_WEIGHTS_SUFFIX) for name in results}
-  colors = {name: f"C{index % 10}" for index, name in enumerate(dict.fromkeys(base.values()))}
+  colors = {name: figures.color(name) for name in base.values()}   # each model's colour of every figure
   panels = []
   for kind, title in (("ce", "train loss: cross-entropy on labels"),
                       ("kd", "train loss: KD objective")):

@@ -214,10 +214,11 @@ def findings(points: list[dict], teacher: str, student: str, *, num_classes: int
 
 
 def plot(diagnostics: dict[str, list[dict]], path, suptitle: str | None = None) -> None:
-  """Four panels against the training step (symmetric-log axis: the points are log-spaced), one colour per
-  EMA-updated teacher: distance from the trained teacher, soft-target entropy / log K, its student's KD loss (log
-  axis), and top-1 on the probe (teacher solid, student dashed), with the whole validation split's at epoch ends
-  as open circles. Every panel spans the same steps, from 0; `suptitle`: figures.title(report)."""
+  """Four panels against the training step (symmetric-log axis: the points are log-spaced), each model in its
+  colour of every figure (figures.color): distance from the trained teacher, soft-target entropy / log K, its
+  student's KD loss (log axis), and top-1 on the probe (teacher solid, student dashed), with the whole validation
+  split's at epoch ends as open circles. Every panel spans the same steps, from 0; `suptitle`:
+  figures.title(report)."""
 
   figure = figures.new(figsize=(11, 8.5))
   axes = figure.subplots(2, 2)
@@ -225,14 +226,15 @@ def plot(diagnostics: dict[str, list[dict]], path, suptitle: str | None = None) 
   for name, points in diagnostics.items():
     steps = [p["step"] for p in points]
     student = _student_of(name)
-    line, = distance_axis.plot(steps, [p["distance"] for p in points], marker=".", label=name)
-    color = line.get_color()
+    color, student_color = figures.color(name), figures.color(student)
+    distance_axis.plot(steps, [p["distance"] for p in points], marker=".", color=color, label=name)
     entropy_axis.plot(steps, [p["entropy"] for p in points], marker=".", color=color, label=name)
     loss_points = [(p["step"], p["kd_loss"]) for p in points if p["kd_loss"] is not None]
     if loss_points:   # the loss the student trains on (none at step 0: no step taken yet)
-      loss_axis.plot(*zip(*loss_points), marker=".", color=color, label=f"{student} (against {name})")
+      loss_axis.plot(*zip(*loss_points), marker=".", color=student_color, label=f"{student} (against {name})")
     top1_axis.plot(steps, [_series(p, "teacher") for p in points], marker=".", color=color, label=name)
-    top1_axis.plot(steps, [_series(p, "student") for p in points], linestyle="--", color=color, label=student)
+    top1_axis.plot(steps, [_series(p, "student") for p in points], linestyle="--", color=student_color,
+                   label=student)
     full = [(p["step"], p["teacher_top1"]) for p in points if p.get("teacher_top1") is not None]
     if full and any("probe_size" in p for p in points):
       top1_axis.plot(*zip(*full), linestyle="none", marker="o", fillstyle="none", color=color,

@@ -3,11 +3,48 @@ pyplot, so importing kdjax or writing a report leaves a notebook's backend as it
 figure reaches the disk: a failure is a WriteError naming the file."""
 
 import contextlib
+import math
 import pathlib
+import zlib
 
 from kdjax.errors import WriteError
+from kdjax.phases import EMA_WEIGHTS_SUFFIX
+from kdjax.phases import SWEEP_MARK
 
 DPI = 110
+
+
+# One colour per model in every figure (curves.png, ema_collapse.png, the over-seeds curves), fixed by the model's
+# name rather than by the order a figure happens to draw its lines in: the five models of the phase table take
+# matplotlib's first five default colours.
+MODEL_COLORS = {"teacher": "C0", "student_ce": "C1", "student_kd": "C2", "student_kd_ema": "C3",
+                "teacher_ema": "C4"}
+# An EMA-sweep variant `<model>@<alpha>[+warmup]`: a shade of its model's family (student_kd_ema reds, teacher_ema
+# purples; with warm-up oranges and blues), darker as 1 - alpha shrinks (alpha 0.9, 0.99, 0.999, 0.9999 apart).
+SWEEP_COLORMAPS = {("student_kd_ema", False): "Reds", ("student_kd_ema", True): "Oranges",
+                   ("teacher_ema", False): "Purples", ("teacher_ema", True): "Blues"}
+# Any other name: one of the colours left, chosen from the name alone (a CRC, not Python's salted hash).
+OTHER_COLORS = ("C5", "C6", "C7", "C8", "C9")
+
+
+def color(model: str) -> str:
+  """The colour of `model` (a report row's name) in every figure; its "(EMA weights)" row shares it (drawn
+  dashed)."""
+  name = model.removesuffix(EMA_WEIGHTS_SUFFIX)
+  if name in MODEL_COLORS:
+    return MODEL_COLORS[name]
+  base, _, variant = name.partition(SWEEP_MARK)
+  alpha, _, warmup = variant.partition("+")
+  try:
+    decades = -math.log10(1.0 - float(alpha))   # 0.9 -> 1, 0.99 -> 2, ...
+  except (ValueError, ZeroDivisionError):
+    decades = None
+  colormap = SWEEP_COLORMAPS.get((base, warmup == "warmup"))
+  if colormap is None or decades is None:
+    return OTHER_COLORS[zlib.crc32(name.encode()) % len(OTHER_COLORS)]
+  from matplotlib import colormaps
+  from matplotlib import colors
+  return colors.to_hex(colormaps[colormap](0.35 + 0.6 * min(max(decades, 0.0), 5.0) / 5.0))
 
 
 def new(**kwargs):

@@ -119,7 +119,7 @@ def plot(report: dict, path) -> None:
     epochs = [row["epoch"] for row in curve]
     means = [row["mean"] for row in curve]
     spreads = [row["std"] or 0.0 for row in curve]
-    line, = axis.plot(epochs, means, marker="o", label=name)
+    line, = axis.plot(epochs, means, marker="o", color=figures.color(name), label=name)   # its colour everywhere
     axis.fill_between(epochs, [m - s for m, s in zip(means, spreads)], [m + s for m, s in zip(means, spreads)],
                       color=line.get_color(), alpha=0.2)
   axis.set(title=f"validation top-1, mean ± std over {report['num_seeds']} seeds", xlabel="epoch", ylabel="%")
