@@ -1,5 +1,6 @@
-"""kdjax.nets.onednn_pool: the 2x2 max-pool in oneDNN equals kdjax.nets.pooling.max_pool_2x2 bit for bit (values and
-gradients, ties included), and a oneDNN conv's "fast" pool is it, without changing a bit of a training step."""
+"""kdjax.nets.onednn_pool: the 2x2 max-pool of the oneDNN path equals kdjax.nets.pooling.max_pool_2x2 bit for bit
+(values and gradients, ties, NaN, infinities and signed zeros included), and a oneDNN conv's "fast" pool is it,
+without changing a bit of a training step; a NaN weight gives a non-finite loss on the oneDNN path as on XLA's."""
 
 import concurrent.futures
 
@@ -11,6 +12,8 @@ import pytest
 from kdjax.config import defaults as config_lib
 from kdjax.config import nets as config_nets
 from kdjax.nets import models
+from kdjax.training import optim
+from kdjax.training import train
 from kdjax.nets import onednn_conv
 from kdjax.nets import onednn_pool
 from kdjax.nets import pooling
@@ -50,14 +53,120 @@ def test_values_and_gradients_equal_the_xla_pool_bit_for_bit(shape):
       np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
-def test_oneDNN_runs_its_jit_kernels_and_keeps_one_primitive_pair_per_shape():
+NAN, INF = np.float32(np.nan), np.float32(np.inf)
+# Windows (a, b, c, d) in row-major order where a max that starts from -FLT_MAX, skips NaN or keeps the first of a
+# -0 / +0 tie (oneDNN's pooling primitive) differs from XLA's max; max_pool_2x2 puts a NaN window's gradient at d.
+SPECIAL_WINDOWS = [(1, NAN, 0, 0), (NAN, 1, 2, 3), (0, 0, 0, NAN), (NAN, NAN, NAN, NAN), (-INF, -INF, -INF, -INF),
+                   (-INF, -INF, -INF, -5), (INF, NAN, 0, 0), (NAN, INF, 1, 1), (INF, INF, 1, 1), (1, INF, INF, 2),
+                   (-0.0, 0.0, 0.0, 0.0), (0.0, -0.0, -0.0, -0.0), (-0.0, -0.0, -0.0, -0.0), (-1, -0.0, -1, 0.0),
+                   (-0.0, -1, 0.0, -0.0), (-INF, NAN, -INF, -INF)]
+
+
+def _special(shape, seed=0):
+  """_tied values with the SPECIAL_WINDOWS written over random windows (each window of each channel at random,
+  a quarter of them special), and single NaN, +inf, -inf and -0.0 corners sprinkled over the rest."""
+  rng = np.random.default_rng(seed)
+  x = np.array(_tied(shape, seed))
+  n, h, w, c = shape
+  windows = x[:, :h // 2 * 2, :w // 2 * 2].reshape(n, h // 2, 2, w // 2, 2, c)   # a view: writes go to x
+  pick = rng.integers(0, 4 * len(SPECIAL_WINDOWS), (n, h // 2, w // 2, c))
+  for index, (a, b, cc, d) in enumerate(SPECIAL_WINDOWS):
+    where = pick == index
+    for (row, column), value in zip(((0, 0), (0, 1), (1, 0), (1, 1)), (a, b, cc, d)):
+      windows[:, :, row, :, column][where] = value
+  for value in (NAN, INF, -INF, -0.0):
+    x[rng.random(shape) < 0.02] = value
+  return jnp.asarray(x, jnp.float32)
+
+
+def _assert_same_bits(got, want, what):
+  """Equal shapes, NaN at the same places, and every other value the same bits (the sign of a zero included)."""
+  got, want = np.asarray(got), np.asarray(want)
+  assert got.shape == want.shape and got.dtype == want.dtype, what
+  np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=f"{what}: NaN positions")
+  np.testing.assert_array_equal(np.where(np.isnan(got), 0, got).view(np.uint32),
+                                np.where(np.isnan(want), 0, want).view(np.uint32), err_msg=f"{what}: bits")
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_nan_infinities_and_signed_zeros_pool_as_in_the_xla_pool(shape):
+  """NaN propagates (also where it is the only NaN of its window, and where every corner is NaN), an all -inf
+  window gives -inf, a -0.0 / +0.0 tie +0.0, values and gradients; a NaN window's dy goes where max_pool_2x2
+  puts it (its last corner: no corner equals NaN)."""
+  n, h, w, c = shape
+  for seed in (0, 1):
+    x = _special(shape, seed)
+    assert np.isnan(np.asarray(pooling.max_pool_2x2(x))).any() or h < 2 or w < 2
+    # dy with both signs of zero among its values, so the gradients' sign bits are checked too
+    dy = np.random.default_rng(seed + 7).standard_normal((n, h // 2, w // 2, c)).astype(np.float32)
+    dy[::2, ::3] = -0.0
+    ours = jax.jit(lambda x, dy: _value_and_grad(onednn_pool.max_pool_2x2, x, dy))(x, jnp.asarray(dy))
+    reference = jax.jit(lambda x, dy: _value_and_grad(pooling.max_pool_2x2, x, dy))(x, jnp.asarray(dy))
+    for got, want, what in zip(ours, reference, ("values", "gradients")):
+      _assert_same_bits(got, want, f"{shape} seed {seed} {what}")
+
+
+def test_each_special_window_alone():
+  """Every SPECIAL_WINDOWS entry at 12 channels (the vector loop) and 3 (the scalar one): the issue's cases by name."""
+  for channels in (12, 3):
+    x = np.zeros((1, 2, 2 * len(SPECIAL_WINDOWS), channels), np.float32)
+    for index, (a, b, c, d) in enumerate(SPECIAL_WINDOWS):
+      x[0, 0, 2 * index], x[0, 0, 2 * index + 1], x[0, 1, 2 * index], x[0, 1, 2 * index + 1] = a, b, c, d
+    dy = jnp.arange(1, len(SPECIAL_WINDOWS) * channels + 1, dtype=jnp.float32).reshape(1, 1, -1, channels)
+    ours = _value_and_grad(onednn_pool.max_pool_2x2, jnp.asarray(x), dy)
+    reference = _value_and_grad(pooling.max_pool_2x2, jnp.asarray(x), dy)
+    for got, want, what in zip(ours, reference, ("values", "gradients")):
+      _assert_same_bits(got, want, f"{channels} channels, {what}")
+    y = np.asarray(ours[0])[0, 0, :, 0]
+    assert np.isnan(y[:4]).all() and y[4] == -np.inf and y[10] == 0 and not np.signbit(y[10])
+
+
+def test_one_workspace_byte_a_pooled_value_and_float32_nhwc_only():
   for shape in [(128, 64, 64, 12), (128, 32, 32, 12), (128, 16, 16, 12), (128, 8, 8, 12), (1, 8, 8, 12)]:
-    implementation = onednn_pool.implementation(*shape)
-    assert implementation.count("jit:") == 2 and "ref" not in implementation, (shape, implementation)
-    # one byte of argmax a pooled value
     assert onednn_pool.workspace_bytes(*shape) == shape[0] * shape[1] // 2 * shape[2] // 2 * shape[3]
+  x = jnp.zeros((3, 8, 6, 5), jnp.float32)
+  y, workspace = jax.jit(onednn_pool.forward_with_workspace)(x)
+  assert y.shape == (3, 4, 3, 5) and workspace.shape == (onednn_pool.workspace_bytes(3, 8, 6, 5),)
   with pytest.raises(ValueError, match="float32 NHWC"):
     onednn_pool.max_pool_2x2(jnp.zeros((2, 4, 4), jnp.float32))
+
+
+def _step_loss(net, conv, poisoned, kind="ce"):
+  """The loss and gradients of one whole training step (kdjax.training.train.make_train_step, Adam) of `net` built
+  as speed.conv=`conv` builds it, with one NaN in the kernel of the layer `poisoned` (of the teacher for a
+  student kd step)."""
+  config = config_lib.default_config()
+  config.speed.conv = conv
+  model = config_nets.from_config(net, 10, config)
+  params = models.init_params(model, jax.random.PRNGKey(0), (32, 32, 3))
+  teacher, teacher_params = None, None
+  if kind == "kd":
+    teacher = config_nets.from_config("teacher", 10, config)
+    teacher_params = models.init_params(teacher, jax.random.PRNGKey(1), (32, 32, 3))
+  target = teacher_params if kind == "kd" else params
+  target[poisoned]["kernel"] = target[poisoned]["kernel"].at[1, 1, 0, 0].set(jnp.nan)
+  optimizer = optim.make_optimizer(config.optimizer, 10)
+  step = jax.jit(train.make_train_step(train.StepConfig(kind), model, optimizer, jnp.full(3, 0.5),
+                                       jnp.full(3, 0.25), teacher=teacher))
+  images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+  state, metrics = step(train.create_state(params, optimizer, teacher_params=teacher_params),
+                        {"image": images, "label": np.arange(4) % 10})
+  hlo = step.lower(train.create_state(params, optimizer, teacher_params=teacher_params),
+                   {"image": images, "label": np.arange(4) % 10}).as_text()
+  return float(metrics["loss"]), state.params, hlo
+
+
+@pytest.mark.parametrize("net, poisoned, kind", [("student", "conv1", "ce"), ("teacher", "conv6", "ce"),
+                                                 ("student", "conv6", "kd")])
+def test_a_nan_weight_gives_a_non_finite_step_on_both_conv_paths(net, poisoned, kind):
+  """One NaN in the student's conv1 kernel, or the teacher's conv6 (trained by CE, or teaching a KD step): the
+  step's loss and the updated parameters are non-finite with speed.conv onednn as with xla (the issue: 6.1e36 and
+  finite parameters on the oneDNN path, as its pool turned the all-NaN windows into -3.4e38)."""
+  for conv in ("onednn", "xla"):
+    loss, params, hlo = _step_loss(net, conv, poisoned, kind)
+    assert ("kdjax_onednn_pool_forward" in hlo) == (conv == "onednn"), conv
+    assert not np.isfinite(loss), (conv, loss)
+    assert not all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(params)), conv
 
 
 def test_a_oneDNN_conv_is_pooled_in_oneDNN_and_the_step_keeps_its_bits(monkeypatch):

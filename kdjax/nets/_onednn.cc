@@ -1,11 +1,12 @@
-// kdjax's CPU convolutions and their 2x2 max-pools in oneDNN, as typed XLA FFI handlers (see
+// kdjax's CPU convolutions in oneDNN and the 2x2 max-pools after them, as typed XLA FFI handlers (see
 // kdjax/nets/onednn_conv.py and kdjax/nets/onednn_pool.py).
 //
 // A "SAME" KxK stride-1 convolution of NHWC float32 activations with HWIO float32 weights:
 //   y[n, h, w, d] = b[d] + sum_{i, j, c} x[n, h + i - K/2, w + j - K/2, c] * k[i, j, c, d]   (0 outside the image)
 // and its two gradients, dx = conv_transpose(dy, k) (oneDNN backward-data) and dk, db (oneDNN backward-weights).
-// A 2x2 stride-2 max-pool, y[n, i, j, c] = max of x[n, 2i..2i+1, 2j..2j+1, c], whose forward records each window's
-// argmax in a workspace and whose backward puts dy there (oneDNN pooling forward-training and backward).
+// A 2x2 stride-2 max-pool, y[n, i, j, c] = max of x[n, 2i..2i+1, 2j..2j+1, c] with XLA's NaN and signed-zero
+// rules, whose forward records each window's argmax in a workspace and whose backward puts dy there (loops of its
+// own, below: oneDNN's pooling primitive turns NaN into a finite number).
 //
 // The activations stay NHWC (XLA's layout, no copies); the weights go to the layout oneDNN picks for the shape
 // (format_tag::any) through a reorder: with plain HWIO weights the backward primitives fall back to oneDNN's
@@ -19,6 +20,7 @@
 // Threads: one mutex serialises every oneDNN execution, and every execution runs on one thread the extension keeps
 // (Executor, below), whose OpenMP team size is the count kdjax_onednn_set_threads chose.
 
+#include <emmintrin.h>
 #include <omp.h>
 
 #include <atomic>
@@ -253,7 +255,7 @@ ffi::Error Guarded(Fn&& fn) {
     g_executor->Run([&] {
       SetThreads();
       fn();
-      g_stream->wait();
+      if (g_stream != nullptr) g_stream->wait();   // none yet where only pools have run
     });
     return ffi::Error::Success();
   } catch (const dnnl::error& error) {
@@ -336,79 +338,126 @@ ffi::Error BackwardWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ff
   });
 }
 
-// 2x2 stride-2 max pooling of NHWC float32 (H, W even), oneDNN's forward-training (which writes the argmax of
-// every window to a workspace) and backward (dx = 0 but at each window's recorded argmax, where it is dy).
-struct CachedPool {
-  dnnl::pooling_forward forward;
-  dnnl::pooling_backward backward;
-  dnnl::memory::desc src, dst, workspace, forward_scratchpad, backward_scratchpad;
-  std::string impl;
-};
+// 2x2 stride-2 max pooling of NHWC float32 (H, W even), in loops of its own rather than oneDNN's pooling
+// primitive: oneDNN's max starts from -FLT_MAX and takes a corner only when it is strictly greater, so a NaN never
+// wins (a window [1, nan, 0, 0] gave 1, an all-NaN or all--inf window -3.4e38) and a -0.0 / +0.0 tie kept -0.0.
+// These loops compute XLA's max (kdjax.nets.pooling.max_pool_2x2, nn.max_pool), values and gradients bit for bit:
+//   y = max(max(a, b), max(c, d)),  max(p, q) = NaN if either is NaN, +0 for a -0 / +0 tie, else the larger
+//   workspace = the first of the corners (a, b, c, d) equal to y (0..3), 3 where none is (y is NaN)
+//   dx = dy at the workspace's corner, +0 at the other three
+// (a, b, c, d = x[n, 2i, 2j], x[n, 2i, 2j+1], x[n, 2i+1, 2j], x[n, 2i+1, 2j+1]). Memory-bound: one pass each way,
+// 4 channels at a time (SSE2, any x86_64), the window rows split over the executor's OpenMP team.
 
-using PoolKey = std::tuple<int64_t, int64_t, int64_t, int64_t>;   // (N, H, W, C) of the input
-std::map<PoolKey, std::unique_ptr<CachedPool>>* g_pools = nullptr;
-
-// The cached pooling primitives of `key`, created on first use (caller holds g_mutex).
-CachedPool& LookupPool(const PoolKey& key) {
-  EnsureEngine();
-  if (g_pools == nullptr) g_pools = new std::map<PoolKey, std::unique_ptr<CachedPool>>();
-  auto found = g_pools->find(key);
-  if (found != g_pools->end()) return *found->second;
-  auto [n, h, w, c] = key;
-  auto entry = std::make_unique<CachedPool>();
-  entry->src = dnnl::memory::desc({n, c, h, w}, dt::f32, tag::nhwc);
-  entry->dst = dnnl::memory::desc({n, c, h / 2, w / 2}, dt::f32, tag::nhwc);
-  dnnl::pooling_forward::primitive_desc forward(
-      *g_engine, dnnl::prop_kind::forward_training, dnnl::algorithm::pooling_max, entry->src, entry->dst, {2, 2},
-      {2, 2}, {0, 0}, {0, 0}, {0, 0}, UserScratchpad());
-  dnnl::pooling_backward::primitive_desc backward(
-      *g_engine, dnnl::algorithm::pooling_max, entry->src, entry->dst, {2, 2}, {2, 2}, {0, 0}, {0, 0}, {0, 0},
-      forward, UserScratchpad());
-  entry->workspace = forward.workspace_desc();
-  entry->forward_scratchpad = forward.scratchpad_desc();
-  entry->backward_scratchpad = backward.scratchpad_desc();
-  entry->impl = std::string(forward.impl_info_str()) + " / " + backward.impl_info_str();
-  entry->forward = dnnl::pooling_forward(forward);
-  entry->backward = dnnl::pooling_backward(backward);
-  CachedPool& result = *entry;
-  g_pools->emplace(key, std::move(entry));
-  return result;
+inline __m128 Select(__m128 mask, __m128 yes, __m128 no) {
+  return _mm_or_ps(_mm_and_ps(mask, yes), _mm_andnot_ps(mask, no));
 }
 
-std::string PoolKeyOf(ffi::Span<const int64_t> x, PoolKey* key) {
+// XLA's max, 4 lanes. maxps gives q where either is NaN or p == q; a tie takes p AND q (+0 over -0, else the value
+// itself), an unordered pair p + q (a quiet NaN, the first NaN operand's payload).
+inline __m128 Max(__m128 p, __m128 q) {
+  const __m128 larger = Select(_mm_cmpeq_ps(p, q), _mm_and_ps(p, q), _mm_max_ps(p, q));
+  return Select(_mm_cmpunord_ps(p, q), _mm_add_ps(p, q), larger);
+}
+
+inline float Max(float p, float q) { return _mm_cvtss_f32(Max(_mm_set_ss(p), _mm_set_ss(q))); }
+
+inline uint8_t FirstEqual(float a, float b, float c, float y) { return a == y ? 0 : b == y ? 1 : c == y ? 2 : 3; }
+
+// Rows r of the output (n * H/2 + i), each from input rows 2r and 2r + 1; w the input's width, c its channels.
+void PoolForwardLoops(const float* x, float* y, uint8_t* workspace, int64_t rows, int64_t w, int64_t c) {
+  const int64_t in_row = w * c, out_row = w / 2 * c;
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* top = x + 2 * r * in_row;
+    const float* bottom = top + in_row;
+    for (int64_t j = 0; j < w / 2; ++j) {
+      const float *a = top + 2 * j * c, *b = a + c, *cc = bottom + 2 * j * c, *d = cc + c;
+      float* out = y + r * out_row + j * c;
+      uint8_t* arg = workspace + r * out_row + j * c;
+      int64_t k = 0;
+      for (; k + 4 <= c; k += 4) {
+        const __m128 va = _mm_loadu_ps(a + k), vb = _mm_loadu_ps(b + k), vc = _mm_loadu_ps(cc + k);
+        const __m128 m = Max(Max(va, vb), Max(vc, _mm_loadu_ps(d + k)));
+        _mm_storeu_ps(out + k, m);
+        __m128i index = _mm_set1_epi32(3);   // the first corner equal to m, as FirstEqual
+        index = _mm_castps_si128(Select(_mm_cmpeq_ps(vc, m), _mm_castsi128_ps(_mm_set1_epi32(2)),
+                                        _mm_castsi128_ps(index)));
+        index = _mm_castps_si128(Select(_mm_cmpeq_ps(vb, m), _mm_castsi128_ps(_mm_set1_epi32(1)),
+                                        _mm_castsi128_ps(index)));
+        index = _mm_castps_si128(_mm_andnot_ps(_mm_cmpeq_ps(va, m), _mm_castsi128_ps(index)));
+        const __m128i bytes = _mm_packus_epi16(_mm_packs_epi32(index, index), index);
+        const int32_t four = _mm_cvtsi128_si32(bytes);
+        std::memcpy(arg + k, &four, 4);
+      }
+      for (; k < c; ++k) {
+        out[k] = Max(Max(a[k], b[k]), Max(cc[k], d[k]));
+        arg[k] = FirstEqual(a[k], b[k], cc[k], out[k]);
+      }
+    }
+  }
+}
+
+void PoolBackwardLoops(const float* dy, const uint8_t* workspace, float* dx, int64_t rows, int64_t w, int64_t c) {
+  const int64_t in_row = w * c, out_row = w / 2 * c;
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    float* top = dx + 2 * r * in_row;
+    float* bottom = top + in_row;
+    for (int64_t j = 0; j < w / 2; ++j) {
+      float *a = top + 2 * j * c, *b = a + c, *cc = bottom + 2 * j * c, *d = cc + c;
+      const float* grad = dy + r * out_row + j * c;
+      const uint8_t* arg = workspace + r * out_row + j * c;
+      int64_t k = 0;
+      for (; k + 4 <= c; k += 4) {
+        int32_t four;
+        std::memcpy(&four, arg + k, 4);
+        const __m128i zero = _mm_setzero_si128();
+        const __m128i index = _mm_unpacklo_epi16(_mm_unpacklo_epi8(_mm_cvtsi32_si128(four), zero), zero);
+        const __m128 g = _mm_loadu_ps(grad + k);
+        auto at = [&](int corner) {
+          return _mm_and_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(index, _mm_set1_epi32(corner))), g);
+        };
+        _mm_storeu_ps(a + k, at(0));
+        _mm_storeu_ps(b + k, at(1));
+        _mm_storeu_ps(cc + k, at(2));
+        _mm_storeu_ps(d + k, at(3));
+      }
+      for (; k < c; ++k) {
+        a[k] = arg[k] == 0 ? grad[k] : 0.0f;
+        b[k] = arg[k] == 1 ? grad[k] : 0.0f;
+        cc[k] = arg[k] == 2 ? grad[k] : 0.0f;
+        d[k] = arg[k] == 3 ? grad[k] : 0.0f;
+      }
+    }
+  }
+}
+
+// Checks an NHWC input shape of even height and width; empty string when it fits.
+std::string PoolShape(ffi::Span<const int64_t> x) {
   if (x.size() != 4 || x[1] % 2 != 0 || x[2] % 2 != 0) return "expects NHWC input of even height and width";
-  *key = PoolKey(x[0], x[1], x[2], x[3]);
   return "";
 }
 
 ffi::Error PoolForward(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> y,
                        ffi::ResultBuffer<ffi::U8> workspace) {
-  PoolKey key;
-  std::string problem = PoolKeyOf(x.dimensions(), &key);
+  auto shape = x.dimensions();
+  std::string problem = PoolShape(shape);
+  if (problem.empty() && workspace->element_count() != y->element_count()) problem = "pool workspace size";
   if (!problem.empty()) return ffi::Error::InvalidArgument(problem);
   return Guarded([&] {
-    CachedPool& p = LookupPool(key);
-    if (workspace->size_bytes() != p.workspace.get_size()) throw std::runtime_error("pool workspace size");
-    p.forward.execute(*g_stream, {{DNNL_ARG_SRC, dnnl::memory(p.src, *g_engine, x.untyped_data())},
-                                  {DNNL_ARG_DST, dnnl::memory(p.dst, *g_engine, y->untyped_data())},
-                                  {DNNL_ARG_WORKSPACE, dnnl::memory(p.workspace, *g_engine,
-                                                                    workspace->untyped_data())},
-                                  {DNNL_ARG_SCRATCHPAD, Scratchpad(p.forward_scratchpad)}});
+    PoolForwardLoops(x.typed_data(), y->typed_data(), workspace->typed_data(), shape[0] * shape[1] / 2, shape[2],
+                     shape[3]);
   });
 }
 
 ffi::Error PoolBackward(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::U8> workspace, ffi::ResultBuffer<ffi::F32> dx) {
-  PoolKey key;
-  std::string problem = PoolKeyOf(dx->dimensions(), &key);
+  auto shape = dx->dimensions();
+  std::string problem = PoolShape(shape);
+  if (problem.empty() && workspace.element_count() != dy.element_count()) problem = "pool workspace size";
   if (!problem.empty()) return ffi::Error::InvalidArgument(problem);
   return Guarded([&] {
-    CachedPool& p = LookupPool(key);
-    if (workspace.size_bytes() != p.workspace.get_size()) throw std::runtime_error("pool workspace size");
-    p.backward.execute(*g_stream, {{DNNL_ARG_DIFF_DST, dnnl::memory(p.dst, *g_engine, dy.untyped_data())},
-                                   {DNNL_ARG_DIFF_SRC, dnnl::memory(p.src, *g_engine, dx->untyped_data())},
-                                   {DNNL_ARG_WORKSPACE, dnnl::memory(p.workspace, *g_engine,
-                                                                     workspace.untyped_data())},
-                                   {DNNL_ARG_SCRATCHPAD, Scratchpad(p.backward_scratchpad)}});
+    PoolBackwardLoops(dy.typed_data(), workspace.typed_data(), dx->typed_data(), shape[0] * shape[1] / 2, shape[2],
+                      shape[3]);
   });
 }
 
@@ -486,20 +535,6 @@ int kdjax_onednn_impl_info(int kind, int64_t n, int64_t h, int64_t w, int64_t c,
 int kdjax_onednn_cache_size() {
   std::lock_guard<std::mutex> lock(g_mutex);
   return g_cache == nullptr ? 0 : static_cast<int>(g_cache->size());
-}
-
-// Bytes of the pooling workspace at input shape [n, h, w, c], and oneDNN's implementation names (forward /
-// backward) written to `out`; -1 on error (the message in `out`).
-int64_t kdjax_onednn_pool_workspace(int64_t n, int64_t h, int64_t w, int64_t c, char* out, int size) {
-  try {
-    std::lock_guard<std::mutex> lock(g_mutex);
-    CachedPool& p = LookupPool(PoolKey(n, h, w, c));
-    std::snprintf(out, size, "%s", p.impl.c_str());
-    return static_cast<int64_t>(p.workspace.get_size());
-  } catch (const std::exception& error) {
-    std::snprintf(out, size, "%s", error.what());
-    return -1;
-  }
 }
 
 int kdjax_onednn_version() {
