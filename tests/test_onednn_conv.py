@@ -271,3 +271,54 @@ def test_the_thread_count_does_not_change_the_bits():
         np.testing.assert_array_equal(a, b)
   finally:
     onednn_conv.set_threads(threads)
+
+
+@pytest.mark.parametrize("name, value", [("KDJAX_ONEDNN_THREADS", "abc"), ("KDJAX_ONEDNN_THREADS", "0"),
+                                         ("KDJAX_ONEDNN_THREADS", "1.5"), ("OMP_NUM_THREADS", "-2"),
+                                         ("OMP_NUM_THREADS", "two")])
+def test_a_bad_thread_count_is_refused_in_one_line_naming_the_variable(monkeypatch, name, value):
+  monkeypatch.delenv("KDJAX_ONEDNN_THREADS", raising=False)
+  monkeypatch.setenv(name, value)
+  with pytest.raises(errors.ConfigError, match=rf"^environment variable {name}='{value}': oneDNN's thread count "
+                                               rf"must be a whole number >= 1, or {name} unset$"):
+    onednn_conv.thread_setting()
+
+
+def test_the_thread_count_comes_from_KDJAX_ONEDNN_THREADS_then_OMP_NUM_THREADS_then_the_cores(monkeypatch):
+  monkeypatch.delenv("KDJAX_ONEDNN_THREADS", raising=False)
+  monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+  assert onednn_conv.thread_setting() == (len(os.sched_getaffinity(0)), "the cores this process may use")
+  monkeypatch.setenv("OMP_NUM_THREADS", "3,2")   # OpenMP's nested list: its first level
+  assert onednn_conv.thread_setting() == (3, "OMP_NUM_THREADS=3,2")
+  monkeypatch.setenv("KDJAX_ONEDNN_THREADS", " 1 ")
+  assert onednn_conv.thread_setting() == (1, "KDJAX_ONEDNN_THREADS=1")
+
+
+def _fresh_kdjax(env: dict, *args: str) -> subprocess.CompletedProcess:
+  full = {key: value for key, value in os.environ.items() if key not in ("KDJAX_ONEDNN_THREADS", "OMP_NUM_THREADS")}
+  return subprocess.run([sys.executable, *args], env=dict(full, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT), **env),
+                        capture_output=True, text=True, cwd=ROOT)
+
+
+@pytest.mark.parametrize("env", [{"KDJAX_ONEDNN_THREADS": "abc"}, {"KDJAX_ONEDNN": "yes"}])
+def test_the_cli_refuses_a_bad_oneDNN_variable_in_one_line_exit_2(tmp_path, env):
+  """The issue: KDJAX_ONEDNN_THREADS=abc gave a 51-line traceback."""
+  result = _fresh_kdjax(env, "-m", "kdjax.main", "--config", "ema.py", f"--workdir={tmp_path / 'run'}")
+  (name, value), = env.items()
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert result.stderr.splitlines() == [f"kdjax: error: environment variable {name}={value!r}: " +
+                                        result.stderr.split(f"{value!r}: ", 1)[1].strip()], result.stderr
+
+
+@needs_onednn
+def test_OMP_NUM_THREADS_is_honoured_and_what_the_report_says_is_true():
+  """The issue: OMP_NUM_THREADS=1 was overridden by the core count while report.json said "2 OpenMP threads"."""
+  code = ("from kdjax.nets import onednn_conv; from kdjax.config import nets, defaults; "
+          "print(onednn_conv.threads(), onednn_conv.thread_setting()[1]); "
+          "print(nets.describe(defaults.default_config())['student']['why'])")
+  for env, threads, source in (({"OMP_NUM_THREADS": "1"}, 1, "OMP_NUM_THREADS=1"),
+                               ({"OMP_NUM_THREADS": "1", "KDJAX_ONEDNN_THREADS": "3"}, 3, "KDJAX_ONEDNN_THREADS=3")):
+    result = _fresh_kdjax(env, "-c", code)
+    assert result.returncode == 0, result.stderr[-2000:]
+    first, why = result.stdout.splitlines()
+    assert first == f"{threads} {source}" and f", {threads} OpenMP threads" in why, result.stdout

@@ -16,8 +16,9 @@ config speed.conv "auto" then keeps the convolutions in XLA (kdjax.config.nets.c
 Threads: oneDNN runs on GNU OpenMP, XLA on its own pool; the two never run at once (a custom call blocks XLA's
 thread until it returns, and the extension runs its calls one at a time on one thread of its own, so oneDNN has one
 OpenMP team whichever XLA thread calls), so each may use every core. `set_threads` sets
-oneDNN's count (default: KDJAX_ONEDNN_THREADS, else the cores this process may use, os.sched_getaffinity); on this
-CPU 1 and 2 threads give the same bits (tests/test_onednn_conv.py).
+oneDNN's count (default: KDJAX_ONEDNN_THREADS, else OMP_NUM_THREADS, else the cores this process may use,
+os.sched_getaffinity; a value that is not a whole number >= 1 is a ConfigError, exit 2); on this CPU 1 and 2
+threads give the same bits (tests/test_onednn_conv.py).
 """
 
 import ctypes
@@ -31,13 +32,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-ENV_DISABLE = "KDJAX_ONEDNN"   # "0": behave as if the extension were not built (tests, comparisons)
-ENV_THREADS = "KDJAX_ONEDNN_THREADS"   # oneDNN's OpenMP threads (default: the cores this process may use)
+from kdjax import errors
+
+ENV_DISABLE = "KDJAX_ONEDNN"   # "0": behave as if the extension were not built (tests, comparisons); "1" or unset: use it
+ENV_THREADS = "KDJAX_ONEDNN_THREADS"   # oneDNN's OpenMP threads (default: OMP_NUM_THREADS, else the cores this process may use)
 STATUS_FILE = "_onednn.unavailable"   # written at install when the extension could not be built
 TARGETS = {"forward": "kdjax_onednn_conv_forward", "backward_data": "kdjax_onednn_conv_backward_data",
            "backward_weights": "kdjax_onednn_conv_backward_weights"}
 POOL_TARGETS = {"forward": "kdjax_onednn_pool_forward", "backward": "kdjax_onednn_pool_backward"}  # onednn_pool.py
 KINDS = {"forward": 0, "backward_data": 1, "backward_weights": 2}
+FUNCTIONS = ("kdjax_onednn_set_threads", "kdjax_onednn_get_threads", "kdjax_onednn_impl_info",
+             "kdjax_onednn_cache_size", "kdjax_onednn_scratchpad_bytes", "kdjax_onednn_version")   # ctypes entries
 
 
 def _library_path() -> pathlib.Path | None:
@@ -51,8 +56,13 @@ def _library_path() -> pathlib.Path | None:
 @functools.lru_cache(maxsize=None)
 def _load() -> tuple[ctypes.CDLL | None, str]:
   """(the loaded extension with its FFI targets registered, "") or (None, why not)."""
-  if os.environ.get(ENV_DISABLE, "1") == "0":
+  switch = os.environ.get(ENV_DISABLE, "").strip()
+  if switch not in ("", "0", "1"):
+    raise errors.ConfigError(f"environment variable {ENV_DISABLE}={switch!r}: must be 0 (run the convs in XLA) or 1 "
+                             f"(use the oneDNN extension where it is built; the same as leaving it unset)")
+  if switch == "0":
     return None, f"disabled by {ENV_DISABLE}=0"
+  threads = default_threads()   # a bad KDJAX_ONEDNN_THREADS / OMP_NUM_THREADS is refused before anything loads
   if platform.machine().lower() not in ("x86_64", "amd64"):
     return None, f"oneDNN's CPU wheels are x86_64 only, this machine is {platform.machine()}"
   path = _library_path()
@@ -64,23 +74,39 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     library = ctypes.CDLL(str(path))
   except OSError as error:  # libdnnl.so.3 not where the rpath points (onednn-cpu-gomp not installed)
     return None, f"oneDNN extension not loaded: {error}"
+  missing = [name for name in (*TARGETS.values(), *POOL_TARGETS.values(), *FUNCTIONS) if not hasattr(library, name)]
+  if missing:   # an extension built from another _onednn.cc than this module's
+    return None, f"oneDNN extension {path.name} lacks {', '.join(missing)}: rebuild it (pip install -e .)"
   for name in (*TARGETS.values(), *POOL_TARGETS.values()):
     jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, name)), platform="cpu")
   library.kdjax_onednn_impl_info.argtypes = [ctypes.c_int, *[ctypes.c_int64] * 6, ctypes.c_char_p, ctypes.c_int]
-  library.kdjax_onednn_pool_workspace.argtypes = [*[ctypes.c_int64] * 4, ctypes.c_char_p, ctypes.c_int]
-  library.kdjax_onednn_pool_workspace.restype = ctypes.c_int64
   library.kdjax_onednn_scratchpad_bytes.restype = ctypes.c_int64
-  library.kdjax_onednn_set_threads(default_threads())
+  library.kdjax_onednn_set_threads(threads)
   return library, ""
 
 
 def default_threads() -> int:
   """oneDNN's OpenMP threads unless set_threads says otherwise: KDJAX_ONEDNN_THREADS when set (e.g. 1 on a machine
   shared with other busy processes, where a 2-thread team waits at every barrier for a descheduled thread), else
-  the cores this process may run on (as XLA's own pool)."""
-  if os.environ.get(ENV_THREADS, "").strip():
-    return max(1, int(os.environ[ENV_THREADS]))
-  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+  OMP_NUM_THREADS (its first level) when set, else the cores this process may run on (as XLA's own pool). A value
+  that is not a whole number >= 1 raises ConfigError naming the variable."""
+  return thread_setting()[0]
+
+
+def thread_setting() -> tuple[int, str]:
+  """(oneDNN's default thread count, where it comes from: "KDJAX_ONEDNN_THREADS=1", "OMP_NUM_THREADS=1" or
+  "the cores this process may use")."""
+  for name in (ENV_THREADS, "OMP_NUM_THREADS"):
+    text = os.environ.get(name, "").strip()
+    if not text:
+      continue
+    first = text.split(",")[0].strip() if name == "OMP_NUM_THREADS" else text   # OpenMP's list: one per level
+    if not (first.isascii() and first.isdigit()) or int(first) < 1:
+      raise errors.ConfigError(f"environment variable {name}={text!r}: oneDNN's thread count must be a whole number "
+                               f">= 1, or {name} unset")
+    return int(first), f"{name}={text}"
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+  return cores, "the cores this process may use"
 
 
 def available() -> bool:

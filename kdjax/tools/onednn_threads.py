@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 
+from kdjax import errors
 from kdjax.tools import benchmark
 from kdjax.nets import onednn_conv
 
@@ -44,8 +45,12 @@ def main() -> None:
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--json", action="store_true")
   args = parser.parse_args()
-  if not onednn_conv.available():
-    parser.exit(2, f"kdjax.tools.onednn_threads: {onednn_conv.unavailable_reason()}\n")
+  try:
+    reason = onednn_conv.unavailable_reason()
+  except errors.ConfigError as error:   # a bad KDJAX_ONEDNN_THREADS / OMP_NUM_THREADS / KDJAX_ONEDNN
+    reason = str(error)
+  if reason:
+    parser.exit(2, f"kdjax.tools.onednn_threads: error: {reason}\n")
   figures = measure(args.kinds.split(","), [int(count) for count in args.threads.split(",")], steps=args.steps,
                     repeats=args.repeats)
   if args.json:
