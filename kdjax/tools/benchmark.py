@@ -988,9 +988,6 @@ def main(argv):
     except errors.ConfigError as error:
       cli.usage_error(PROG, error)
   elif _STUDY.value:
-    if _CONFIG.value.data.name != "digits" and not _CONFIG.value.data.manual_dir:
-      cli.usage_error(PROG, f"--study reads {_CONFIG.value.data.name}: give --config.data.manual_dir=DIR, the folder "
-                            f"that holds its archive (docs/data.md)")
     try:
       figures = study(_CONFIG.value, _TORCH_THREADS.value)
     except (errors.ConfigError, data_lib.DataError) as error:
