@@ -148,7 +148,8 @@ def main(argv):
 
 if __name__ == "__main__":
   # Flags are defined only when run as a program, so tests can import this module beside other CLIs.
-  _CONFIG = config_flags.DEFINE_config_file("config", None, "A shipped config (ema.py, ema, configs/ema.py) or a config file's path.",
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "A shipped config (ema.py, ema, configs/ema.py) or a "
+                                            "config file's path.",
                                             lock_config=True)
   _STEPS = flags.DEFINE_integer("steps", 20, "Training steps per phase, in each framework.")
   _STUDENT_DECAY = flags.DEFINE_float(
