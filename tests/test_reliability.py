@@ -80,7 +80,9 @@ def test_case1_no_intact_save_is_one_line_naming_the_array_and_overwrites_nothin
   before = support.snapshot(workdir)
   with pytest.raises(ckpt_lib.CorruptCheckpointError) as error:
     experiment.train_and_evaluate(support.study_config(), workdir)
-  assert str(error.value) == messages[-1] and "\n" not in messages[-1]
+  # the latest save's fault, then each earlier one's and the way out (tests/test_checkpoints.py checks the line)
+  assert str(error.value).startswith(f"{messages[-1]}; every earlier save in ") and "\n" not in str(error.value)
+  assert all(message.split(": ", 1)[1] in str(error.value) for message in messages[:-1])
   assert support.snapshot(workdir) == before          # report.json, report.md, metrics.jsonl as they were
   # inspect --evaluate verifies the same way
   code = inspect_lib.main([str(workdir), "--evaluate", "teacher"])

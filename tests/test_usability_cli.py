@@ -219,3 +219,43 @@ def test_output_survives_a_terminal_that_cannot_encode_it(tmp_path):
   assert "\\u0394" in stdout   # the report's "Δ vs teacher" column, escaped
   report = (tmp_path / "runs" / "Δ" / "report.md").read_bytes().decode("utf-8")
   assert "Δ" in report and "\\u0394" not in report
+
+
+# Exit codes as docs/failures.md's table says ---------------------------------------------------------------------
+
+RAISE_IN_RUN_MAIN = """
+import sys
+from kdjax import errors
+from kdjax.cli import exits
+kind = sys.argv[1]
+def body():
+  if kind == "OSError":
+    raise OSError(28, "No space left on device", "/tmp/full/report.md")
+  raise getattr(errors, kind)("the one line")
+sys.exit(exits.run_main("kdjax", body))
+"""
+
+
+@pytest.mark.parametrize("kind,code", [
+    ("ConfigError", 2), ("DataError", 2), ("TeacherCheckpointError", 2),
+    ("DivergenceError", 1), ("CheckpointError", 1), ("CorruptCheckpointError", 1), ("WriteError", 1), ("OSError", 1),
+])
+def test_exit_codes_of_each_error_kind(kind, code):
+  env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+  result = subprocess.run([sys.executable, "-c", RAISE_IN_RUN_MAIN, kind], env=env, capture_output=True, text=True,
+                          timeout=120)
+  assert result.returncode == code, result.stderr
+  expected = "/tmp/full/report.md: No space left on device" if kind == "OSError" else "the one line"
+  assert result.stderr.splitlines() == [f"kdjax: error: {expected}"]
+
+
+def test_every_exit_code_row_names_a_test():
+  """docs/failures.md's exit-code table: every row names tests, and each named test exists."""
+  text = (ROOT / "docs" / "failures.md").read_text()
+  rows = [line for line in text.split("## Exit codes", 1)[1].splitlines() if re.match(r"^\| (\d+) \|", line)]
+  assert {row.split("|")[1].strip() for row in rows} == {"1", "2", "130", "143"}
+  for row in rows:
+    named = re.findall(r"`(test_\w+\.py)::(test_\w+)`", row.split("|")[3])
+    assert named, row
+    for file, test in named:
+      assert re.search(rf"^def {test}\(", (ROOT / "tests" / file).read_text(), re.MULTILINE), f"{file}::{test}"

@@ -3,7 +3,8 @@ it. `phase_meta` builds it; store.resume, store.teacher and store.run read it:
 
   phase, model, net, layer_names, epoch, epochs_total, finished, step, steps_per_epoch,
   data_order {seed, next_epoch, rule}, data (data_fingerprint), epochs (the model's metric rows),
-  config (config.json's content);
+  config (config.json's content), conv ({net: {path, why}}: who computed the convs of each net the phase runs,
+  kdjax.config.nets.describe; absent in saves of an older kdjax);
   the phase's own model also: records (every metrics.jsonl row of the phase so far) and
   results {model: {epochs, train_seconds, train_images}} for each model of the phase;
   integrity (added by checkpoints.ModelCheckpoints.save: the sha256 of every array and of the meta).
@@ -16,6 +17,7 @@ import numpy as np
 
 from kdjax import data as data_lib
 from kdjax import phases
+from kdjax.config import nets as config_nets
 
 
 def config_json(config) -> dict:
@@ -71,4 +73,16 @@ def phase_meta(setup, phase: str, model: phases.Model, epoch: int, step: int, ep
           # epoch_order(n, seed, epoch) depends on nothing else: the next epoch's order is known.
           "data_order": {"seed": config.seed, "next_epoch": epoch + 1,
                          "rule": "numpy default_rng([seed, epoch]).permutation(train_examples)"},
-          "data": data_fingerprint(setup.dataset), "epochs": epochs, "config": config_dict}
+          "data": data_fingerprint(setup.dataset), "epochs": epochs, "config": config_dict,
+          "conv": conv_paths(config, phase)}
+
+
+def phase_nets(phase: str) -> list[str]:
+  """The nets whose convs a phase computes: its own, and the teacher's for a distillation phase."""
+  spec = phases.phase(phase)
+  return [spec.net] + (["teacher"] if spec.needs_teacher and spec.net != "teacher" else [])
+
+
+def conv_paths(config, phase: str) -> dict:
+  """{net: {path, why}} of the nets `phase` runs, as this process computes them (the meta's "conv")."""
+  return {net: config_nets.conv_path(config, net) for net in phase_nets(phase)}

@@ -22,8 +22,10 @@ import jax
 from kdjax import phases
 from kdjax import progress
 from kdjax.config import defaults as config_lib
+from kdjax.config import nets as config_nets
 from kdjax.errors import ConfigError
 from kdjax.store import checkpoints as ckpt_lib
+from kdjax.store import meta as run_meta
 from kdjax.store.meta import data_fingerprint
 from kdjax.store.meta import fingerprint_differences
 from kdjax.store.rundir import RunDir
@@ -131,16 +133,57 @@ def _refuse_non_finite(saved: SavedPhase, model: str, rows: list[dict]) -> None:
             f"{saved.where.parent} to train phase {saved.meta['phase']} again)")
 
 
-def evaluate_saved(setup, saved: SavedPhase, check: bool) -> dict:
+def conv_path_changes(config, phase: str, meta: dict) -> tuple[list[str], list[str]]:
+  """(the nets of `phase` whose convs its save records another path for than this run computes them with, the
+  nets whose save does not say: written before kdjax recorded it); each is noted for report.json's conv entry
+  (config.nets.note_saved_path)."""
+  changed, unknown = [], []
+  for net in run_meta.phase_nets(phase):
+    now = config_nets.conv_path(config, net)
+    then = (meta.get("conv") or {}).get(net)
+    path = then.get("path", "unknown") if isinstance(then, dict) else "unknown"
+    if path != now["path"]:
+      config_nets.note_saved_path(config, net, phase, meta["epoch"], path,
+                                  then.get("why") if isinstance(then, dict) else None)
+      (unknown if path == "unknown" else changed).append(net)
+  return changed, unknown
+
+
+def _say_conv_path_changes(config, saved: dict[str, "SavedPhase"]) -> set[str]:
+  """One note line per resumed phase whose convs another path computed (float32 sums move in their last bits
+  between oneDNN and XLA, so the resumed run is not the bits of an uninterrupted one), one for the saves that do not
+  say; returns the phases whose path is known to have changed."""
+  now = {net: config_nets.conv_path(config, net) for net in ("teacher", "student")}
+  changed_phases, unknown = set(), []
+  for phase, save in saved.items():
+    changed, unknown_nets = conv_path_changes(config, phase, save.meta)
+    if changed:
+      changed_phases.add(phase)
+      then = ", ".join(f"{net} convs {save.meta['conv'][net]['path']}" for net in changed)
+      here = ", ".join(f"{net} convs {now[net]['path']} ({now[net]['why']})" for net in changed)
+      progress.say(f"kdjax: note: [{phase}] its save {save.where} was computed with {then}; this run computes "
+                   f"{here}: float32 sums differ in their last bits (report.json: environment.conv)")
+    if unknown_nets:
+      unknown.append(f"{phase} ({', '.join(unknown_nets)} convs)")
+  if unknown:
+    here = ", ".join(f"{net} convs with {now[net]['path']}" for net in ("teacher", "student"))
+    progress.say(f"kdjax: note: the saves of {', '.join(unknown)} do not say who computed their convs (saved by an "
+                 f"older kdjax): unknown; this run computes {here}")
+  return changed_phases
+
+
+def evaluate_saved(setup, saved: SavedPhase, check: bool, exact: bool | None = None) -> dict:
   """model name -> (metrics, logits) of every model of a finished phase, from its saved state; with `check`,
-  CheckpointError unless each reproduces the validation metrics recorded with the checkpoint."""
+  CheckpointError unless each reproduces the validation metrics recorded with the checkpoint (bit for bit on CPU
+  unless `exact` is False: a save whose convs another path computed)."""
+  exact = jax.default_backend() == "cpu" if exact is None else exact
   evaluated = {}
   for model in phases.models_of(saved.meta["phase"], setup.config.ema.student_decay):
     metrics, logits = setup.evaluate(model.net, saved.tree[model.state_field])
     recorded_rows = saved.meta["results"].get(model.name, {}).get("epochs", [])
     recorded = recorded_rows[-1] if recorded_rows else None
     now = dict(metrics, val_examples=len(logits))
-    if check and recorded is not None and not _metrics_reproduced(recorded, now, jax.default_backend() == "cpu"):
+    if check and recorded is not None and not _metrics_reproduced(recorded, now, exact):
       raise ckpt_lib.CheckpointError(
           f"{saved.where}: {model.name} re-evaluated gives val_loss {metrics['val_loss']!r}, val_top1 "
           f"{metrics['val_top1']!r}, but the checkpoint recorded {recorded['val_loss']!r}, "
@@ -175,7 +218,7 @@ def read_saved_phases(run: RunDir, setup, phase_names, current_config: dict,
                       allow_change: bool = False) -> tuple[dict[str, SavedPhase], list[str]]:
   """(phase -> its latest intact save in this workdir, for the phases in `phase_names` that have one;
   the differences between their configs/data and this run's, allowed by `allow_change`)."""
-  saved, changes = {}, []
+  saved, changes, save_differences = {}, [], {}
   fingerprint = data_fingerprint(setup.dataset)
   for phase in phase_names:
     folder = run.checkpoints / phase
@@ -192,11 +235,15 @@ def read_saved_phases(run: RunDir, setup, phase_names, current_config: dict,
       raise ckpt_lib.CheckpointError(f"{where}: step {int(tree['step'])} in the state but {meta['step']} in "
                                      f"the meta")
     differences = _check_against_meta(where, meta, current_config, fingerprint, allow_change)
+    save_differences[phase] = differences
     changes += [change for change in differences if change not in changes]
     saved[phase] = SavedPhase(tree, meta, where)
     saved[phase].rewrite = _broken_companions(run, setup, phase, tree, epoch)
     for model, recorded in meta.get("results", {}).items():
       _refuse_non_finite(saved[phase], model, recorded.get("epochs", []))
-    if epoch >= setup.config.epochs:   # finished: loaded, not trained; its metrics must come back
-      saved[phase].evaluated = evaluate_saved(setup, saved[phase], check=not differences)
+  path_changed = _say_conv_path_changes(setup.config, saved)
+  for phase, save in saved.items():
+    if save.epoch >= setup.config.epochs:   # finished: loaded, not trained; its metrics must come back
+      save.evaluated = evaluate_saved(setup, save, check=not save_differences[phase],
+                                      exact=False if phase in path_changed else None)
   return saved, changes

@@ -11,6 +11,7 @@ import numpy as np
 
 from kdjax import progress
 from kdjax.config import defaults as config_lib
+from kdjax.config import nets as config_nets
 from kdjax.errors import ConfigError
 from kdjax.errors import TeacherCheckpointError
 from kdjax.store import checkpoints as ckpt_lib
@@ -88,6 +89,7 @@ def _read_teacher(path, setup, current_config: dict) -> TeacherSource:
   if data_changes:
     progress.warn(f"the teacher from {where} was trained on other data settings: "
                   f"{'; '.join(data_changes)}")
+  _say_conv_path(setup.config, where, meta)
   epochs = meta.get("epochs", [])
   provenance = {"checkpoint": str(where), "epoch": epoch, "step": meta.get("step"),
                 "finished": meta.get("finished"),
@@ -96,6 +98,22 @@ def _read_teacher(path, setup, current_config: dict) -> TeacherSource:
                 "data_differences": data_changes}
   params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), tree["params"])
   return TeacherSource(params, meta, provenance)
+
+
+def _say_conv_path(config, where: pathlib.Path, meta: dict) -> None:
+  """A note line when the teacher's save says another conv path trained it than this run evaluates it with, or
+  does not say (saved by an older kdjax); report.json's environment.conv lists it (config.nets.describe)."""
+  now = config_nets.conv_path(config, "teacher")
+  then = meta.get("conv", {}).get("teacher") if isinstance(meta.get("conv"), dict) else None
+  path = then.get("path", "unknown") if isinstance(then, dict) else "unknown"
+  if path == now["path"]:
+    return
+  config_nets.note_saved_path(config, "teacher", "teacher", meta.get("epoch"), path,
+                              then.get("why") if isinstance(then, dict) else None)
+  trained = ("does not say who computed its convs (saved by an older kdjax)" if path == "unknown"
+             else f"was trained with teacher convs {path}")
+  progress.say(f"kdjax: note: the teacher from {where} {trained}; this run computes them with {now['path']} "
+               f"({now['why']})")
 
 
 def _restore(folder: pathlib.Path, epoch: int | None):
