@@ -227,3 +227,40 @@ def test_a_model_has_one_colour_in_every_figure(monkeypatch):
   assert diagnostics["teacher_ema"] == expected["teacher_ema"]
   assert diagnostics["student_kd_ema"] == expected["student_kd_ema"]
   assert diagnostics["student_kd_ema (against teacher_ema)"] == expected["student_kd_ema"]
+
+
+# What the points cost -------------------------------------------------------------------------------------------
+
+def _cost_points(count: int, seconds: float, probe: int, compile_seconds: float = 0.0) -> list[dict]:
+  return [{"epoch": 1, "step": step, "distance": 0.0, "entropy": 0.5, "kd_loss": None, "probe_size": probe,
+           "probe_teacher_top1": 50.0, "probe_student_top1": 40.0, "teacher_top1": None, "student_top1": None,
+           "seconds": seconds + (compile_seconds if step == 0 else 0.0),
+           "compile_seconds": compile_seconds if step == 0 else 0.0} for step in range(count)]
+
+
+def test_the_cost_sentence_states_the_bound_for_what_it_holds():
+  """Within 5 % of the phase's training time: the time and the share. Past it, why: the probe's 32-image floor on a
+  short phase (and the phase length at which the floor fits), the one-off compile, or small batches (issue 34: a
+  1-epoch report said '50.6 % of the phase's 8 s' and nothing more)."""
+  cost = lambda points, train: collapse.findings(points, "teacher_ema", "student_kd_ema",
+                                                 train_seconds=train)[-1]
+  assert cost(_cost_points(10, 0.1, 228), 100.0) == (
+      "Measured at 10 points (step 0 to 9, log-spaced, and each epoch's end); they took 1.0 s, 1.0 % of the "
+      "phase's 100 s of training.")
+  short = cost(_cost_points(11, 0.9, 32, compile_seconds=1.0), 35.0)
+  assert short.startswith("Measured at 11 points (step 0 to 10, log-spaced, and each epoch's end); they took 10.9 s "
+                          "(1.0 s of it compiling the probe's forwards, once a process), 31.1 % of the phase's 35 s")
+  assert short.endswith(": above the 5 % budget, as the probe is at its floor of 32 images, within 5 % of the "
+                        "training images only for a phase of 7,040 or more.")
+  compiled = cost(_cost_points(19, 0.01, 42, compile_seconds=4.0), 8.0)
+  assert compiled.endswith("as without the compile they are within it.")
+  slow = cost(_cost_points(19, 0.1, 42), 8.0)
+  assert slow.endswith("as its 42-image batches cost more per image than training batches.")
+
+
+def test_each_point_says_what_its_compile_took(sweep_run):
+  _, _, report = sweep_run
+  for name in ("teacher_ema", "teacher_ema@0.5"):
+    points = report["models"][name]["collapse"]
+    assert points[0]["compile_seconds"] >= 0.0 and all(p["compile_seconds"] == 0.0 for p in points[1:])
+    assert all(p["seconds"] >= p["compile_seconds"] for p in points)

@@ -12,12 +12,19 @@ factor of 10 of steps, so step 1, 2, 3, 4, 6, 7, 10, 13, 18, 24, ... at 8 a deca
   teacher_top1, student_top1               the same on the whole validation split: at the start and at each
                                            epoch's end only (None between)
   seconds       the time this point took (beyond the evaluation an epoch's end does anyway)
+  compile_seconds   of it, compiling the probe's forwards (the phase's first point, once a process; else 0)
 
 The probe (`probe_indices`) is a fixed subset of the validation split: the first P of a seed-0 permutation,
-the same for every phase and seed of a data set. P is chosen so that the probe points cost at most BUDGET of
-the phase's training: (number of points) · P <= BUDGET · (images the phase trains on); one probe image is a
-teacher and a student forward, less than one training image (a teacher forward, a student forward and
-backward). P is at least PROBE_MIN (tiny test runs then exceed the budget) and at most PROBE_MAX.
+the same for every phase and seed of a data set. P is chosen so that the probe's images are at most BUDGET of
+the images the phase trains on: (number of points) · P <= BUDGET · (images the phase trains on); one probe image
+is a teacher and a student forward, about one training image (a teacher forward, a student forward and
+backward). What that bound holds, and what it does not:
+  - P is at least PROBE_MIN, so a phase that trains on fewer than (points) · PROBE_MIN / BUDGET images pays more
+    (a 1-epoch digits phase: 11 points need 7,040 images and it trains on 1,437: ~25 % of its training);
+  - the first point of a process also compiles the probe's forwards (seconds on a CPU), outside the bound;
+  - it counts images, not time: forwards of a small probe batch cost more per image than training batches.
+`findings` reports the points' time as a share of the phase's training time and says which of these applies.
+P is at most PROBE_MAX.
 
 `findings` turns the points into sentences. A point is a sample, so a change between two points is reported
 as a bracket: "between step a (the last point before) and step b (the first point after)".
@@ -68,7 +75,7 @@ def probe_indices(num_val: int, size: int) -> np.ndarray:
 
 class Probe:
   """The probe's images and labels (host arrays) and the batch its forwards run in (one batch, rounded up to a
-  multiple of the data-parallel device count)."""
+  multiple of the data-parallel device count); `warm`: the nets whose probe forward has run (compiled) here."""
 
   def __init__(self, setup, num_points: int):
     num_val = len(setup.dataset.val_labels)
@@ -77,6 +84,7 @@ class Probe:
     self.images, self.labels = setup.dataset.val_images[keep], setup.dataset.val_labels[keep]
     devices = setup.parallel.size
     self.batch_size = -(-size // devices) * devices
+    self.warm: set[str] = set()
 
   @property
   def size(self) -> int:
@@ -108,10 +116,22 @@ def measure(setup, probe: Probe, teacher_params, student_net: str, student_param
   """One point of the diagnostics (see the module docstring). full_top1: (teacher, student) top-1 on the whole
   validation split when the caller has it (the start, an epoch's end)."""
   start = time.perf_counter()
+  compile_seconds = 0.0
 
   def probe_logits(net, params):
-    return evaluate.predict(setup.nets[net], params, probe.images, setup.mean, setup.std, probe.batch_size,
-                            setup.parallel)
+    nonlocal compile_seconds
+    forward = lambda: evaluate.predict(setup.nets[net], params, probe.images, setup.mean, setup.std,
+                                       probe.batch_size, setup.parallel)
+    if net in probe.warm:
+      return forward()
+    first = time.perf_counter()
+    forward()   # compiles the forward at the probe's batch when this process has not yet
+    first = time.perf_counter() - first
+    probe.warm.add(net)
+    again = time.perf_counter()
+    logits = forward()
+    compile_seconds += max(first - (time.perf_counter() - again), 0.0)   # the first call less a forward's time
+    return logits
 
   teacher_logits = probe_logits("teacher", teacher_params)
   student_logits = probe_logits(student_net, student_params)
@@ -124,6 +144,7 @@ def measure(setup, probe: Probe, teacher_params, student_net: str, student_param
            "teacher_top1": None if full_top1 is None else full_top1[0],
            "student_top1": None if full_top1 is None else full_top1[1]}
   point["seconds"] = time.perf_counter() - start
+  point["compile_seconds"] = compile_seconds
   return point
 
 
@@ -206,11 +227,31 @@ def findings(points: list[dict], teacher: str, student: str, *, num_classes: int
     sentences.append(f"The KD loss goes from {losses[0]:.3g} to {losses[-1]:.3g} (peak {max(losses):.3g}).")
   cost = [p["seconds"] for p in points if p.get("seconds") is not None]
   if cost and probe:
-    share = (f", {100 * sum(cost) / train_seconds:.1f} % of the phase's {train_seconds:.0f} s of training"
-             if train_seconds else "")
-    sentences.append(f"Measured at {len(points)} points (step {first['step']} to {last['step']}, log-spaced, "
-                     f"and each epoch's end); they took {sum(cost):.1f} s{share}.")
+    sentences.append(_cost_sentence(points, sum(cost), probe, train_seconds))
   return sentences
+
+
+def _cost_sentence(points: list[dict], seconds: float, probe: int, train_seconds: float | None) -> str:
+  """What the points took, and, past BUDGET of the phase's training time, why (the module docstring's bound)."""
+  first, last = points[0], points[-1]
+  compiled = sum(p.get("compile_seconds") or 0.0 for p in points)
+  compile_part = f" ({compiled:.1f} s of it compiling the probe's forwards, once a process)" if compiled >= 0.05 else ""
+  share = f", {100 * seconds / train_seconds:.1f} % of the phase's {train_seconds:.0f} s of training" if (
+      train_seconds) else ""
+  sentence = (f"Measured at {len(points)} points (step {first['step']} to {last['step']}, log-spaced, and each "
+              f"epoch's end); they took {seconds:.1f} s{compile_part}{share}.")
+  if not train_seconds or seconds <= BUDGET * train_seconds:
+    return sentence
+  reasons = []
+  if probe <= PROBE_MIN:
+    needed = math.ceil(len(points) * PROBE_MIN / BUDGET)
+    reasons.append(f"the probe is at its floor of {PROBE_MIN} images, within {BUDGET * 100:g} % of the training images "
+                   f"only for a phase of {needed:,} or more")
+  if compiled >= 0.05 and seconds - compiled <= BUDGET * train_seconds:
+    reasons.append("without the compile they are within it")
+  elif probe > PROBE_MIN:
+    reasons.append(f"its {probe}-image batches cost more per image than training batches")
+  return sentence[:-1] + f": above the {BUDGET * 100:g} % budget, as {'; '.join(reasons)}."
 
 
 def plot(diagnostics: dict[str, list[dict]], path, suptitle: str | None = None) -> None:
