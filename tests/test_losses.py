@@ -78,3 +78,128 @@ def test_student_objective_weights():
   assert float(losses.student_objective(STUDENT, TEACHER, labels, 2.0, 1.0, 0.0)) == pytest.approx(float(kd))
   assert float(losses.student_objective(STUDENT, TEACHER, labels, 2.0, 0.5, 2.0)) == pytest.approx(
       float(0.5 * kd + 2.0 * ce))
+
+
+# --- KD at any temperature: against float64 (issue 36) ----------------------------------------------------------
+
+TEMPERATURES = (1.0, 2.0, 4.0, 10.0, 100.0, 300.0, 1000.0)
+
+
+def _float64_kd(student, teacher, temperature):
+  """batchmean KL(softmax(t/T) || softmax(s/T)) · T² and its gradient T·(q − p)/N, in float64."""
+  def log_softmax(z):
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+  log_p = log_softmax(np.asarray(teacher, np.float64) / temperature)
+  log_q = log_softmax(np.asarray(student, np.float64) / temperature)
+  p, q = np.exp(log_p), np.exp(log_q)
+  count = len(student)
+  return (p * (log_p - log_q)).sum(-1).mean() * temperature**2, temperature * (q - p) / count
+
+
+def _pair(kind: str, seed: int):
+  """(student, teacher) float32 [64, 10]: a weak teacher (near-uniform logits, as an untrained or collapsed one),
+  a strong one, and a student already close to its teacher (the issue's T = 1000 case)."""
+  rng = np.random.default_rng(seed)
+  student = rng.normal(size=(64, 10))
+  teacher = {"weak": 0.01 * rng.normal(size=(64, 10)), "strong": 8.0 * rng.normal(size=(64, 10)),
+             "close": None}[kind]
+  if teacher is None:
+    teacher = 5.0 * rng.normal(size=(64, 10))
+    student = teacher + 0.01 * rng.normal(size=(64, 10))
+  return jnp.asarray(student, jnp.float32), jnp.asarray(teacher, jnp.float32)
+
+
+@pytest.mark.parametrize("kind", ["weak", "strong", "close"])
+@pytest.mark.parametrize("temperature", TEMPERATURES)
+def test_distill_kl_matches_float64_at_every_temperature(kind, temperature):
+  """Value within 1e-4 relative of float64 and > 0, gradient within 1e-4 of its largest entry, at T = 1 ... 1000.
+  kdjax before issue 36 (float32 Σ p·(log p − log q), clamped at 0) was off by up to 100 % at T >= 300 (0 or
+  a few ulps of noise times T²) and its clamp zeroed the gradient wherever that noise fell below 0."""
+  student, teacher = _pair(kind, seed=int(temperature))
+  value, grad = jax.value_and_grad(losses.distill_kl)(student, teacher, temperature)
+  expected, expected_grad = _float64_kd(student, teacher, temperature)
+  assert float(value) > 0.0
+  assert float(value) == pytest.approx(expected, rel=1e-4)
+  np.testing.assert_allclose(np.asarray(grad, np.float64), expected_grad, rtol=0,
+                             atol=1e-4 * np.abs(expected_grad).max())
+
+
+def test_distill_kl_trains_where_the_float32_form_rounds_below_zero():
+  """The issue's failure: at T = 1000 a student close to its teacher has a float32 Σ p·(log p − log q) below 0; the
+  clamp max(loss, 0) gave loss 0 and gradient 0, so the student never moved. The loss is now the float64 value
+  and its gradient T·(q − p)/N."""
+  rng = np.random.default_rng(0)
+  teacher = jnp.asarray(rng.normal(size=(256, 10)) * 5, jnp.float32)
+  student = teacher + jnp.asarray(rng.normal(size=(256, 10)) * 0.01, jnp.float32)
+  temperature = 1000.0
+  plain = losses.kl_per_example(student, teacher, temperature).mean() * temperature**2
+  assert float(plain) <= 0.0   # the rounding this test is about
+  value, grad = jax.value_and_grad(losses.distill_kl)(student, teacher, temperature)
+  expected, expected_grad = _float64_kd(student, teacher, temperature)
+  assert float(value) == pytest.approx(expected, rel=1e-4) and expected > 0
+  assert float(jnp.abs(grad).max()) > 0.0
+  np.testing.assert_allclose(np.asarray(grad, np.float64), expected_grad, rtol=0,
+                             atol=1e-4 * np.abs(expected_grad).max())
+
+
+def _clamped_plain_kd(student_logits, teacher_logits, temperature):
+  """distill_kl as kdjax computed it before issue 36: max(batchmean Σ p·(log p − log q) · T², 0)."""
+  teacher_logits = jax.lax.stop_gradient(teacher_logits)
+  loss = losses.batch_mean(losses.kl_per_example(student_logits, teacher_logits, temperature)) * temperature**2
+  return jnp.maximum(loss, 0.0)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_distill_kl_keeps_the_old_bits_where_the_kl_is_not_small(seed):
+  """Where the batch's KL exceeds EXACT_BELOW (every batch of the digits study at T = 4), the loss and its
+  gradient are those of kdjax before issue 36, bit for bit, eager and jitted, on the logits and through a layer
+  under them: the study's numbers do not move. (A jnp.where without the old max(loss, 0) in its branch moved
+  the jitted gradient by an ulp, and the digits study's student_kd val_loss at the 6th digit.)"""
+  rng = np.random.default_rng(seed)
+  teacher = jnp.asarray(rng.normal(size=(64, 10)) * 6, jnp.float32)
+  features = jnp.asarray(rng.normal(size=(64, 32)), jnp.float32)
+  weights = jnp.asarray(rng.normal(size=(32, 10)) * 0.3, jnp.float32)
+  assert float(_clamped_plain_kd(features @ weights, teacher, 4.0)) / 16 > losses.EXACT_BELOW
+  for transform in (lambda f: f, jax.jit):
+    for new, old, argument in (
+        (lambda s: losses.distill_kl(s, teacher, 4.0), lambda s: _clamped_plain_kd(s, teacher, 4.0),
+         features @ weights),
+        (lambda w: losses.distill_kl(features @ w, teacher, 4.0),
+         lambda w: _clamped_plain_kd(features @ w, teacher, 4.0), weights)):
+      value, grad = transform(jax.value_and_grad(new))(argument)
+      value_old, grad_old = transform(jax.value_and_grad(old))(argument)
+      assert float(value) == float(value_old)
+      np.testing.assert_array_equal(np.asarray(grad), np.asarray(grad_old))
+
+
+def test_exact_kl_is_zero_only_where_the_distributions_agree():
+  rng = np.random.default_rng(4)
+  logits = jnp.asarray(rng.normal(size=(8, 10)) * 3, jnp.float32)
+  for temperature in (1.0, 1000.0):
+    value, grad = jax.value_and_grad(lambda s: losses.exact_kl_per_example(s, logits, temperature).sum())(logits)
+    np.testing.assert_array_equal(np.asarray(value), 0.0)
+    np.testing.assert_array_equal(np.asarray(grad), 0.0)
+    # one logit moved by 1e-3: every KL > 0 (a sum of terms >= 0), where the float32 form can give <= 0
+    nudged = logits.at[:, 0].add(1e-3)
+    assert bool(jnp.all(losses.exact_kl_per_example(nudged, logits, temperature) > 0))
+
+
+def test_distill_kl_propagates_nan():
+  """A NaN logit (a NaN weight) makes the loss and the gradient NaN in either form, never a finite number."""
+  student, teacher = _pair("close", seed=5)
+  for temperature in (4.0, 1000.0):
+    value, grad = jax.value_and_grad(losses.distill_kl)(student.at[3, 2].set(jnp.nan), teacher, temperature)
+    assert np.isnan(float(value)) and np.isnan(np.asarray(grad)).any()
+
+
+def test_distill_kl_masked_rows_do_not_count_in_the_exact_form():
+  """weights (a batch padded across devices): the padded rows change neither value nor gradient at T = 1000."""
+  student, teacher = _pair("close", seed=6)
+  padded = lambda x: jnp.concatenate([x, jnp.zeros((4, x.shape[1]), x.dtype)])
+  mask = jnp.concatenate([jnp.ones(64), jnp.zeros(4)])
+  value, grad = jax.value_and_grad(losses.distill_kl)(student, teacher, 1000.0)
+  value_masked, grad_masked = jax.value_and_grad(losses.distill_kl)(padded(student), padded(teacher), 1000.0, mask)
+  assert float(value_masked) == pytest.approx(float(value), rel=1e-6)
+  np.testing.assert_allclose(np.asarray(grad_masked)[:64], np.asarray(grad), rtol=1e-5, atol=1e-12)
+  np.testing.assert_array_equal(np.asarray(grad_masked)[64:], 0.0)

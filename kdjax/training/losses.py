@@ -13,6 +13,8 @@ into the teacher.
 batch padded to a fixed size across devices (kdjax/training/mesh.py); None keeps the plain mean's program.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -41,19 +43,80 @@ def kl_per_example(student_logits: jax.Array, teacher_logits: jax.Array,
   return terms.sum(axis=-1)
 
 
+# Under this batch-mean KL the float32 form's rounding (~1e-7 per example: each log-softmax is rounded to ~eps·|log q|)
+# can reach 1e-3 of the KL, so distill_kl takes the exact form (exact_kl_per_example) instead.
+EXACT_BELOW = 1e-4
+
+
+def _h_terms(d: jax.Array, p: jax.Array, q: jax.Array) -> jax.Array:
+  """q·h(d), h(d) = e^d (d − 1) + 1 = Σ_{n≥2} (n−1) dⁿ/n! ≥ 0, d = log p − log q: the KL's term p·d − p + q.
+
+  |d| < 0.1: the series to d⁷ (truncation < 1e-8 relative), as p·d − p + q would cancel to ~eps/|d|; else
+  p·d − (p − q) itself (h(±0.1) ≈ 0.005 ≫ its rounding). Both are ≥ 0 in float32."""
+  small = jnp.abs(d) < 0.1
+  ds = jnp.where(small, d, 0.0)   # the unused branch stays finite (no NaN through the where's gradient)
+  series = ds * ds * (1 / 2 + ds * (1 / 3 + ds * (1 / 8 + ds * (1 / 30 + ds * (1 / 144 + ds / 840)))))
+  return jnp.where(small, q * series, p * d - (p - q))
+
+
+def _exact_parts(student_logits, teacher_logits, temperature):
+  """(KL [N], p, q, d) for exact_kl_per_example, d = log p − log q [N, K].
+
+  d = u − log Σ_k q_k e^{u_k}, u = (t − s)/T centred over the classes (d does not change with u's shift); where
+  every |u| ≤ 1 the log is log1p(Σ q·expm1(u)), exact to ~eps·|u| instead of ~eps·|log q| for the difference of
+  two log-softmaxes, which is used where |u| > 1 (there d is not small)."""
+  log_q = jax.nn.log_softmax(student_logits / temperature, axis=-1)
+  log_p = jax.nn.log_softmax(teacher_logits / temperature, axis=-1)
+  q, p = jnp.exp(log_q), jnp.exp(log_p)
+  u = (teacher_logits - student_logits) / temperature
+  u = u - u.mean(axis=-1, keepdims=True)
+  near = jnp.max(jnp.abs(u), axis=-1, keepdims=True) <= 1.0
+  u_near = jnp.where(near, u, 0.0)
+  d_near = u_near - jnp.log1p(jnp.sum(q * jnp.expm1(u_near), axis=-1, keepdims=True))
+  d = jnp.where(near, d_near, log_p - log_q)
+  return _h_terms(d, p, q).sum(axis=-1), p, q, d
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def exact_kl_per_example(student_logits: jax.Array, teacher_logits: jax.Array, temperature: float) -> jax.Array:
+  """KL(softmax(t/T) || softmax(s/T)) for each example, shape [N], as Σ_k q_k·h(d_k), a sum of terms ≥ 0
+  (_h_terms): within ~1e-6 relative of float64 at any T, and 0 only where p = q, where its gradient is 0 too.
+
+  Gradient (custom_jvp, the formula rather than autodiff through the branches): ∂KL/∂s_k = (q_k − p_k)/T,
+  as −q_k·expm1(d_k)/T where p ≈ q (no cancellation); ∂KL/∂t_k = p_k·(d_k − KL)/T. Every term is finite for finite
+  logits, so a zero cotangent (distill_kl's unused form) gives an exact zero, never 0·inf = NaN."""
+  return _exact_parts(student_logits, teacher_logits, temperature)[0]
+
+
+@exact_kl_per_example.defjvp
+def _exact_kl_jvp(temperature, primals, tangents):
+  kl, p, q, d = _exact_parts(*primals, temperature)
+  student_tangent, teacher_tangent = tangents
+  # −q·expm1(d) where p ≈ q; q − p elsewhere (there e^d may overflow where q underflows: 0·inf would be NaN)
+  near = jnp.abs(d) < 1.0
+  grad_student = jnp.where(near, -q * jnp.expm1(jnp.where(near, d, 0.0)), q - p) / temperature
+  grad_teacher = p * (d - kl[..., None]) / temperature
+  return kl, (grad_student * student_tangent).sum(axis=-1) + (grad_teacher * teacher_tangent).sum(axis=-1)
+
+
 def distill_kl(student_logits: jax.Array, teacher_logits: jax.Array,
                temperature: float, weights: jax.Array | None = None) -> jax.Array:
-  """The original's KD loss: max(batchmean KL(softmax(t/T) || softmax(s/T)) * T^2, 0); teacher detached.
+  """The original's KD loss: batchmean KL(softmax(t/T) || softmax(s/T)) * T^2; teacher detached.
 
-  KL >= 0 exactly, but its float32 sum of p·(log p − log q) can come out a few ulps below 0 when the two
-  distributions nearly agree, which at a large T (logits/T all near 0) is every example; T² (10⁶ at T = 1000)
-  would print that rounding as a negative loss. The clamp is on the batch's loss, not on each example's KL: a
-  per-example max(KL, 0) splits XLA's fused [N, K] reduction in two and moves the loss's last bits at T = 4
-  (the digits study's student_kd train_loss 3.319336476533309 -> 3.3193363314089566); max(loss, 0) leaves every
-  positive loss, and its gradient, bit for bit as they were."""
+  Two forms of one number. kl_per_example's float32 sum of p·(log p − log q) rounds each term to ~eps·|log q|,
+  so where the KL is small (p ≈ q: a weak, near-uniform teacher, or any T in the hundreds, where z/T is near 0
+  for every logit) it can come out ≤ 0 — at T = 1000 with a near-uniform teacher, 8 batches of 20 did, and the
+  old clamp max(loss, 0) then gave them a zero gradient: the student never moved and the phase still "finished".
+  So: kl_per_example's value and autodiff gradient where the batch-mean KL exceeds EXACT_BELOW (every batch of
+  the digits study at T = 4: its numbers are those of kdjax before this, bit for bit), else exact_kl_per_example
+  (a sum of terms ≥ 0, within ~1e-6 of float64, gradient T·(q − p)/N per logit). A jnp.where of the two: the
+  gradient flows through the form the value came from (the other's cotangent is 0, and its terms are finite)."""
   teacher_logits = jax.lax.stop_gradient(teacher_logits)
   loss = batch_mean(kl_per_example(student_logits, teacher_logits, temperature), weights) * temperature**2
-  return jnp.maximum(loss, 0.0)
+  exact = batch_mean(exact_kl_per_example(student_logits, teacher_logits, temperature), weights) * temperature**2
+  # max(loss, 0) changes no value here (loss > 0 where it is taken) but keeps the plain form's program as it was:
+  # without it XLA fuses the plain form's backward otherwise, and a jitted gradient moves by an ulp.
+  return jnp.where(loss > EXACT_BELOW * temperature**2, jnp.maximum(loss, 0.0), exact)
 
 
 def student_objective(student_logits: jax.Array, teacher_logits: jax.Array, labels: jax.Array,
