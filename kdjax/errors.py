@@ -16,6 +16,11 @@ class DivergenceError(RuntimeError):
   """A non-finite training loss."""
 
 
+class StalledTrainingError(DivergenceError):
+  """A distillation epoch that learned nothing: its parameters did not move, or its loss was 0 on every step (e.g.
+  a KD loss that float32 rounds to 0 at a large kd.temperature). Not a result either: exit 1, as a divergence."""
+
+
 class CheckpointError(RuntimeError):
   """A checkpoint that cannot be found, read or written; the message is one line naming the path."""
 

@@ -149,3 +149,35 @@ def test_cached_teacher_logits_only_for_the_frozen_teacher():
                           jnp.zeros(3), jnp.ones(3), teacher=models.teacher_net(10))
   with pytest.raises(ValueError, match="needs the teacher"):
     train.make_train_step(train.StepConfig("kd"), student, optimizer, jnp.zeros(3), jnp.ones(3))
+
+
+# --- whether an epoch moved the parameters (issue 36) -----------------------------------------------------------
+
+def _epoch_at_learning_rate(learning_rate):
+  opt_config = default_config().optimizer
+  opt_config.learning_rate = learning_rate
+  model = models.student_net(10)
+  optimizer = optim.make_optimizer(opt_config, 10)
+  step = jax.jit(train.make_train_step(train.StepConfig("ce"), model, optimizer, jnp.zeros(3), jnp.ones(3)),
+                 donate_argnums=0)
+  params = models.init_params(model, jax.random.PRNGKey(0), (16, 16, 3))
+  batch = _batch(count=64)
+  return params, train.run_epoch(step, train.create_state(params, optimizer), batch["image"], batch["label"],
+                                 np.arange(64), 32, False, "test", False)
+
+
+def test_run_epoch_says_whether_the_parameters_moved():
+  """Adam at 1e-30: every update rounds away against weights ~0.1, so the epoch's steps change nothing, which
+  run_epoch reports (params_moved False) for study/acceptance.py to refuse; at 1e-3 they move."""
+  params, (state, result) = _epoch_at_learning_rate(1e-30)
+  assert result.steps == 2 and result.train_loss > 0 and not result.params_moved
+  jax.tree_util.tree_map(np.testing.assert_array_equal, state.params, params)
+  _, (_, result) = _epoch_at_learning_rate(1e-3)
+  assert result.params_moved
+
+
+def test_any_changed_sees_one_changed_element_and_nan():
+  tree = {"a": jnp.zeros((3, 4)), "b": {"c": jnp.ones(5)}}
+  assert not bool(train.any_changed(tree, jax.tree_util.tree_map(jnp.copy, tree)))
+  assert bool(train.any_changed(tree, {"a": tree["a"].at[2, 3].set(1e-30), "b": tree["b"]}))
+  assert bool(train.any_changed(tree, {"a": tree["a"], "b": {"c": tree["b"]["c"].at[0].set(jnp.nan)}}))

@@ -179,6 +179,13 @@ def gather_batch(arrays: dict, indices) -> dict:
   return {name: array[indices] for name, array in arrays.items()}
 
 
+@jax.jit
+def any_changed(before, after) -> jax.Array:
+  """Whether any leaf of `after` differs from `before` anywhere (NaN counts as a change)."""
+  changed = jax.tree_util.tree_map(lambda old, new: jnp.any(old != new), before, after)
+  return jnp.any(jnp.stack(jax.tree_util.tree_leaves(changed)))
+
+
 @dataclasses.dataclass
 class EpochResult:
   train_loss: float      # mean of the per-step losses (each a batch mean), as the seed prints
@@ -186,6 +193,7 @@ class EpochResult:
   seconds: float         # wall time of the epoch's steps, evaluation and after_step diagnostics excluded
   train_top1: float = 0.0   # % of the epoch's training images classified right by the step that trained on them
   step_losses: list = dataclasses.field(default_factory=list)   # each step's loss, in order
+  params_moved: bool = True   # whether any trained parameter differs from its value before the epoch
 
 
 def run_epoch(step_fn, state: TrainState, images, labels, order: np.ndarray, batch_size: int,
@@ -207,6 +215,9 @@ def run_epoch(step_fn, state: TrainState, images, labels, order: np.ndarray, bat
   may read the state, not keep it).
   compile_note: a line before the first step (which waits for XLA's compile, tens of seconds on a CPU) and one
   when it is done, so that a run is never silent for that long.
+  EpochResult.params_moved: whether the epoch changed any trained parameter (a copy of them is kept for the
+  comparison, as the steps donate the state): an epoch of steps that all round to no change learned nothing
+  (study/acceptance.py).
   """
   batches = data_lib.batch_indices(order, batch_size, drop_remainder)
   start = time.perf_counter()
@@ -229,6 +240,7 @@ def run_epoch(step_fn, state: TrainState, images, labels, order: np.ndarray, bat
     correct += round(float(accuracy) * batch_images)  # the batch mean back to a count
     meter.update(batch_images, value)
 
+  params_before = jax.tree_util.tree_map(jnp.copy, state.params)   # the steps donate state.params
   arrays = {"image": images, "label": labels}
   if teacher_logits is not None:
     arrays["teacher_logits"] = teacher_logits
@@ -257,5 +269,6 @@ def run_epoch(step_fn, state: TrainState, images, labels, order: np.ndarray, bat
   meter.close()
   seconds = time.perf_counter() - start - diagnostics_seconds   # the steps' time, not after_step's
   seen = sum(len(batch) for batch in batches)
+  moved = bool(any_changed(params_before, state.params)) if batches else False
   return state, EpochResult(train_loss=float(np.mean(losses_seen)), steps=len(batches), seconds=seconds,
-                            train_top1=100.0 * correct / max(seen, 1), step_losses=losses_seen)
+                            train_top1=100.0 * correct / max(seen, 1), step_losses=losses_seen, params_moved=moved)
