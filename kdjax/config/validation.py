@@ -79,9 +79,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
            opt[field])
   _check(_is_number(opt.eps) and opt.eps > 0, "optimizer.eps", "must be > 0", opt.eps)
 
-  # Bounds where the float32 KD loss still means distillation: above 1e3 it drifts from its float64 value
-  # (0.2 % at T=1e3, 7 % at 1e4: softmax(z/T) is uniform to float32 rounding); below 1e-2 softmax(t/T) is the
-  # teacher's one-hot argmax and the T^2 factor shrinks the gradients 100-fold or more.
+  # Bounds where the float32 KD loss still means distillation: above 1e3 the plain float32 form drifts from its
+  # float64 value (0.2 % at T=1e3, 7 % at 1e4: softmax(z/T) is uniform to float32 rounding; distill_kl takes an
+  # exact form where the KL is that small, training/losses.py, checked to T=1e3 only); below 1e-2 softmax(t/T) is
+  # the teacher's one-hot argmax and the T^2 factor shrinks the gradients 100-fold or more.
   _check(_is_number(config.kd.temperature) and config.kd.temperature > 0, "kd.temperature",
          "must be > 0", config.kd.temperature)
   _check(1e-2 <= config.kd.temperature <= 1e3, "kd.temperature",
