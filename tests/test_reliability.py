@@ -4,6 +4,7 @@ tracebacks that became one line. Most run in process on a copy of the shared fin
 and stop before any training; the recovery, the lock and Ctrl-C run the real command."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -328,3 +329,97 @@ def test_case8_missing_orbax_metadata_one_rule_for_the_run_and_inspect(tmp_path,
   assert saved["student_kd_ema"].epoch == 2                               # ... and so does the run, which
   assert _one_line(capsys.readouterr().err) == (                          # resumes from the intact epoch 2
       f"kdjax: warning: {expected}; using the latest intact save, {step.parent / '2'}")
+
+
+# --- issue 36: a distillation phase that learned nothing is not a result ------------------------------------------
+
+def _epoch(steps=4, moved=True, step_losses=(0.5, 0.4, 0.3, 0.2)):
+  from kdjax.training import train
+  return train.EpochResult(train_loss=float(np.mean(step_losses)) if step_losses else 0.0, steps=steps,
+                           seconds=1.0, step_losses=list(step_losses), params_moved=moved)
+
+
+def test_issue36_a_kd_epoch_whose_student_did_not_move_stops_with_one_line_exit_1():
+  from kdjax.errors import DivergenceError, StalledTrainingError
+  from kdjax.study import acceptance
+  config = support.study_config(**{"kd.temperature": 1000.0})
+  for phase in ("student_kd", "student_kd_ema", "student_kd_ema@0.99"):
+    with pytest.raises(StalledTrainingError) as error:
+      acceptance.check_epoch(config, phase, 2, _epoch(moved=False), {})
+    message = str(error.value)
+    assert message.startswith(f"phase {phase}, epoch 2: the student's parameters did not change in 4 training step")
+    assert "kd.temperature=1000.0" in message and "optimizer.learning_rate=0.001" in message and "\n" not in message
+    assert next(code for kinds, code in cli.EXIT_CODES if isinstance(error.value, kinds)) == 1
+    assert isinstance(error.value, DivergenceError)
+  with pytest.raises(StalledTrainingError, match=r"the training loss was 0 on every one of its 3 step"):
+    acceptance.check_epoch(config, "student_kd", 1, _epoch(steps=3, step_losses=(0.0, 0.0, 0.0)), {})
+  # a teacher or label-trained student may reach a loss of exactly 0 (a learned training set): not refused here
+  for phase in ("teacher", "student_ce"):
+    acceptance.check_epoch(config, phase, 1, _epoch(moved=False, step_losses=(0.0, 0.0, 0.0, 0.0)), {})
+  acceptance.check_epoch(config, "student_kd", 1, _epoch(step_losses=(0.0, 0.1, 0.0, 0.0)), {})
+
+
+def test_issue36_a_study_whose_kd_updates_round_away_stops_naming_the_phase(tmp_path):
+  """Adam at learning rate 1e-30: no update changes a weight. The teacher phase passes (a CE phase is not
+  checked), student_kd stops at its first epoch with the one line, before anything of it is recorded."""
+  from kdjax.errors import StalledTrainingError
+  config = support.study_config(phases=("teacher", "student_kd"), epochs=1,
+                                **{"optimizer.learning_rate": 1e-30, "ema.student_decay": 0.0})
+  with pytest.raises(StalledTrainingError, match=r"^phase student_kd, epoch 1: the student's parameters did not "
+                                                 r"change in \d+ training step"):
+    experiment.train_and_evaluate(config, tmp_path / "run")
+  rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+  assert {row["phase"] for row in rows} == {"teacher"}
+
+
+# --- issue 36: a run that ran away, a teacher no better than chance ----------------------------------------------
+
+def _report(teacher_correct=90, teacher_loss=0.3, student_loss=0.5, examples=100, num_classes=10):
+  entry = lambda correct, loss: {"val_top1": 100.0 * correct / examples, "val_top5": 100.0, "val_loss": loss,
+                                 "val_correct": correct, "params": 1, "train_seconds": 1.0}
+  return {"dataset": {"name": "digits", "train_examples": 200, "val_examples": examples,
+                      "num_classes": num_classes, "image_shape": [16, 16, 3]},
+          "models": {"teacher": entry(teacher_correct, teacher_loss), "student_kd": entry(80, student_loss)},
+          "config": {"optimizer": {"learning_rate": 10.0}},
+          "environment": {"jax": "0", "flax": "0", "backend": "cpu", "devices": ["cpu:0"]}}
+
+
+def test_issue36_a_model_whose_loss_ran_away_is_named_first_in_the_report():
+  from kdjax.report import build
+  assert build.ran_away(_report()) == []
+  assert build.ran_away(_report(student_loss=100 * math.log(10) * 0.99)) == []   # under two orders of magnitude
+  report = _report(teacher_loss=2.7e13)
+  [sentence] = build.ran_away(report)
+  assert sentence.startswith("teacher ended far from where it started: its validation loss is 2.7e+13, 13 orders "
+                             "of magnitude above ln 10 = 2.30")
+  assert "optimizer.learning_rate=10.0" in sentence
+  answer = build.markdown(report).split("\n\n")[2]   # the paragraph after the title and the table
+  assert answer.startswith(sentence) and "| 2.7e+13 |" in build.markdown(report)
+
+
+def test_issue36_a_teacher_no_better_than_chance_is_said_first():
+  """One-sided binomial: 12 of 100 right among 10 classes, P(X >= 12 | Binomial(100, 0.1)) = 0.297, is not
+  distinguishable from chance; 20 of 100 (p = 0.0020) is."""
+  from kdjax.report import build
+  tail = lambda k, n, p: sum(math.comb(n, i) * p**i * (1 - p)**(n - i) for i in range(k, n + 1))
+  test = build.teacher_chance(_report(teacher_correct=12))
+  assert test["p_value"] == pytest.approx(tail(12, 100, 0.1), rel=1e-9) and not test["distinguishable"]
+  report = _report(teacher_correct=12)
+  sentence = build.chance_sentence(report)
+  assert sentence.startswith("The teacher is not distinguishable from chance: 12 of 100 validation images right "
+                             "(12.00 %) against 10.00 % for a guess among 10 classes (one-sided binomial p = 0.3)")
+  assert build.markdown(report).split("\n\n")[2].startswith(sentence)
+  assert build.teacher_chance(_report(teacher_correct=20))["p_value"] == pytest.approx(tail(20, 100, 0.1))
+  assert build.chance_sentence(_report(teacher_correct=20)) == ""
+  assert build.teacher_chance({"models": {}, "dataset": {}}) is None   # no teacher: nothing to say
+
+
+def test_issue36_adam_at_learning_rate_10_warns_and_report_md_says_so(tmp_path):
+  config = support.study_config(phases=("teacher",), epochs=1,
+                                **{"optimizer.learning_rate": 10.0, "ema.student_decay": 0.0})
+  _, warnings = support.run_in_process(config, tmp_path / "run")
+  report = json.loads((tmp_path / "run" / "report.json").read_text())
+  assert report["models"]["teacher"]["val_loss"] > 1e3
+  assert "kdjax: warning: teacher ended far from where it started" in warnings
+  text = (tmp_path / "run" / "report.md").read_text()
+  assert "teacher ended far from where it started" in text and "optimizer.learning_rate=10.0" in text

@@ -8,9 +8,11 @@ agreement with and KL to the teacher once every phase is done; `build` makes rep
 
 import base64
 import dataclasses
+import math
 from typing import Any
 
 import numpy as np
+from scipy import stats as scipy_stats
 
 from kdjax.config import nets as config_nets
 from kdjax.report import collapse
@@ -97,10 +99,70 @@ def correct_vectors(report: dict) -> dict[str, np.ndarray]:
           for name, text in block.get("val_correct", {}).items()}
 
 
+# A model whose final validation loss is this many times ln K (the cross-entropy of a uniform guess over K classes,
+# where a freshly initialised net starts) ran away from where it started: two orders of magnitude. Overfitting
+# alone stays far below (digits' nets end near 0.1-0.5, ln 10 = 2.3); Adam at learning rate 10 ended at 1.7e30.
+RAN_AWAY_FACTOR = 100
+CHANCE_ALPHA = 0.05   # the one-sided binomial test of the teacher against chance
+
+
+def ran_away(report: dict) -> list[str]:
+  """A sentence per model whose final val_loss exceeds RAN_AWAY_FACTOR · ln K (K = the data set's classes)."""
+  num_classes = report.get("dataset", {}).get("num_classes") or 0
+  if num_classes < 2:
+    return []
+  start = math.log(num_classes)
+  rate = report.get("config", {}).get("optimizer", {}).get("learning_rate")
+  sentences = []
+  for name, entry in report["models"].items():
+    loss = entry.get("val_loss")
+    if loss is not None and math.isfinite(loss) and loss > RAN_AWAY_FACTOR * start:
+      sentences.append(
+          f"{name} ended far from where it started: its validation loss is {loss:.3g}, "
+          f"{math.floor(math.log10(loss / start))} orders of magnitude above ln {num_classes} = {start:.2f} (a "
+          f"uniform guess, where an untrained net starts): training ran away (likely cause: "
+          f"optimizer.learning_rate={rate} too large), and its top-1 is no result.")
+  return sentences
+
+
+def teacher_chance(report: dict) -> dict | None:
+  """The one-sided binomial test of the teacher's validation top-1 against chance: under "the teacher guesses",
+  its correct count k of the n validation images is Binomial(n, 1/K), and
+
+    p = P(X >= k) = binomtest(k, n, 1/K, alternative="greater")
+
+  {"correct", "examples", "chance", "p_value", "distinguishable"}; None without a teacher or its count."""
+  teacher = report["models"].get(TEACHER) or {}
+  examples = report.get("dataset", {}).get("val_examples")
+  num_classes = report.get("dataset", {}).get("num_classes")
+  if teacher.get("val_correct") is None or not examples or not num_classes:
+    return None
+  correct = int(teacher["val_correct"])
+  p_value = float(scipy_stats.binomtest(correct, examples, 1 / num_classes, alternative="greater").pvalue)
+  return {"correct": correct, "examples": int(examples), "chance": 1 / num_classes, "p_value": p_value,
+          "distinguishable": p_value <= CHANCE_ALPHA}
+
+
+def chance_sentence(report: dict) -> str:
+  """report.md's first sentence when the teacher is not distinguishable from chance, else ""."""
+  test = teacher_chance(report)
+  if test is None or test["distinguishable"]:
+    return ""
+  return (f"The teacher is not distinguishable from chance: {test['correct']} of {test['examples']} validation "
+          f"images right ({100 * test['correct'] / test['examples']:.2f} %) against {100 * test['chance']:.2f} % "
+          f"for a guess among {round(1 / test['chance'])} classes (one-sided binomial p {_p(test['p_value'], '=')}), "
+          f"so no comparison below is with a teacher that learned anything.")
+
+
+def cautions(report: dict) -> list[str]:
+  """What report.md says before its answer: a teacher no better than chance, then every model that ran away."""
+  return [sentence for sentence in (chance_sentence(report), *ran_away(report)) if sentence]
+
+
 def build(config, dataset, results, checkpoints: dict, wall_seconds: float, data_parallel: int = 1) -> dict:
   """report.json's content: dataset, models (in phase order), config, environment, what was loaded or
-  resumed from checkpoints, and the run's wall time."""
-  return {
+  resumed from checkpoints, and the run's wall time. Each of `cautions` is also a warning on the log."""
+  report = {
       "dataset": {"name": dataset.name, "train_examples": int(len(dataset.train_labels)),
                   "val_examples": int(len(dataset.val_labels)), "num_classes": dataset.num_classes,
                   "image_shape": list(dataset.image_shape)},
@@ -115,6 +177,14 @@ def build(config, dataset, results, checkpoints: dict, wall_seconds: float, data
       "per_example": per_example(np.asarray(dataset.val_labels), results),
       "wall_seconds": wall_seconds,
   }
+  for sentence in cautions(report):
+    progress.warn(sentence)
+  return report
+
+
+def _loss(value: float) -> str:
+  """A loss to 4 decimals; one that ran away (>= 1e6) in 4 significant digits, not 30 of them."""
+  return f"{value:.4f}" if abs(value) < 1e6 else f"{value:.4g}"
 
 
 def _delta(models: dict, name: str, reference: str) -> str:
@@ -265,7 +335,7 @@ def markdown(report: dict) -> str:
     kl = entry.get("kl_to_teacher")
     lines.append(
         f"| {name} | {entry['params']:,} | {entry['val_top1']:.2f} | {entry['val_top5']:.2f} "
-        f"| {entry['val_loss']:.4f} | {_delta(models, name, TEACHER)} | {_delta(models, name, BASELINE)} "
+        f"| {_loss(entry['val_loss'])} | {_delta(models, name, TEACHER)} | {_delta(models, name, BASELINE)} "
         f"| {'' if agreement is None else f'{agreement:.2f}'} | {'' if kl is None else f'{kl:.4f}'} "
         f"| {entry['train_seconds']:.1f} |")
   env = report["environment"]
@@ -275,7 +345,8 @@ def markdown(report: dict) -> str:
                  for comparison in report.get("comparisons", [])]
   if comparisons:
     comparisons = ["", "Paired differences in top-1:", "", *comparisons, "", coverage_note(report)]
-  lines += ["", answer(models, report.get("comparisons")), *(["", *sources] if sources else []), *comparisons,
+  lines += ["", " ".join([*cautions(report), answer(models, report.get("comparisons"))]),
+            *(["", *sources] if sources else []), *comparisons,
             *ema_sections(report), "",
             "![curves](curves.png)", "",
             f"Environment: jax {env['jax']}, flax {env['flax']}, backend {env['backend']}, "
