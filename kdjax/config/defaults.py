@@ -88,7 +88,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.distributed.num_processes = 1
   config.distributed.process_id = 0
   # A study spread over tasks (kdjax/study/grid.py, docs/scaling.md): its units are the (seed, sweep point)
-  # pairs; unit i (seed-major, then "main" and the ema.sweep variants in phase order) runs in task i mod N.
+  # pairs; unit i (every seed's "main", then each ema.sweep variant's, seeds in order) runs in task i mod N.
   config.task = ""                      # "" = every unit in this process (one study, as before); "K/N" = task K
                                         # (0-based) of N; "auto" = K, N from SLURM_ARRAY_TASK_ID/_MIN/_STEP/_COUNT
                                         # or JOB_COMPLETION_INDEX with KDJAX_TASK_COUNT (Kubernetes); "merge" =

@@ -3,13 +3,14 @@
     python -m kdjax.main --config ema_sweep.py --workdir W --config.num_seeds=3 --config.task=K/N   # each K
     python -m kdjax.main --config ema_sweep.py --workdir W --config.num_seeds=3 --config.task=merge # if needed
 
-The units are the study's (seed, sweep point) pairs, in a fixed order: seed-major, and per seed the point "main"
-(config.phases: the teacher, the students, student_kd_ema) then each ema.sweep variant (its student_kd_ema@<alpha>
-phase) in phases.sweep_phases' order. Unit i runs in task i mod N, and a task runs its units in that order.
-A variant's unit distils from its seed's teacher, which the seed's main unit trains: it waits for that teacher's
-last save and loads it (a teacher is never trained twice); when no task is running the main unit (its task was
-killed, or has not reached it), the waiting task runs it first. Unit i only ever waits on a unit before it, so
-the tasks cannot wait on each other in a circle.
+The units are the study's (seed, sweep point) pairs, in a fixed order: point-major, first every seed's point
+"main" (config.phases: the teacher, the students, student_kd_ema), then each ema.sweep variant (its
+student_kd_ema@<alpha> phase, in phases.sweep_phases' order) for every seed. Unit i runs in task i mod N, and a
+task runs its units in that order. (Mains first: the teachers the sweep points need start at once, and N equal to
+the points per seed does not give one task every seed's main.) A variant's unit distils from its seed's teacher,
+which the seed's main unit trains: it waits for that teacher's last save and loads it (a teacher is never trained
+twice); when no task is running the main unit (its task was killed, or has not reached it), the waiting task runs
+it first. Unit i only ever waits on a unit before it, so the tasks cannot wait on each other in a circle.
 
 Files: a unit runs in SEED/units/<point>/ (SEED = WORKDIR/seed_<s>, or WORKDIR itself for one seed) under its own
 lock (SEED/units/<point>/.lock), with its metrics.jsonl and TensorBoard there and its phases' checkpoints in
@@ -53,7 +54,7 @@ COUNT_ENV = "KDJAX_TASK_COUNT"      # the task count beside JOB_COMPLETION_INDEX
 DONE = "done.json"
 MERGE_LOCK = ".merge.lock"
 POLL_SECONDS = 2.0
-ASSIGNMENT = "unit i -> task i mod N (units seed-major; per seed 'main', then the ema.sweep variants)"
+ASSIGNMENT = "unit i -> task i mod N (units point-major: every seed's 'main', then each ema.sweep variant's)"
 
 
 class IncompleteError(CheckpointError):
@@ -91,10 +92,9 @@ def units(config, workdir) -> list[Unit]:
   variants = [variant.name for variant in phases.sweep_phases(config)]
   main = tuple(name for name in config.phases if not (name == "teacher" and config.teacher.checkpoint))
   found = []
-  for seed in seeds_lib.seed_values(config):
-    folder = seed_folder(config, workdir, seed)
-    for point, trains in [(MAIN, main)] + [(variant, (variant,)) for variant in variants]:
-      found.append(Unit(len(found), seed, point, trains, folder))
+  for point, trains in [(MAIN, main)] + [(variant, (variant,)) for variant in variants]:
+    for seed in seeds_lib.seed_values(config):
+      found.append(Unit(len(found), seed, point, trains, seed_folder(config, workdir, seed)))
   return found
 
 
