@@ -99,7 +99,8 @@ def _module(file: pathlib.Path):
     raise ConfigError(f"config {error.filename or file}:{error.lineno}: {type(error).__name__}: {error.msg}"
                       f"{column}") from None
   except Exception as error:  # noqa: BLE001  (whatever a user's file raises; its line is what they need)
-    raise ConfigError(f"config {_where_in(file, error)}: {_one_line(error)} (while loading the file)") from None
+    # chained: a Python caller keeps the traceback; the command line prints the one line only
+    raise ConfigError(f"config {_where_in(file, error)}: {_one_line(error)} (while loading the file)") from error
   return module
 
 
@@ -122,7 +123,7 @@ def load(value: str) -> ml_collections.ConfigDict:
   try:
     config = module.get_config(argument) if argument is not None else module.get_config()
   except Exception as error:  # noqa: BLE001
-    raise ConfigError(f"config {_where_in(file, error)}: {_one_line(error)} (in get_config())") from None
+    raise ConfigError(f"config {_where_in(file, error)}: {_one_line(error)} (in get_config())") from error
   if not isinstance(config, ml_collections.ConfigDict):
     shown = repr(config)
     shown = shown if len(shown) <= 60 else shown[:57] + "..."
