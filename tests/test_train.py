@@ -181,3 +181,38 @@ def test_any_changed_sees_one_changed_element_and_nan():
   assert not bool(train.any_changed(tree, jax.tree_util.tree_map(jnp.copy, tree)))
   assert bool(train.any_changed(tree, {"a": tree["a"].at[2, 3].set(1e-30), "b": tree["b"]}))
   assert bool(train.any_changed(tree, {"a": tree["a"], "b": {"c": tree["b"]["c"].at[0].set(jnp.nan)}}))
+
+
+def _kd_steps_params(distill_kl, monkeypatch, steps=3):
+  """The study's kd step (cached teacher logits, compiled with kdjax.training.xla's options) on 64x64 images, with
+  `distill_kl` in losses: the student's parameters after `steps` steps."""
+  from kdjax.training import losses, xla
+  monkeypatch.setattr(losses, "distill_kl", distill_kl)
+  model = models.student_net(10)
+  optimizer = optim.make_optimizer(default_config().optimizer, 10)
+  config = train.StepConfig("kd", temperature=4.0, cached_teacher_logits=True)
+  step = xla.jit(train.make_train_step(config, model, optimizer, _MEAN, _STD), True, donate_argnums=0)
+  state = train.create_state(models.init_params(model, jax.random.PRNGKey(0), (64, 64, 3)), optimizer)
+  batch = _batch(count=64, size=64)
+  rng = np.random.default_rng(0)
+  for _ in range(steps):
+    batch["teacher_logits"] = jnp.asarray(rng.normal(size=(64, 10)) * 6, jnp.float32)
+    state, _ = step(state, batch)
+  return jax.tree_util.tree_map(np.asarray, state.params)
+
+
+def test_the_kd_step_computes_the_old_bits_where_the_kl_is_not_small(monkeypatch):
+  """distill_kl's exact form (issue 36) leaves the study's kd step bit for bit as it was wherever the plain form is
+  taken (a KL above EXACT_BELOW: every batch of the digits study at T = 4): the same parameters after 3 steps as
+  the old max(KL·T², 0). In the study's step, unlike in the loss alone, a plain jnp.where of the two forms moved
+  the gradient by an ulp (the digits study's student_kd val_loss 0.8893086910247803 -> 0.889306902885437)."""
+  from kdjax.training import losses
+
+  def old(student_logits, teacher_logits, temperature, weights=None):
+    teacher_logits = jax.lax.stop_gradient(teacher_logits)
+    loss = losses.batch_mean(losses.kl_per_example(student_logits, teacher_logits, temperature), weights)
+    return jnp.maximum(loss * temperature**2, 0.0)
+  new = _kd_steps_params(losses.distill_kl, monkeypatch)
+  jax.clear_caches()
+  reference = _kd_steps_params(old, monkeypatch)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, new, reference)
