@@ -12,17 +12,12 @@ Every kind also keeps the student-weights EMA when ema.student_decay > 0 (update
 The step is pure, so a caller can shard the batch or vmap over seeds without touching the loop.
 
 Cached teacher logits (kd only). The teacher is frozen and the inputs are not augmented, so teacher(x_i) is the
-same number every epoch; `teacher_logits` computes it once for the whole training split and `run_epoch`
-gathers each batch's rows with the images. Bit-identical to the inline forward (tests/test_train.py), because
-each logit row depends only on its own image: the teacher program is the same (`data.normalize`, then
-`teacher.apply`, compiled with the same XLA options) and XLA:CPU computes every conv/dot output row with the
-same reduction order whatever the batch size and whatever the row's position in the batch, with one exception:
-a batch of ONE row, where XLA turns the fc dot into a matrix-vector product that sums in another order (the
-logits then move by ~1 ulp). So `teacher_logits` never runs a 1-row batch, and the equality holds for every
-epoch whose batches all hold >= 2 rows; a training split with len % batch_size == 1 (and drop_remainder False)
-ends each epoch with a 1-row step whose inline teacher would differ from the cache in the last ulp.
-(Checked at cache batch sizes 2, 3, 7, 32, 64, 128, 500 against training batches of 32, 64, 128 and short last
-batches, with and without kdjax.training.xla's options.) Not for kd_ema: there the teacher changes every step.
+same number every epoch; `teacher_logits` computes it once for the whole training split (the same program:
+`data.normalize`, then `teacher.apply`, with the step's XLA options) and `run_epoch` gathers each batch's rows with
+the images. Equal to the inline forward to float32 rounding; bit for bit where the CPU's kernels give a row the
+same bits at every batch size (the AVX-512 AMD EPYC measured: any batch >= 2; not an AVX2 Zen 3, where rows move by
+an ulp between batch sizes; tests/test_train.py). A 1-row batch is never run (XLA makes its fc dot a
+matrix-vector product that sums in another order). Not for kd_ema: there the teacher changes every step.
 """
 
 import dataclasses
@@ -143,7 +138,8 @@ def teacher_logits(teacher, teacher_params, images, mean, std, batch_size: int,
   images: uint8 [N, H, W, C] (host or device). One jitted forward per `batch_size` rows, the last batch padded
   with zero images (whose rows are dropped), so one compiled shape serves the split. compiler_options: those
   the train step is compiled with (kdjax.training.xla.compiler_options), so that the teacher's program is the step's.
-  Any batch_size >= 2 gives the same rows bit for bit on XLA:CPU (see the module docstring; 1 is run as 2).
+  Rows equal the inline teacher's to rounding, bit for bit on CPUs whose kernels are batch-invariant (module
+  docstring; 1 is run as 2).
   """
   exact = lambda values: tuple(np.asarray(values).reshape(-1).tolist())  # concrete: data.normalize's table
   forward = _teacher_forward(teacher, exact(mean), exact(std), _freeze(compiler_options))
