@@ -215,11 +215,11 @@ def _kd_steps_params(distill_kl, monkeypatch, steps=3):
   return jax.tree_util.tree_map(np.asarray, state.params)
 
 
-def test_the_kd_step_computes_the_old_bits_where_the_kl_is_not_small(monkeypatch):
-  """distill_kl's exact form (issue 36) leaves the study's kd step bit for bit as it was wherever the plain form is
-  taken (a KL above EXACT_BELOW: every batch of the digits study at T = 4): the same parameters after 3 steps as
-  the old max(KL·T², 0). In the study's step, unlike in the loss alone, a plain jnp.where of the two forms moved
-  the gradient by an ulp (the digits study's student_kd val_loss 0.8893086910247803 -> 0.889306902885437)."""
+def test_the_kd_step_computes_the_old_bits_at_temperature_4(monkeypatch):
+  """distill_kl's exact form (issue 36) leaves the study's kd step at T = 4 bit for bit as it was: the same
+  parameters after 3 steps as the old max(KL·T², 0). (In the study's step, unlike in the loss alone, a jnp.where
+  of the two forms moved the gradient by an ulp: the digits study's student_kd val_loss 0.8893086910247803 ->
+  0.889306902885437; this test fails on it.)"""
   from kdjax.training import losses
 
   def old(student_logits, teacher_logits, temperature, weights=None):

@@ -43,9 +43,9 @@ def kl_per_example(student_logits: jax.Array, teacher_logits: jax.Array,
   return terms.sum(axis=-1)
 
 
-# Under this batch-mean KL the float32 form's rounding (~1e-7 per example: each log-softmax is rounded to ~eps·|log q|)
-# can reach 1e-3 of the KL, so distill_kl takes the exact form (exact_kl_per_example) instead.
-EXACT_BELOW = 1e-4
+# Above this temperature distill_kl is the exact form (exact_kl_per_example); at or below it, the plain float32 form,
+# the program kdjax has always compiled (see distill_kl).
+PLAIN_UP_TO = 10.0
 
 
 def _h_terms(d: jax.Array, p: jax.Array, q: jax.Array) -> jax.Array:
@@ -103,28 +103,23 @@ def distill_kl(student_logits: jax.Array, teacher_logits: jax.Array,
                temperature: float, weights: jax.Array | None = None) -> jax.Array:
   """The original's KD loss: batchmean KL(softmax(t/T) || softmax(s/T)) * T^2; teacher detached.
 
-  Two forms of one number. kl_per_example's float32 sum of p·(log p − log q) rounds each term to ~eps·|log q|,
-  so where the KL is small (p ≈ q: a weak, near-uniform teacher, or any T in the hundreds, where z/T is near 0
-  for every logit) it can come out ≤ 0 — at T = 1000 with a near-uniform teacher, 8 batches of 20 did, and the
-  old clamp max(loss, 0) then gave them a zero gradient: the student never moved and the phase still "finished".
-  So: kl_per_example's value and autodiff gradient where the batch-mean KL exceeds EXACT_BELOW (every batch of
-  the digits study at T = 4: its numbers are those of kdjax before this, bit for bit), else exact_kl_per_example
-  (a sum of terms ≥ 0, within ~1e-6 of float64, gradient T·(q − p)/N per logit), computed only in the batches
-  that take it. The gradient flows through the form the value came from (the other's cotangent is 0, and the
-  exact form's terms are finite, so 0·inf never makes a NaN)."""
+  Two forms of one number, chosen by T (a Python float: the step's static config). kl_per_example's float32 sum of
+  p·(log p − log q) rounds each term to ~eps·|log q|, ~1e-7 absolute a KL, times T²: at T in the hundreds, where
+  z/T is near 0 for every logit and the KL is ~1e-6, that is its size, and it came out ≤ 0 (at T = 1000 with a
+  near-uniform teacher 8 batches of 20 did, at T = 300 2), where the old clamp max(loss, 0) gave a zero gradient:
+  the student never moved and the phase still "finished" (issue 36). So above PLAIN_UP_TO = 10 distill_kl is
+  exact_kl_per_example (a sum of terms ≥ 0, within ~1e-6 of float64 at any T, gradient T·(q − p)/N), never ≤ 0
+  with a zero gradient; at T ≤ 10 (the digits study's T = 4) it is max(plain form, 0), the program kdjax has always
+  compiled, so those studies' numbers stay bit for bit. There the plain form is off by ~1e-7·T² absolute, which
+  matters only for a student within ~1e-3 of its teacher's logits; a phase that stops moving is refused anyway
+  (study/acceptance.py). (Switching per batch, by the KL's size, in one program moved the study's gradients by
+  an ulp in rare steps: a jnp.where of the two forms from the first step, the exact form under a lax.cond from the
+  7th epoch: docs/failures.md.)"""
   teacher_logits = jax.lax.stop_gradient(teacher_logits)
+  if temperature > PLAIN_UP_TO:
+    return batch_mean(exact_kl_per_example(student_logits, teacher_logits, temperature), weights) * temperature**2
   loss = batch_mean(kl_per_example(student_logits, teacher_logits, temperature), weights) * temperature**2
-  small = loss <= EXACT_BELOW * temperature**2
-  # The exact form on its own inputs (the barrier: XLA shares no term with the plain form) and under a cond (its
-  # ops and their gradient fuse with nothing of the plain form, and run only where taken); jnp.where with the old
-  # max(loss, 0) in the plain branch. Together they keep the plain form's jitted program as it was; a jnp.where
-  # of the two forms, with or without the barrier, moved the study step's gradient by an ulp and the digits
-  # study's student_kd epoch-1 val_loss 0.8893086910247803 -> 0.889306902885437 (docs/failures.md).
-  exact_inputs = jax.lax.optimization_barrier((student_logits, teacher_logits))
-  exact = jax.lax.cond(
-      small, lambda s, t: batch_mean(exact_kl_per_example(s, t, temperature), weights) * temperature**2,
-      lambda s, t: jnp.zeros((), loss.dtype), *exact_inputs)
-  return jnp.where(small, exact, jnp.maximum(loss, 0.0))
+  return jnp.maximum(loss, 0.0)
 
 
 def student_objective(student_logits: jax.Array, teacher_logits: jax.Array, labels: jax.Array,
