@@ -41,6 +41,8 @@ TARGETS = {"forward": "kdjax_onednn_conv_forward", "backward_data": "kdjax_onedn
            "backward_weights": "kdjax_onednn_conv_backward_weights"}
 POOL_TARGETS = {"forward": "kdjax_onednn_pool_forward", "backward": "kdjax_onednn_pool_backward"}  # onednn_pool.py
 KINDS = {"forward": 0, "backward_data": 1, "backward_weights": 2}
+WAIT_POLICY_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")   # the user's choice of GNU OpenMP's wait: honoured
+_WAIT_POLICY = [""]   # what _load_passive did
 FUNCTIONS = ("kdjax_onednn_set_threads", "kdjax_onednn_get_threads", "kdjax_onednn_impl_info",
              "kdjax_onednn_cache_size", "kdjax_onednn_scratchpad_bytes", "kdjax_onednn_version")   # ctypes entries
 
@@ -71,7 +73,7 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     reason = status.read_text().strip() if status.exists() else "no kdjax/nets/_onednn*.so (the install did not build it)"
     return None, f"oneDNN extension not built: {reason}"
   try:
-    library = ctypes.CDLL(str(path))
+    library = _load_passive(path)
   except OSError as error:  # libdnnl.so.3 not where the rpath points (onednn-cpu-gomp not installed)
     return None, f"oneDNN extension not loaded: {error}"
   missing = [name for name in (*TARGETS.values(), *POOL_TARGETS.values(), *FUNCTIONS) if not hasattr(library, name)]
@@ -83,6 +85,43 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
   library.kdjax_onednn_scratchpad_bytes.restype = ctypes.c_int64
   library.kdjax_onednn_set_threads(threads)
   return library, ""
+
+
+def _load_passive(path: pathlib.Path) -> ctypes.CDLL:
+  """ctypes.CDLL(path), GNU OpenMP's wait policy passive unless the user chose one (OMP_WAIT_POLICY, GOMP_SPINCOUNT).
+
+  libgomp reads its environment once, when it is loaded (here, with the extension), and by default an idle worker
+  spins ~300,000 times before it sleeps; on an oversubscribed machine those spins take the core the thread it waits
+  for needs (issue 36, load 19 on 2 cores: a tiny teacher step 688 ms with oneDNN against 3.8 ms with XLA; passive
+  13 ms). The variable is set for the load only, so child processes (PyTorch's in kdjax.tools) do not inherit it."""
+  chosen = [f"{name}={os.environ[name].strip()}" for name in WAIT_POLICY_VARIABLES if os.environ.get(name, "").strip()]
+  if chosen:
+    _WAIT_POLICY[0] = ", ".join(chosen)
+  elif _libgomp_loaded():
+    _WAIT_POLICY[0] = "GNU OpenMP's default (libgomp was loaded before the extension)"
+  else:
+    os.environ["OMP_WAIT_POLICY"] = "passive"
+    try:
+      return ctypes.CDLL(str(path))
+    finally:
+      del os.environ["OMP_WAIT_POLICY"]
+      _WAIT_POLICY[0] = "passive"
+  return ctypes.CDLL(str(path))
+
+
+def _libgomp_loaded() -> bool:
+  """Whether GNU OpenMP (libgomp.so.1) is in this process already, its wait policy read (True where unknown)."""
+  try:
+    return "/libgomp.so" in pathlib.Path("/proc/self/maps").read_text()
+  except OSError:
+    return True
+
+
+def wait_policy() -> str:
+  """oneDNN's OpenMP wait policy as the extension was loaded: "passive" (kdjax's default), the user's
+  "OMP_WAIT_POLICY=..." / "GOMP_SPINCOUNT=...", or GNU OpenMP's default where libgomp was loaded first."""
+  library()
+  return _WAIT_POLICY[0]
 
 
 def default_threads() -> int:
