@@ -3,7 +3,6 @@ killed and doubled tasks. The merged report equals the one-process run's (timing
 fields aside); every process computes on one core (task_cores=1), the reference too: XLA:CPU's sums depend on
 its thread count, so that is where "the same bits" holds."""
 
-import json
 import os
 import pathlib
 import re

@@ -31,6 +31,7 @@ to C of them (task K: cores K*C, K*C+1, ... mod their count), and KDJAX_ONEDNN_T
 """
 
 import dataclasses
+import json
 import os
 import pathlib
 import socket
@@ -321,7 +322,6 @@ def merge(config, run_dir: RunDir, every: list[Unit], merge_all, requested: bool
 
 
 def _read_json(path: pathlib.Path) -> dict:
-  import json
   try:
     return json.loads(path.read_text())
   except (OSError, ValueError) as error:
