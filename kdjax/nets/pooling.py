@@ -21,7 +21,11 @@ in floating point, and each input belongs to exactly one window, so the gradient
 
 Why: on XLA:CPU, `nn.max_pool`'s gradient lowers to a variadic reduce_window that carries (value, tangent)
 pairs plus a scatter: 66 ms against 2.2 ms for its forward on a [128, 64, 64, 12] input (2 threads); the
-reshapes and selects here fuse into elementwise loops, 6.7 ms. NaN inputs are outside the contract (max of a NaN window is not defined alike).
+reshapes and selects here fuse into elementwise loops, 6.7 ms.
+
+NaN, infinities and signed zeros follow XLA's max: a window with a NaN pools to NaN and its dy goes to d (no corner
+equals NaN), an all -inf window to -inf, a -0.0 / +0.0 tie to +0.0 (dy at the first of the two). The oneDNN path's
+pool (kdjax.nets.onednn_pool) computes these same bits (tests/test_onednn_pool.py).
 """
 
 import jax
