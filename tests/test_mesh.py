@@ -26,6 +26,7 @@ from tests import mesh_support
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TIMEOUT = 240   # seconds per subprocess: a hung collective fails the test instead of blocking CI
 MODELS = ("teacher", "student_kd", "student_kd_ema")
+ADAM_STEP = 1e-3   # one Adam step at the tiny study's learning rate: assert_same_run's bound on any weight
 
 
 def _run(args, timeout=TIMEOUT, **kwargs):
@@ -75,9 +76,18 @@ def assert_same_run(reference, other, reference_dir, other_dir):
                                [v for _, v in losses_ref], rtol=1e-5, atol=1e-6, err_msg=model)
     saved, other_saved = _params(reference_dir, model), _params(other_dir, model)
     assert int(saved["step"]) == int(other_saved["step"]) == 8
+    # Parameters after 8 Adam steps: a weight whose batch gradient nearly cancels gets it with a large relative
+    # error from another reduction order, and Adam's normalised step (up to the learning rate, 1e-3, a step)
+    # carries that into the weight. So: every weight within one Adam step, and at most 5 % of a tensor's weights
+    # past float32 reduction-order tolerance (a gradient not reduced over the devices moves nearly all of them).
+    # Measured on an AVX2 AMD EPYC: 6 of the teacher's 324 fc weights past 1e-6 (5.1e-06 at most), one conv
+    # weight of 1,296 at 1.4e-05; none on AVX-512.
     for field in ("params", "teacher_params", "ema_params", "opt_state"):
       for a, b in zip(jax.tree_util.tree_leaves(saved.get(field)), jax.tree_util.tree_leaves(other_saved.get(field))):
-        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6, err_msg=f"{model} {field}")
+        a, b = np.asarray(a), np.asarray(b)
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=ADAM_STEP, err_msg=f"{model} {field}")
+        past = ~np.isclose(b, a, rtol=1e-4, atol=1e-6)
+        assert past.mean() <= 0.05, f"{model} {field}: {past.sum()} of {past.size} past reduction-order tolerance"
 
 
 @pytest.mark.slow  # multi-device subprocess studies (the module fixture `runs`)
