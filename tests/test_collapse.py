@@ -264,3 +264,36 @@ def test_each_point_says_what_its_compile_took(sweep_run):
     points = report["models"][name]["collapse"]
     assert points[0]["compile_seconds"] >= 0.0 and all(p["compile_seconds"] == 0.0 for p in points[1:])
     assert all(p["seconds"] >= p["compile_seconds"] for p in points)
+
+
+def test_seed_table_gives_each_seeds_brackets_and_chance_test():
+  """An over-seeds report.md shows the collapse diagnostics seed by seed, so that no per-seed bracket is quoted
+  without its table: the steps between which the EMA-updated teacher falls below the student and has lost half its
+  top-1 (on the probe), how far it moved, and its final top-1 with the binomial p against chance."""
+  def point(step, teacher, student, distance):
+    return {"step": step, "epoch": 1, "probe_teacher_top1": teacher, "probe_student_top1": student,
+            "distance": distance}
+  falling = [point(0, 40.0, 10.0, 0.0), point(100, 30.0, 20.0, 0.1), point(178, 15.0, 25.0, 0.2),
+             point(300, 5.0, 6.0, 1.6)]
+  steady = [point(0, 40.0, 10.0, 0.0), point(100, 39.0, 20.0, 0.01), point(300, 38.0, 30.0, 0.02)]
+  rows = collapse.seed_table([{"seed": 0, "val_top1": 0.81, "collapse": falling},
+                              {"seed": 1, "val_top1": 38.0, "collapse": steady},
+                              {"seed": 2, "val_top1": 0.62}], "teacher_ema", "student_kd_ema",
+                             num_classes=200, val_examples=10_000)
+  assert rows[0].startswith("| seed | teacher_ema below student_kd_ema (steps) | half its top-1 lost (steps)")
+  assert rows[2] == "| 0 | 100–178 | 100–178 | 160.0% | 0.81 | 3.3e-05 |"
+  assert rows[3].startswith("| 1 | never | never | 2.0% | 38.00 | ")
+  assert len(rows) == 4   # seed 2 has no diagnostics: no row
+  assert collapse.seed_table([{"seed": 0}], "teacher_ema", "student_kd_ema") == []
+
+
+def test_an_over_seeds_report_shows_the_seed_table():
+  from kdjax.report import build
+  def point(step, teacher, student, distance):
+    return {"step": step, "epoch": 1, "probe_teacher_top1": teacher, "probe_student_top1": student,
+            "distance": distance, "entropy": 0.5, "kd_loss": 1.0, "probe_size": 32}
+  points = [point(0, 40.0, 10.0, 0.0), point(100, 15.0, 25.0, 0.2)]
+  report = {"dataset": {"num_classes": 200, "val_examples": 10_000}, "config": {"kd": {"temperature": 4.0}},
+            "models": {"teacher_ema": {"per_seed": [{"seed": s, "val_top1": 0.8, "collapse": points} for s in (0, 1)]}}}
+  text = "\n".join(build.ema_sections(report))
+  assert "teacher_ema, seed by seed" in text and "| 0 | 0–100 | 0–100 |" in text and "| 1 | 0–100 | 0–100 |" in text

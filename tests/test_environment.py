@@ -48,6 +48,7 @@ def test_capped_instruction_sets_are_recorded_as_the_kernels_ran():
   # its kernels' names say avx, not the CPU's own class; XLA's cap and float64 mode are recorded with it.
   capped = _environment_in_child(ONEDNN_MAX_CPU_ISA="AVX", XLA_FLAGS="--xla_cpu_max_isa=AVX", JAX_ENABLE_X64="1")
   assert capped["onednn"]["effective_isa"] == "avx"
+  assert capped["onednn"]["threads_from"] and capped["onednn"]["wait_policy"]   # threads and OpenMP's waiting
   assert not any("avx2" in name or "avx512" in name for name in capped["onednn"]["kernels"].values())
   assert capped["xla"]["max_isa"] == "AVX" and capped["xla"]["x64"] is True
   assert capped["variables"] == {"ONEDNN_MAX_CPU_ISA": "AVX", "XLA_FLAGS": "--xla_cpu_max_isa=AVX",

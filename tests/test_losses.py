@@ -146,10 +146,19 @@ def test_distill_kl_trains_where_the_float32_form_rounds_below_zero():
                              atol=1e-4 * np.abs(expected_grad).max())
 
 
-def _clamped_plain_kd(student_logits, teacher_logits, temperature):
-  """distill_kl as kdjax computed it before issue 36: max(batchmean Σ p·(log p − log q) · T², 0)."""
+def original_kl_per_example(student_logits, teacher_logits, temperature):
+  """kl_per_example as kdjax computed it before issue 36, frozen here: a NaN teacher probability gave a 0 term."""
+  teacher_log_probs = jax.nn.log_softmax(teacher_logits / temperature, axis=-1)
+  student_log_probs = jax.nn.log_softmax(student_logits / temperature, axis=-1)
+  teacher_probs = jnp.exp(teacher_log_probs)
+  return jnp.where(teacher_probs > 0, teacher_probs * (teacher_log_probs - student_log_probs), 0.0).sum(axis=-1)
+
+
+def _clamped_plain_kd(student_logits, teacher_logits, temperature, kl_per_example=losses.kl_per_example):
+  """distill_kl's plain form, max(batchmean Σ p·(log p − log q) · T², 0); with original_kl_per_example, kdjax's
+  before issue 36."""
   teacher_logits = jax.lax.stop_gradient(teacher_logits)
-  loss = losses.batch_mean(losses.kl_per_example(student_logits, teacher_logits, temperature)) * temperature**2
+  loss = losses.batch_mean(kl_per_example(student_logits, teacher_logits, temperature)) * temperature**2
   return jnp.maximum(loss, 0.0)
 
 
@@ -165,10 +174,10 @@ def test_distill_kl_keeps_the_old_bits_up_to_temperature_10(seed):
   assert losses.PLAIN_UP_TO >= 4.0
   for transform in (lambda f: f, jax.jit):
     for new, old, argument in (
-        (lambda s: losses.distill_kl(s, teacher, 4.0), lambda s: _clamped_plain_kd(s, teacher, 4.0),
-         features @ weights),
+        (lambda s: losses.distill_kl(s, teacher, 4.0),
+         lambda s: _clamped_plain_kd(s, teacher, 4.0, original_kl_per_example), features @ weights),
         (lambda w: losses.distill_kl(features @ w, teacher, 4.0),
-         lambda w: _clamped_plain_kd(features @ w, teacher, 4.0), weights)):
+         lambda w: _clamped_plain_kd(features @ w, teacher, 4.0, original_kl_per_example), weights)):
       value, grad = transform(jax.value_and_grad(new))(argument)
       value_old, grad_old = transform(jax.value_and_grad(old))(argument)
       assert float(value) == float(value_old)

@@ -158,9 +158,7 @@ def _step_loss(net, conv, poisoned, kind="ce"):
 
 @pytest.mark.parametrize("net, poisoned, kind", [
     ("student", "conv1", "ce"), ("teacher", "conv6", "ce"),
-    pytest.param("student", "conv6", "kd", marks=pytest.mark.xfail(strict=True, reason=(
-        "kdjax.training.losses.kl_per_example's jnp.where(teacher_probs > 0, ..., 0.0) turns NaN teacher "
-        "probabilities into 0: a NaN teacher gives KD loss 0.0 on both conv paths (also before issue 36)")))])
+    ("student", "conv6", "kd")])   # a NaN teacher teaching: kl_per_example keeps its NaN probabilities
 def test_a_nan_weight_gives_a_non_finite_step_on_both_conv_paths(net, poisoned, kind):
   """One NaN in the student's conv1 kernel, or the teacher's conv6 (trained by CE, or teaching a KD step): the
   step's loss and the updated parameters are non-finite with speed.conv onednn as with xla (the issue: 6.1e36 and
@@ -200,7 +198,7 @@ def test_a_oneDNN_conv_is_pooled_in_oneDNN_and_the_step_keeps_its_bits(monkeypat
 
 def test_the_report_says_the_pools_run_in_oneDNN():
   config = config_lib.default_config()
-  assert config_nets.describe(config)["student"]["why"].endswith("; 2x2 max-pools in oneDNN too")
+  assert config_nets.describe(config)["student"]["why"].endswith("; 2x2 max-pools in the oneDNN extension too")
   config.speed.pool = "reduce_window"
   assert "max-pools" not in config_nets.describe(config)["student"]["why"]
 

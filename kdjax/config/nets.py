@@ -70,7 +70,7 @@ def conv_path(config, net: str) -> dict:
   if path == "onednn":
     why += f", {onednn_conv.threads()} OpenMP threads"
     if config.speed.get("pool", "fast") == "fast":   # kdjax.nets.models: a oneDNN conv's fast pool is oneDNN's
-      why += "; 2x2 max-pools in oneDNN too"
+      why += "; 2x2 max-pools in the oneDNN extension too"
   return {"path": path, "why": why}
 
 

@@ -390,6 +390,12 @@ def ema_sections(report: dict) -> list[str]:
     if sentences:
       seed_note = "" if entry.get("collapse") else f" (seed {entry['per_seed'][0]['seed']})"
       lines += ["", f"**{name}**{seed_note} (ema_collapse.png): " + " ".join(sentences)]
+    if len(entry.get("per_seed") or []) > 1:   # several seeds: each one's brackets, so none is quoted unshown
+      table = collapse.seed_table(entry["per_seed"], name, student, num_classes=data.get("num_classes"),
+                                  val_examples=data.get("val_examples"))
+      if table:
+        lines += ["", f"{name}, seed by seed (the collapse diagnostics' probe; top-1 on the whole validation split):",
+                  "", *table]
   return lines
 
 

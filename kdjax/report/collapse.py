@@ -254,6 +254,33 @@ def _cost_sentence(points: list[dict], seconds: float, probe: int, train_seconds
   return sentence[:-1] + f": above the {BUDGET * 100:g} % budget, as {'; '.join(reasons)}."
 
 
+def seed_table(per_seed: list[dict], teacher: str, student: str, *, num_classes: int | None = None,
+               val_examples: int | None = None) -> list[str]:
+  """report.md's table of the collapse diagnostics seed by seed (an over-seeds report): the steps between which
+  `teacher` (the EMA-updated teacher) falls below `student` and has lost half its top-1 on the probe, how far it
+  moved, and its final top-1 with the one-sided binomial p against chance (1/K). [] without diagnostics."""
+  rows = []
+  for entry in per_seed:
+    points = entry.get("collapse") or []
+    if len(points) < 2:
+      continue
+    below = next((i for i in range(1, len(points))
+                  if _series(points[i], "teacher") < _series(points[i], "student")), None)
+    start = _series(points[0], "teacher")
+    halved = next((i for i in range(1, len(points)) if _series(points[i], "teacher") <= start / 2), None)
+    steps = lambda i: "never" if i is None else f"{points[i - 1]['step']}–{points[i]['step']}"
+    final = entry.get("val_top1")
+    chance = ""
+    if final is not None and num_classes and val_examples:
+      chance = f"{chance_p(final, val_examples, num_classes):.2g}"
+    rows.append(f"| {entry.get('seed', '')} | {steps(below)} | {steps(halved)} | {points[-1]['distance']:.1%} "
+                f"| {'' if final is None else f'{final:.2f}'} | {chance} |")
+  if not rows:
+    return []
+  return [f"| seed | {teacher} below {student} (steps) | half its top-1 lost (steps) | moved (of its norm) "
+          f"| final top-1 % | p above chance |", "|---:|---|---|---:|---:|---:|", *rows]
+
+
 def plot(diagnostics: dict[str, list[dict]], path, suptitle: str | None = None) -> None:
   """Four panels against the training step (symmetric-log axis: the points are log-spaced), each model in its
   colour of every figure (figures.color): distance from the trained teacher, soft-target entropy / log K, its

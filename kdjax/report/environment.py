@@ -88,12 +88,14 @@ def onednn_isa() -> str:
 
 
 def onednn(batch: int | None = None, image_shape=None) -> dict:
-  """oneDNN's side where the extension is loaded: version, effective ISA, threads, and the kernels it picks for
-  a 12->12 conv at the run's batch and image size (their names carry the ISA, e.g. "brg:avx2")."""
+  """oneDNN's side where the extension is loaded: version, effective ISA, threads (and which setting gave them),
+  OpenMP's wait policy, and the kernels it picks for a 12->12 conv at the run's batch and image size (their names
+  carry the ISA, e.g. "brg:avx2")."""
   if not onednn_conv.available():
     return {"loaded": False, "why_not": onednn_conv.unavailable_reason()}
   described = {"loaded": True, "version": onednn_conv.version(), "effective_isa": onednn_isa(),
-               "threads": onednn_conv.threads()}
+               "threads": onednn_conv.threads(), "threads_from": onednn_conv.thread_setting()[1],
+               "wait_policy": onednn_conv.wait_policy()}
   if batch and image_shape:
     height, width = int(image_shape[0]), int(image_shape[1])
     described["kernels"] = {kind: onednn_conv.implementation(kind, int(batch), height, width, 12, 12)

@@ -38,8 +38,9 @@ def kl_per_example(student_logits: jax.Array, teacher_logits: jax.Array,
   teacher_log_probs = jax.nn.log_softmax(teacher_logits / temperature, axis=-1)
   student_log_probs = jax.nn.log_softmax(student_logits / temperature, axis=-1)
   teacher_probs = jnp.exp(teacher_log_probs)
-  # xlogy-style convention: terms with p = 0 contribute 0, as in PyTorch's KLDivLoss.
-  terms = jnp.where(teacher_probs > 0, teacher_probs * (teacher_log_probs - student_log_probs), 0.0)
+  # xlogy-style convention: terms with p = 0 contribute 0, as in PyTorch's KLDivLoss; a NaN p (a NaN teacher) stays
+  # NaN (`not p <= 0`, where `p > 0` would make it 0 and hide the NaN teacher behind a zero loss).
+  terms = jnp.where(~(teacher_probs <= 0), teacher_probs * (teacher_log_probs - student_log_probs), 0.0)
   return terms.sum(axis=-1)
 
 
