@@ -19,6 +19,8 @@ TINY = [f"--config.{field}={value}" for field, value in TINY_FIELDS.items()]   #
 EMA_STUDY = ["--config", str(REPO / "configs/ema.py"), "--config.phases=('teacher','student_kd_ema')",
              "--config.ema.student_decay=0.5", *TINY]
 TIMING_KEYS = {"train_seconds", "train_images_per_second", "wall_seconds", "checkpoints", "seconds"}
+# report.md's first sentence, and a warning, when a run's teacher is at chance: a tiny run's often is
+CHANCE_CAUTION = "The teacher is not distinguishable from chance"
 
 _cache: dict = {}
 

@@ -188,7 +188,8 @@ def test_a_corrupt_teacher_ema_save_is_named_and_rewritten_from_the_phases_own_s
   message = support.corrupt_an_array(step)
   with caplog.at_level("WARNING", logger="kdjax"):
     again = experiment.train_and_evaluate(config, tmp_path)
-  warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+  warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"
+              and support.CHANCE_CAUTION not in record.getMessage()]   # the tiny teacher's, not the save's
   assert len(warnings) == 1 and warnings[0].startswith(message) and f"rewriting {step}" in warnings[0]
   assert again["models"]["teacher_ema"]["val_loss"] == first["models"]["teacher_ema"]["val_loss"]
   tree, meta, _ = ckpt_lib.ModelCheckpoints(step.parent, read_only=True).restore(1)   # intact again

@@ -178,8 +178,8 @@ def gather_batch(arrays: dict, indices) -> dict:
 @jax.jit
 def any_changed(before, after) -> jax.Array:
   """Whether any leaf of `after` differs from `before` anywhere (NaN counts as a change)."""
-  changed = jax.tree_util.tree_map(lambda old, new: jnp.any(old != new), before, after)
-  return jnp.any(jnp.stack(jax.tree_util.tree_leaves(changed)))
+  changed = jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda old, new: jnp.any(old != new), before, after))
+  return jnp.any(jnp.stack(changed)) if changed else jnp.asarray(False)   # no parameters: nothing moved
 
 
 @dataclasses.dataclass
