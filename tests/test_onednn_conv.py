@@ -310,6 +310,15 @@ def test_the_cli_refuses_a_bad_oneDNN_variable_in_one_line_exit_2(tmp_path, env)
                                         result.stderr.split(f"{value!r}: ", 1)[1].strip()], result.stderr
 
 
+def test_the_benchmark_refuses_a_bad_oneDNN_variable_in_one_line_exit_2():
+  """Its plain mode too (it gave a traceback): one line naming the variable, exit 2."""
+  result = _fresh_kdjax({"KDJAX_ONEDNN_THREADS": "abc"}, "-m", "kdjax.tools.benchmark", "--steps=1", "--repeats=1")
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert [line for line in result.stderr.splitlines() if line.strip()] == [
+      "kdjax.tools.benchmark: error: environment variable KDJAX_ONEDNN_THREADS='abc': oneDNN's thread count must be "
+      "a whole number >= 1, or KDJAX_ONEDNN_THREADS unset"], result.stderr
+
+
 @needs_onednn
 def test_OMP_NUM_THREADS_is_honoured_and_what_the_report_says_is_true():
   """The issue: OMP_NUM_THREADS=1 was overridden by the core count while report.json said "2 OpenMP threads"."""

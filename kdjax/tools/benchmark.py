@@ -977,24 +977,20 @@ def main(argv):
   if _HOST_MALLOC.value == "tuned":
     host_memory.tune()
   shapes = (_BATCH.value, _IMAGE.value, _CLASSES.value, _STEPS.value, _REPEATS.value)
-  if _COMPARE.value:
-    figures, show = compare_torch(*shapes, peak_gflops=_PEAK.value, xla_beside=True,
-                                  allocators=("tuned", "plain")), _print_compare
-  elif _PROFILE.value:
-    figures, show = profile(*shapes, kind=_PROFILE_KIND.value), _print_profile
-  elif _MESH.value:
-    try:
+  try:   # a bad setting (e.g. KDJAX_ONEDNN_THREADS=abc, a study's config value): one line, exit 2
+    if _COMPARE.value:
+      figures, show = compare_torch(*shapes, peak_gflops=_PEAK.value, xla_beside=True,
+                                    allocators=("tuned", "plain")), _print_compare
+    elif _PROFILE.value:
+      figures, show = profile(*shapes, kind=_PROFILE_KIND.value), _print_profile
+    elif _MESH.value:
       figures, show = data_parallel(*shapes), _print_data_parallel
-    except errors.ConfigError as error:
-      cli.usage_error(PROG, error)
-  elif _STUDY.value:
-    try:
-      figures = study(_CONFIG.value, _TORCH_THREADS.value)
-    except (errors.ConfigError, data_lib.DataError) as error:
-      cli.usage_error(PROG, error)
-    show = _print_study
-  else:
-    figures, show = plain(*shapes, _EVAL_BATCH.value), _print_plain
+    elif _STUDY.value:
+      figures, show = study(_CONFIG.value, _TORCH_THREADS.value), _print_study
+    else:
+      figures, show = plain(*shapes, _EVAL_BATCH.value), _print_plain
+  except (errors.ConfigError, data_lib.DataError) as error:
+    cli.usage_error(PROG, error)
   if _JSON.value:
     print(json.dumps(figures, indent=2, default=float))
   else:
