@@ -86,7 +86,7 @@ def test_readme_api_snippet_runs_and_prints_nothing_else(tmp_path, monkeypatch, 
   out, err = capfd.readouterr()
   report = namespace["report"]
   assert json.loads(json.dumps(report)) == json.loads((tmp_path / "runs/notebook/report.json").read_text())
-  assert out.splitlines() == [f"{name:16} {model['val_top1']:6.2f} %" for name, model in report["models"].items()]
+  assert out.splitlines() == [f"{name:28} {model['val_top1']:6.2f} %" for name, model in report["models"].items()]
   assert list(report["models"]) == ["teacher", "student_kd_ema", "teacher_ema", "student_kd_ema (EMA weights)"]
   assert "\r" not in err and "epoch" not in err  # no bar, no lines: the run itself said nothing
 

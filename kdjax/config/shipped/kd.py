@@ -2,7 +2,8 @@
 
     python -m kdjax.main --config kd.py --workdir runs/kd
 
-Three report rows: teacher, student_ce, student_kd. About 2 minutes on a 2-core CPU on the embedded digits.
+Three report rows: teacher, student_ce, student_kd, and the students' "(EMA weights)" rows. Shorter than ema.py
+(50 s on an AVX-512, 114 s on an AVX2 2-core AMD EPYC: README).
 Real study: --config.data.name=tiny_imagenet --config.data.manual_dir=DIR.
 """
 
