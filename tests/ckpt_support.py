@@ -18,7 +18,8 @@ TINY = [f"--config.{field}={value}" for field, value in TINY_FIELDS.items()]   #
 # Both kinds of saved state: the EMA-updated teacher copy and the student-weights average.
 EMA_STUDY = ["--config", str(REPO / "configs/ema.py"), "--config.phases=('teacher','student_kd_ema')",
              "--config.ema.student_decay=0.5", *TINY]
-TIMING_KEYS = {"train_seconds", "train_images_per_second", "wall_seconds", "checkpoints", "seconds"}
+TIMING_KEYS = {"train_seconds", "train_images_per_second", "wall_seconds", "checkpoints", "seconds",
+               "compile_seconds"}
 # report.md's first sentence, and a warning, when a run's teacher is at chance: a tiny run's often is
 CHANCE_CAUTION = "The teacher is not distinguishable from chance"
 
