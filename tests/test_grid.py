@@ -14,6 +14,7 @@ import pytest
 
 from kdjax import phases
 from kdjax.config import defaults as config_lib
+from kdjax.config import lookup
 from kdjax.config import validation
 from kdjax.errors import ConfigError
 from kdjax.study import grid
@@ -198,11 +199,7 @@ def test_a_sweep_over_tasks_equals_the_one_process_sweep(tmp_path, tmp_path_fact
 def config_of(**fields):
   config = config_lib.default_config()
   for dotted, value in fields.items():
-    node = config
-    *parents, leaf = dotted.split(".")
-    for parent in parents:
-      node = node[parent]
-    node[leaf] = value
+    lookup.override(config, dotted, value)   # the command line's setter (a field that does not exist: ConfigError)
   return config
 
 
