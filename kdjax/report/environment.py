@@ -72,10 +72,11 @@ def xla_max_isa() -> str:
   return ""
 
 
-def xla() -> dict:
-  """XLA's side: the backend, its instruction-set cap, its thread pool's size and float64 mode."""
+def xla(cores_usable: int) -> dict:
+  """XLA's side: the backend, its instruction-set cap, its thread pool's size (one thread a usable core) and
+  float64 mode."""
   return {"backend": jax.default_backend(), "max_isa": xla_max_isa() or "host (no cap)",
-          "intra_op_threads": cpu()["cores_usable"], "x64": bool(jax.config.jax_enable_x64)}
+          "intra_op_threads": cores_usable, "x64": bool(jax.config.jax_enable_x64)}
 
 
 def onednn_isa() -> str:
@@ -107,10 +108,11 @@ def environment(data_parallel: int = 1, batch: int | None = None, image_shape=No
   """report.json's environment (without the conv paths, which the config decides: kdjax.config.nets.describe).
 
   mesh.data: the data-parallel device count D (kdjax/training/mesh.py); processes: the hosts'."""
+  host = cpu()   # /proc/cpuinfo read once
   return {"mesh": {"data": data_parallel}, "processes": jax.process_count(), "jax": jax.__version__,
           "flax": flax.__version__, "backend": jax.default_backend(),
           "devices": [str(device) for device in jax.devices()], "python": platform.python_version(),
           "machine": platform.machine(), "processor": platform.processor() or platform.machine(),
-          "cpu": cpu(), "xla": xla(), "onednn": onednn(batch, image_shape),
+          "cpu": host, "xla": xla(host["cores_usable"]), "onednn": onednn(batch, image_shape),
           "variables": {name: os.environ[name] for name in BIT_DECIDING_VARIABLES if name in os.environ},
           "host_malloc": host_memory.describe()}
