@@ -12,7 +12,6 @@ import math
 from typing import Any
 
 import numpy as np
-from scipy import stats as scipy_stats
 
 from kdjax.config import nets as config_nets
 from kdjax.report import collapse
@@ -103,7 +102,6 @@ def correct_vectors(report: dict) -> dict[str, np.ndarray]:
 # where a freshly initialised net starts) ran away from where it started: two orders of magnitude. Overfitting
 # alone stays far below (digits' nets end near 0.1-0.5, ln 10 = 2.3); Adam at learning rate 10 ended at 1.7e30.
 RAN_AWAY_FACTOR = 100
-CHANCE_ALPHA = 0.05   # the one-sided binomial test of the teacher against chance
 
 
 def ran_away(report: dict) -> list[str]:
@@ -138,9 +136,9 @@ def teacher_chance(report: dict) -> dict | None:
   if teacher.get("val_correct") is None or not examples or not num_classes:
     return None
   correct = int(teacher["val_correct"])
-  p_value = float(scipy_stats.binomtest(correct, examples, 1 / num_classes, alternative="greater").pvalue)
+  p_value = collapse.chance_p_of_count(correct, examples, num_classes)
   return {"correct": correct, "examples": int(examples), "chance": 1 / num_classes, "p_value": p_value,
-          "distinguishable": p_value <= CHANCE_ALPHA}
+          "distinguishable": p_value <= collapse.CHANCE_LEVEL}
 
 
 def chance_sentence(report: dict) -> str:

@@ -167,7 +167,11 @@ def format_p(p: float) -> str:
 
 def chance_p(top1: float, examples: int, num_classes: int) -> float:
   """One-sided exact binomial p of `top1` % of `examples` against accuracy 1/K (H1: above chance)."""
-  correct = round(top1 * examples / 100.0)
+  return chance_p_of_count(round(top1 * examples / 100.0), examples, num_classes)
+
+
+def chance_p_of_count(correct: int, examples: int, num_classes: int) -> float:
+  """P(X >= correct), X ~ Binomial(examples, 1/K): the one-sided exact test of `correct` right against chance."""
   return float(scipy_stats.binomtest(correct, examples, 1.0 / num_classes, alternative="greater").pvalue)
 
 
