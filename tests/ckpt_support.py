@@ -42,6 +42,29 @@ def kdjax(args, workdir, cache_dir=None, module="kdjax.main", timeout=300) -> su
                         timeout=timeout)
 
 
+WAITING = "WAITING BEFORE SAVE"   # what hold_before_save's run prints when it stops to be killed or interrupted
+
+
+def hold_before_save(condition: str, seconds: int = 600) -> str:
+  """Code for `script`: kdjax.main, but when a save meets `condition` (a Python expression of the save's `self`
+  (its ModelCheckpoints) and `epoch`) it prints WAITING and sleeps `seconds` instead, to be killed or interrupted."""
+  return f"""
+import sys, time
+from kdjax.store import checkpoints
+original = checkpoints.ModelCheckpoints.save
+def save(self, epoch, tree, meta):
+  if {condition}:
+    print({WAITING!r}, flush=True)
+    time.sleep({seconds})
+  return original(self, epoch, tree, meta)
+checkpoints.ModelCheckpoints.save = save
+from absl import app
+from kdjax.cli import main
+sys.argv[0] = "kdjax.main"
+app.run(main.main)
+"""
+
+
 def script(code: str, args, cache_dir=None, timeout=300) -> subprocess.Popen:
   """Starts `python -c code args` (stdout piped, stderr merged), SIGINT raising KeyboardInterrupt in it: a test
   suite started as a non-interactive shell's background job (`cmd &`) inherits SIGINT ignored, which Python keeps,

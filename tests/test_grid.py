@@ -29,21 +29,8 @@ SWEEP = ["--config", str(support.REPO / "configs/kd.py"), "--config.phases=('tea
          *[arg for arg in support.TINY if not arg.startswith("--config.epochs")]]
 
 # kdjax.main, blocked (waiting to be killed) when about to save student_kd's epoch 2 of seed 2.
-BLOCK_BEFORE_SAVE = """
-import sys, time
-from kdjax.store import checkpoints
-original = checkpoints.ModelCheckpoints.save
-def save(self, epoch, tree, meta):
-  if self.directory.name == "student_kd" and self.directory.parent.parent.name == "seed_2" and epoch == 2:
-    print("WAITING FOR SIGKILL", flush=True)
-    time.sleep(600)
-  return original(self, epoch, tree, meta)
-checkpoints.ModelCheckpoints.save = save
-from absl import app
-from kdjax.cli import main
-sys.argv[0] = "kdjax.main"
-app.run(main.main)
-"""
+BLOCK_BEFORE_SAVE = support.hold_before_save(
+    'self.directory.name == "student_kd" and self.directory.parent.parent.name == "seed_2" and epoch == 2')
 
 
 def comparable(report: dict) -> dict:
@@ -122,7 +109,7 @@ def test_a_killed_task_resumes_and_a_merge_before_the_end_names_what_is_missing(
   shutil.rmtree(workdir / "seed_2" / "checkpoints" / "student_kd" / "2")
   (workdir / "report.json").unlink()
   task = support.script(BLOCK_BEFORE_SAVE, [*STUDY, "--config.task=2/3", f"--workdir={workdir}"], cache_dir=cache)
-  lines = support.wait_for_line(task, "WAITING FOR SIGKILL")
+  lines = support.wait_for_line(task, support.WAITING)
   support.sigkill(task)
   assert any("[student_kd] resuming after epoch 1" in line for line in lines), lines
 

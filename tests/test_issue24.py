@@ -19,6 +19,7 @@ from kdjax.training import losses
 from kdjax.training import train
 
 from tests.conftest import tiny_config
+from tests import ckpt_support as support
 
 
 def _teacher_only(**overrides):
@@ -137,21 +138,7 @@ def test_the_clamp_leaves_a_positive_kl_and_its_gradient_as_they_were():
 # --- SIGTERM ------------------------------------------------------------------------------------------------------
 
 # kdjax.main on a tiny teacher-only run that waits before saving epoch 2 (to be stopped there).
-_WAIT_BEFORE_SECOND_SAVE = """
-import sys, time
-from kdjax.store import checkpoints
-original = checkpoints.ModelCheckpoints.save
-def save(self, epoch, tree, meta):
-  if epoch == 2:
-    print("WAITING BEFORE SAVE", flush=True)
-    time.sleep(300)
-  return original(self, epoch, tree, meta)
-checkpoints.ModelCheckpoints.save = save
-from absl import app
-from kdjax.cli import main
-sys.argv[0] = "kdjax.main"
-app.run(main.main)
-"""
+_WAIT_BEFORE_SECOND_SAVE = support.hold_before_save("epoch == 2", seconds=300)
 _TINY_TEACHER = ["--config", "kdjax/config/shipped/default.py", "--config.phases=('teacher',)", "--config.epochs=2",
                  "--config.data.image_size=16", "--config.data.max_train_examples=64",
                  "--config.data.max_val_examples=32", "--config.progress=False"]

@@ -12,21 +12,7 @@ from tests import ckpt_support as support
 
 # Runs kdjax.main, but waits to be killed when about to save epoch 2 of student_kd_ema: by then that epoch's
 # metrics rows are in metrics.jsonl, which the resumed run must not duplicate.
-BLOCK_BEFORE_SAVE = """
-import sys, time
-from kdjax.store import checkpoints
-original = checkpoints.ModelCheckpoints.save
-def save(self, epoch, tree, meta):
-  if self.directory.name == "student_kd_ema" and epoch == 2:
-    print("WAITING FOR SIGKILL", flush=True)
-    time.sleep(600)
-  return original(self, epoch, tree, meta)
-checkpoints.ModelCheckpoints.save = save
-from absl import app
-from kdjax.cli import main
-sys.argv[0] = "kdjax.main"
-app.run(main.main)
-"""
+BLOCK_BEFORE_SAVE = support.hold_before_save('self.directory.name == "student_kd_ema" and epoch == 2')
 
 # Runs kdjax.main and SIGKILLs itself inside Orbax's commit of student_kd_ema/2: the step's files are written
 # into Orbax's tmp folder, but the rename that commits them never happens.
@@ -72,7 +58,7 @@ def test_sigkill_in_a_student_phase_then_resume_equals_uninterrupted(tmp_path, t
   cache = support.compile_cache(tmp_path_factory)
   workdir = tmp_path / "run"
   process = support.script(BLOCK_BEFORE_SAVE, [*support.EMA_STUDY, f"--workdir={workdir}"], cache)
-  output = "".join(support.wait_for_line(process, "WAITING FOR SIGKILL"))
+  output = "".join(support.wait_for_line(process, support.WAITING))
   support.sigkill(process)
   assert "[student_kd_ema] epoch 2/3" in output
   assert ckpt_lib.saved_epochs(workdir / "checkpoints" / "student_kd_ema") == [1]
