@@ -22,7 +22,7 @@ from kdjax.training import optim
 from kdjax import phases as phases_lib
 from kdjax.study import builder as setup_lib
 from kdjax.training import train
-from kdjax.training import xla
+from kdjax.training import jit_step
 from parity import convert
 from parity import mirror
 from parity import precision
@@ -235,11 +235,12 @@ def jax_step(setup: "ParitySetup", phase: str, total_steps: int, start_params, t
              student_decay: float = 0.0) -> tuple:
   """(optimizer, jitted step) of kdjax for `phase`: make_optimizer and the study's own step (Setup.step_function,
   with the teacher inline as the seed computes it; the cached-logit KD step equals it bit for bit:
-  test_speed.py). Compiled as the study compiles it (speed.xla_cpu_options), so that parity is the study's own
-  program. The mirrored run reuses them (same shapes, same pairs), so a phase compiles once."""
+  test_speed.py). Jitted as the study jits it (training/jit_step.py: speed.xla_cpu_options, the state donated),
+  so that parity is the study's own program. The mirrored run reuses them (same shapes, same pairs), so a phase
+  compiles once."""
   optimizer = optim.make_optimizer(setup.config.optimizer, total_steps)
   step = setup.study.step_function(phase, optimizer, student_decay=student_decay, inline_teacher=True)
-  return optimizer, xla.jit(step, setup.config.speed.xla_cpu_options)
+  return optimizer, jit_step.jit_step(step, setup.config.speed.xla_cpu_options)
 
 
 def jax_side(setup: ParitySetup, phase: str, batches, start_params, teacher_params=None, student_decay: float = 0.0,

@@ -20,6 +20,7 @@ from kdjax.config import nets as config_nets
 from kdjax import data as data_lib
 from kdjax.training import ema
 from kdjax.training import evaluate
+from kdjax.training import jit_step
 from kdjax.training import mesh as mesh_lib
 from kdjax.nets import models
 from kdjax.training import optim
@@ -114,14 +115,11 @@ class Setup:
                                  teacher_pairs=pairs)
 
   def train_step(self, phase: str, optimizer):
-    """The jitted `(state, batch) -> (state, metrics)` of `phase`, the state donated, compiled with
-    speed.xla_cpu_options (training/xla.py). A kd step with speed.cached_teacher_logits takes the teacher's
+    """The jitted `(state, batch) -> (state, metrics)` of `phase` (training/jit_step.py: the state donated,
+    compiled with speed.xla_cpu_options). A kd step with speed.cached_teacher_logits takes the teacher's
     logits from the batch (`cached_teacher_logits` computes them)."""
-    step = self.step_function(phase, optimizer)
-    if self.parallel.mesh is not None:   # the state and the metrics come back replicated
-      return xla.jit(step, self.config.speed.xla_cpu_options, donate_argnums=0,
-                     out_shardings=self.parallel.replicated)
-    return xla.jit(step, self.config.speed.xla_cpu_options, donate_argnums=0)
+    return jit_step.jit_step(self.step_function(phase, optimizer), self.config.speed.xla_cpu_options,
+                             self.parallel)   # over several devices the state and metrics come back replicated
 
   def cached_teacher_logits(self, phase: str, teacher_params) -> jax.Array | None:
     """The frozen teacher's logits for the whole train split when `phase`'s step takes them from the batch
