@@ -176,3 +176,15 @@ def test_the_tensorboard_page_gives_the_command_and_every_tag_written():
              tensorboard.CONFIG_TAG}
   documented = set(re.findall(r"^\| `([a-z_]+/[a-z_0-9]+)` \|", text, re.MULTILINE))
   assert documented == written
+
+
+def test_every_exit_code_row_names_a_test():
+  """docs/failures.md's exit-code table: every row names tests, and each named test exists."""
+  text = (ROOT / "docs" / "failures.md").read_text()
+  rows = [line for line in text.split("## Exit codes", 1)[1].splitlines() if re.match(r"^\| (\d+) \|", line)]
+  assert {row.split("|")[1].strip() for row in rows} == {"1", "2", "130", "143"}
+  for row in rows:
+    named = re.findall(r"`((?:\w+/)*test_\w+\.py)::(test_\w+)`", row.split("|")[3])
+    assert named, row
+    for file, test in named:
+      assert re.search(rf"^def {test}\(", (ROOT / "tests" / file).read_text(), re.MULTILINE), f"{file}::{test}"

@@ -1,0 +1,62 @@
+"""Every entry point answers --help and --helpfull with no other flag: exit 0, what the tool does, its flags and an
+example command, and no developer's path as a default (issue 34)."""
+
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+# module -> (words of what it does, flags its help must name)
+ENTRY_POINTS = {
+    "kdjax.main": ("knowledge-distillation study", ("--config", "--workdir", "--show_config")),
+    "parity.check": ("PyTorch reference", ("--config", "--steps", "--dtype", "--floors", "--student_decay")),
+    "parity.export": ("Exports a kdjax run for PyTorch", ("--workdir", "--model", "--out", "--split")),
+    "kdjax.data": ("See what a data set holds", ("--config", "--json")),
+    "kdjax.cli.inspection": ("Looks inside a run's checkpoints", ("--epoch", "--json", "--evaluate")),
+    "kdjax.tools.benchmark": ("How fast kdjax trains", ("--compare-torch", "--study", "--steps", "--config")),
+}
+DEVELOPER_PATHS = ("shared/data", "/work/", "/home/", "/tmp/")
+
+
+def run_module(module: str, *args: str, cwd) -> subprocess.CompletedProcess:
+  env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("flag", ["--help", "--helpfull"])
+@pytest.mark.parametrize("module", list(ENTRY_POINTS))
+def test_help_alone_says_what_the_tool_does_its_flags_and_an_example(tmp_path, module, flag):
+  result = run_module(module, flag, cwd=tmp_path)
+  assert result.returncode == 0, (result.returncode, result.stdout[-2000:], result.stderr[-2000:])
+  purpose, flag_names = ENTRY_POINTS[module]
+  assert purpose in result.stdout
+  for name in flag_names:
+    assert name in result.stdout, name
+  # an example: an indented command line that runs the tool with arguments
+  assert re.search(rf"^\s+python -m {re.escape(module)} \S", result.stdout, re.MULTILINE), result.stdout[:3000]
+  for path in DEVELOPER_PATHS:
+    assert path not in result.stdout, path
+  assert "error" not in result.stderr.lower(), result.stderr
+  assert list(tmp_path.iterdir()) == []   # help writes nothing
+
+
+def test_helpfull_lists_more_than_help_and_no_config_dump(tmp_path):
+  """--helpfull adds absl's own flags; a config flag's default (a whole config as YAML) is never printed."""
+  short = run_module("kdjax.tools.benchmark", "--help", cwd=tmp_path).stdout
+  full = run_module("kdjax.tools.benchmark", "--helpfull", cwd=tmp_path).stdout
+  assert "only_check_args" in full and "only_check_args" not in short
+  for text in (short, full):
+    assert "manual_dir:" not in text and "batch_size: 64" not in text
+
+
+def test_benchmark_study_has_no_developers_data_folder():
+  """--study's default config no longer points at a developer's ../shared/data: the data folder is the user's
+  --config.data.manual_dir (empty: the data layer downloads, or says in one line that it cannot)."""
+  from kdjax.tools import benchmark
+  assert benchmark.study_config().data.manual_dir == ""

@@ -1,0 +1,52 @@
+"""The workdir (kdjax/store/rundir.py): its lock (one run per workdir), an empty --workdir, metrics.jsonl's rows."""
+
+import json
+import os
+
+from kdjax.cli import exits as cli
+from kdjax.store.rundir import RunDir
+from kdjax.study import experiment
+
+from tests.support import ckpt as support
+from tests.support.runs import ema_run  # noqa: F401 (a fixture)
+from tests.support.runs import WAIT_BEFORE_SAVE
+from tests.support.runs import _one_line
+from tests.support.runs import _stop
+
+
+def test_train_top1_is_logged(ema_run):
+  workdir, _ = ema_run
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  for row in rows:
+    if row["model"] == row["phase"]:
+      assert 0 <= row["train_top1"] <= 100
+    else:
+      assert row["train_top1"] is None
+
+
+def test_a_second_run_on_a_workdir_is_refused_and_a_killed_holder_leaves_no_lock(tmp_path, tmp_path_factory):
+  cache = support.compile_cache(tmp_path_factory)
+  workdir = tmp_path / "run"
+  first = support.script(WAIT_BEFORE_SAVE, ["teacher", "1", *support.EMA_STUDY, f"--workdir={workdir}"], cache)
+  try:
+    support.wait_for_line(first, "WAITING BEFORE SAVE", timeout=120)
+    before = support.snapshot(workdir)
+    second = support.kdjax(support.EMA_STUDY, workdir, cache, timeout=120)
+    assert second.returncode == 2
+    assert _one_line(second.stderr) == (f"kdjax: error: workdir {workdir} is in use by another kdjax run "
+                                        f"(PID {first.pid}); wait for it to end, or use another workdir")
+    assert support.snapshot(workdir) == before
+    support.sigkill(first)
+  finally:
+    _stop(first)
+  with RunDir(workdir).locked():   # kill -9 left no stale lock
+    assert (workdir / ".lock").read_text().strip() == str(os.getpid())
+
+
+def test_an_empty_workdir_is_refused(tmp_path, monkeypatch, capsys):
+  monkeypatch.chdir(tmp_path)
+  for workdir in ("", "  "):
+    code = cli.run_main("kdjax", lambda: experiment.train_and_evaluate(support.study_config(), workdir))
+    assert code == 2
+    assert _one_line(capsys.readouterr().err).startswith("kdjax: error: workdir: empty")
+  assert list(tmp_path.iterdir()) == []

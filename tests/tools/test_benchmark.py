@@ -1,0 +1,172 @@
+"""kdjax.tools.benchmark runs its real code on tiny shapes: the structure of what it reports, not the speed."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from kdjax.nets import onednn_conv
+from kdjax.tools import benchmark
+from kdjax.nets import models
+from tests.conftest import tiny_config
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+TINY = dict(batch_size=4, image_size=16, num_classes=10, steps=1, repeats=1)
+
+
+def test_train_flops_count_three_passes_but_the_first_input_gradient():
+  student = models.student_net(200)
+  forward = models.flops_per_image(student, (64, 64, 3))
+  assert benchmark.train_flops_per_image(student, (64, 64, 3)) == 3 * forward - 2 * 64 * 64 * 3 * 12 * 9
+
+
+def test_plain_mode_reports_each_kind_and_evaluation():
+  figures = benchmark.plain(**TINY, eval_batch_size=8, kinds=("student_kd",))
+  assert set(figures["results"]) == {"student_kd", "eval_teacher", "eval_student"}
+  row = figures["results"]["student_kd"]
+  assert row["images_per_second"] > 0 and row["compile_s"] > 0
+  assert row["cache_images_per_second"] > 0  # the cached-logit KD step, with its one-off teacher forward
+
+
+def test_data_parallel_mode_on_one_device_times_the_single_device_feed():
+  figures = benchmark.data_parallel(batch_size=4, image_size=16, num_classes=10, steps=1, repeats=1)
+  assert figures["mode"] == "data_parallel" and figures["devices"] == 1
+  for kind in ("teacher_ce", "student_kd_ema"):
+    assert list(figures["results"][kind]) == ["device_gather"]
+    assert figures["results"][kind]["device_gather"]["images_per_second"] > 0
+
+
+def test_compare_torch_rows_hold_every_variant_and_ratios_to_the_faster_torch(one_torch_thread):
+  figures = benchmark.compare_torch(**TINY, peak_gflops=100.0, kinds=("student_kd",))
+  threads = figures["threads"]
+  assert threads["jax"] == benchmark.core_count() and 1 in threads["torch"]
+  row = figures["kinds"]["student_kd"]
+  expected = {"kdjax", "kdjax_before"} | {f"torch_{layout}_{count}t" for layout in ("nchw", "channels_last")
+                                          for count in threads["torch"]}
+  assert set(row["variants"]) == expected
+  for name, variant in row["variants"].items():
+    assert variant["images_per_second"] > 0 and variant["gflops"] > 0
+    assert variant["peak_fraction"] == pytest.approx(variant["gflops"] / 100.0)
+    assert (variant["compile_s"] is not None) == name.startswith("kdjax")
+  # The cached step executes no teacher forward: fewer FLOPs per image than the inline ones.
+  assert row["variants"]["kdjax"]["gflops"] / row["variants"]["kdjax"]["images_per_second"] < \
+      row["variants"]["kdjax_before"]["gflops"] / row["variants"]["kdjax_before"]["images_per_second"]
+  summary = row["summary"]
+  for layout in ("nchw", "channels_last"):
+    best = summary[f"torch_{layout}_threads"]
+    rates = {count: row["variants"][f"torch_{layout}_{count}t"]["images_per_second"] for count in threads["torch"]}
+    assert rates[best] == max(rates.values())
+    assert summary[f"vs_torch_{layout}"] == pytest.approx(row["variants"]["kdjax"]["images_per_second"] / rates[best])
+  json.dumps(figures, default=float)
+
+
+def _layer_counts(ops) -> dict:
+  """How many of the step's layers each op name covers."""
+  counts = {}
+  for op in ops:
+    counts[op["op"]] = counts.get(op["op"], 0) + len(op["layers"])
+  return counts
+
+
+def test_profile_lists_every_op_of_the_teacher_step():
+  ops = benchmark._step_ops("teacher_ce", 4, 64, 200)
+  counts = _layer_counts(ops)
+  assert counts["conv forward"] == 12 and counts["conv weight grad"] == 12 and counts["conv input grad"] == 11
+  assert counts["pool"] == 4
+  conv = next(op for op in ops if op["op"] == "conv weight grad" and op["shape"][1] == 64 and op["shape"][3] == 12)
+  assert conv["layers"] == [2, 3] and conv["flops"] == 2 * 4 * 64 * 64 * 12 * 12 * 9
+  pool = next(op for op in ops if op["op"] == "pool")
+  timings = benchmark._op_timers(dict(pool, shape=(2, 8, 8, 12)), 10, None, None, 1)
+  assert [label for label, *_ in timings] == ["kdjax", "nn.max_pool"]
+  if onednn_conv.available():   # after oneDNN convs kdjax pools in oneDNN: XLA's pool beside it
+    timings = benchmark._op_timers(dict(pool, shape=(2, 8, 8, 12)), 10, None, None, 1, onednn=True)
+    assert [label for label, *_ in timings] == ["kdjax", "xla_path", "nn.max_pool"]
+    assert all(seconds > 0 for _, *both in timings for seconds in both)
+  # The teacher's convs run on blocks (speed.teacher_conv): kdjax's way is the blocked layer, nn.Conv beside it;
+  # a side too small for blocks is nn.Conv's own.
+  conv_timings = benchmark._op_timers(dict(conv, shape=(2, 8, 8, 12)), 10, None, None, 1)
+  assert [label for label, _ in conv_timings] == ["kdjax", "nn.Conv", "xla_default"]
+  conv_timings = benchmark._op_timers(dict(conv, shape=(2, 2, 2, 12)), 10, None, None, 1)
+  assert [label for label, _ in conv_timings] == ["kdjax", "xla_default"]
+
+
+def test_profile_lists_every_op_of_the_student_step():
+  ops = benchmark._step_ops("student_ce", 4, 64, 200)
+  counts = _layer_counts(ops)
+  assert counts["conv forward"] == 4 and counts["conv weight grad"] == 4 and counts["conv input grad"] == 3
+  assert counts["pool"] == 4 and {op["net"] for op in ops} == {"student"}
+  sides = [op["shape"][1] for op in ops if op["op"] == "conv forward"]
+  assert sides == [64, 32, 16, 8]
+  dense = next(op for op in ops if op["op"].startswith("dense"))
+  assert dense["shape"] == (4, 4 * 4 * 12)
+  # The student's convs are nn.Conv's under XLA (speed.student_conv), never blocks.
+  conv = next(op for op in ops if op["op"] == "conv weight grad" and op["shape"][1] == 32)
+  conv_timings = benchmark._op_timers(dict(conv, shape=(2, 8, 8, 12)), 10, None, None, 1)
+  assert [label for label, _ in conv_timings] == ["kdjax", "xla_default"]
+
+
+def test_study_runs_every_phase_in_both_frameworks(one_torch_thread):
+  config = tiny_config(epochs=1, **{"data.max_train_examples": 64, "data.max_val_examples": 32,
+                                    "phases": ("teacher", "student_ce", "student_kd", "student_kd_ema")})
+  figures = benchmark.study(config, torch_threads=1)
+  assert list(figures["phases"]) == ["teacher", "student_ce", "student_kd", "student_kd_ema"]
+  for row in figures["phases"].values():
+    assert row["kdjax_train_s"] > 0 and row["torch_train_s"] > 0
+  assert figures["torch"]["threads"] == 1 and figures["torch"]["layout"] == "channels_last"
+  assert figures["wall"]["kdjax_s"] > figures["train"]["kdjax_s"]
+  # PyTorch ran in a child per allocator; the faster is the one compared, and both totals are kept.
+  totals = figures["torch"]["allocators"]
+  assert set(totals) == {"tuned", "plain"} and figures["torch"]["allocator"] == min(totals, key=totals.get)
+  assert figures["train"]["torch_s"] == pytest.approx(totals[figures["torch"]["allocator"]])
+
+
+def _cli(*args):
+  return subprocess.run([sys.executable, "-m", "kdjax.tools.benchmark", *args], cwd=ROOT, capture_output=True, text=True,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=120)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--batch_size=0"], "batch_size"),
+    (["--profile", "--study"], "choose one of"),
+    (["--image_size=40"], "multiple of 16"),
+    (["--study", "--config.data.name=imagenet21k"], "data.name"),
+])
+def test_bad_cli_input_is_one_line_and_exit_2(args, message):
+  result = _cli(*args)
+  assert result.returncode == 2
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("kdjax.tools.benchmark: error:") and message in lines[0]
+
+
+def test_channels_last_runs_the_seeds_view_and_computes_the_same(one_torch_thread):
+  import torch
+  from parity import reference
+  torch.manual_seed(0)
+  net = reference.TeacherNet(10, 32)
+  images = torch.randn(2, 3, 32, 32)
+  expected = net(images)
+  converted = benchmark.channels_last(net)
+  logits = converted(images.contiguous(memory_format=torch.channels_last))
+  torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_profile_times_pytorch_on_the_same_ops(one_torch_thread):
+  conv = {"op": "conv weight grad", "shape": (2, 8, 8, 12), "cout": 12, "layers": [2], "flops": 1}
+  assert benchmark._torch_op_timers(conv, 10, 1)["torch_cl"] > 0
+  forward, backward = benchmark._torch_op_timers({"op": "pool", "shape": (2, 8, 8, 12), "layers": [3]}, 10,
+                                                 1)["torch_cl"]
+  assert forward > 0 and backward > 0
+  assert benchmark._torch_op_timers({"op": "Adam update", "shape": None, "layers": ["all"]}, 10, 1) == {}
+  # --profile asks a child process (kdjax.tools.torch_peer), which answers in the same form
+  from kdjax.tools import torch_peer
+  peer = torch_peer.Peer("tuned")
+  try:
+    assert peer.op_timers(conv, 10, 1)["torch_cl"] > 0
+    forward, backward = peer.op_timers({"op": "pool", "shape": (2, 8, 8, 12), "layers": [3]}, 10, 1)["torch_cl"]
+    assert forward > 0 and backward > 0
+    assert peer.op_timers({"op": "Adam update", "shape": None, "layers": ["all"]}, 10, 1) == {}
+  finally:
+    peer.close()
