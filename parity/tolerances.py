@@ -18,7 +18,7 @@ with bounds 1e2 - 1e4 above what was measured:
 A semantic error is orders of magnitude above these: a missing T^2 changes the KD loss 16x at step 1; a wrong
 flatten order or EMA pairing changes logits or the teacher by O(1) of what they move; a wrong Adam bias
 correction changes the first steps by O(lr); an EMA at the wrong point in the step moves the teacher by
-(1 - alpha) * lr per step (~1e-6, against bounds ~1e-11). tests/test_parity_semantics.py injects each and sees
+(1 - alpha) * lr per step (~1e-6, against bounds ~1e-11). tests/parity/test_semantics.py injects each and sees
 the float64 check fail.
 
 FLOAT32 is reported beside the rounding measured in the same run, and decided only where that is robust.

@@ -4,7 +4,7 @@ XLA:CPU runs a 12-channel convolution at a fraction of the speed it runs a 48-ch
 batch 128, 2-core AMD EPYC: 50 against 184 GFLOP/s). Regrouping every 2x2 pixel block into one 4C-channel
 pixel turns each 3x3 conv into a 2x2 conv on a grid half the size, with 16/9 of the multiply-adds but 4x the
 channels: the same convolution, with sums taken in another order (float32 results move at the rounding level;
-float64 agrees to ~1e-15, tests/test_block_conv.py).
+float64 agrees to ~1e-15, tests/nets/test_block_conv.py).
 
 Layouts of an activation x [N, H, W, C] (H, W even); a, b in {0, 1} are the row and column inside a block:
   pixels:   x itself

@@ -18,7 +18,7 @@ thread until it returns, and the extension runs its calls one at a time on one t
 OpenMP team whichever XLA thread calls), so each may use every core. `set_threads` sets
 oneDNN's count (default: KDJAX_ONEDNN_THREADS, else OMP_NUM_THREADS, else the cores this process may use,
 os.sched_getaffinity; a value that is not a whole number >= 1 is a ConfigError, exit 2); on this CPU 1 and 2
-threads give the same bits (tests/test_onednn_conv.py).
+threads give the same bits (tests/nets/test_onednn_conv.py).
 """
 
 import ctypes

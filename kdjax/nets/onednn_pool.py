@@ -9,7 +9,7 @@ The forward writes each window's argmax to a workspace (one byte a pooled value)
 through it; the extension (kdjax/nets/_onednn.cc, loaded by kdjax.nets.onednn_conv) runs both through the typed
 XLA FFI, on the executor thread and OpenMP team of oneDNN's convs. These are the rules of
 kdjax.nets.pooling.max_pool_2x2 and nn.max_pool: values and gradients equal max_pool_2x2's bit for bit, ties,
-NaN, infinities and signed zeros included (tests/test_onednn_pool.py; a NaN's payload aside). So this is a speed
+NaN, infinities and signed zeros included (tests/nets/test_onednn_pool.py; a NaN's payload aside). So this is a speed
 change only: the gradient is read back from the workspace instead of recomputed from (x, y).
 
 The loops are the extension's own, not oneDNN's pooling primitive, whose max starts from -FLT_MAX and keeps a

@@ -16,7 +16,7 @@ An odd last row or column belongs to no window and is dropped (VALID padding, Py
 
 The first-maximum rule is the tie rule of XLA's reduce_window gradient (select_and_scatter with `>=`, the
 gradient of `flax.linen.max_pool`) and of PyTorch's MaxPool2d, so both the values and the gradients equal
-`nn.max_pool(x, (2, 2), strides=(2, 2))`'s bit for bit (tests/test_pooling.py), ties included. Max is exact
+`nn.max_pool(x, (2, 2), strides=(2, 2))`'s bit for bit (tests/nets/test_pooling.py), ties included. Max is exact
 in floating point, and each input belongs to exactly one window, so the gradient is a selection, never a sum.
 
 Why: on XLA:CPU, `nn.max_pool`'s gradient lowers to a variadic reduce_window that carries (value, tangent)
@@ -25,7 +25,7 @@ reshapes and selects here fuse into elementwise loops, 6.7 ms.
 
 NaN, infinities and signed zeros follow XLA's max: a window with a NaN pools to NaN and its dy goes to d (no corner
 equals NaN), an all -inf window to -inf, a -0.0 / +0.0 tie to +0.0 (dy at the first of the two). The oneDNN path's
-pool (kdjax.nets.onednn_pool) computes these same bits (tests/test_onednn_pool.py).
+pool (kdjax.nets.onednn_pool) computes these same bits (tests/nets/test_onednn_pool.py).
 """
 
 import jax
