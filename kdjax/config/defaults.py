@@ -121,15 +121,15 @@ def default_config() -> ml_collections.ConfigDict:
 # Fields that do not change what a run computes: they may differ when an existing workdir is resumed.
 RESULT_NEUTRAL = ("progress", "log_every_epoch", "log_every_steps", "checkpoint.keep", "checkpoint.every_epochs",
                   "checkpoint.allow_config_change", "data.data_dir", "data.manual_dir",
-                  # bit-identical either way (tests/test_speed.py)
+                  # bit-identical either way (tests/training/test_xla.py)
                   "speed.pool", "speed.cached_teacher_logits", "speed.host_malloc",
-                  # where it runs; D > 1 equals D = 1 up to float32 reduction order (tests/test_mesh.py)
+                  # where it runs; D > 1 equals D = 1 up to float32 reduction order (tests/training/test_mesh.py)
                   "mesh.num_devices", "distributed.coordinator_address", "distributed.num_processes",
                   "distributed.process_id",
                   # how a study is spread over tasks and cores (kdjax/study/grid.py): units compute the same bits
                   "task", "task_cores",
                   # a field of older runs' config.json, since replaced by ema.diagnostics_per_decade: it set when
-                  # the collapse diagnostics measured, never what trains (tests/test_collapse.py)
+                  # the collapse diagnostics measured, never what trains (tests/report/test_collapse.py)
                   "ema.diagnostics_every")
 
 

@@ -16,7 +16,7 @@ same number every epoch; `teacher_logits` computes it once for the whole trainin
 `data.normalize`, then `teacher.apply`, with the step's XLA options) and `run_epoch` gathers each batch's rows with
 the images. Equal to the inline forward to float32 rounding; bit for bit where the CPU's kernels give a row the
 same bits at every batch size (the AVX-512 AMD EPYC measured: any batch >= 2; not an AVX2 Zen 3, where rows move by
-an ulp between batch sizes; tests/test_train.py). A 1-row batch is never run (XLA makes its fc dot a
+an ulp between batch sizes; tests/training/test_train.py). A 1-row batch is never run (XLA makes its fc dot a
 matrix-vector product that sums in another order). Not for kd_ema: there the teacher changes every step.
 """
 
