@@ -14,6 +14,11 @@ incremental_update(student, teacher, 1 - alpha). The student-weights EMA (Polyak
 mean-teacher) is incremental_update(student, student_ema, 1 - decay).
 
 Mean-teacher warm-up (optional): alpha_t = min(1 - 1/(t + 1), alpha), t = 1 on the first update.
+
+After k updates the trained teacher's weights count prod_t alpha_t (alpha^k without warm-up) in each paired
+tensor, the student's weights of the k steps the rest: `student_share` = 1 - prod_t alpha_t. `interpolate_pairs`
+sets the same tensors to a fixed mix (1 - w)*teacher + w*student of one student, evaluation-only: what a teacher
+becomes when its paired tensors hold a share w of a student's weights, without the feedback of training.
 """
 
 from typing import Sequence
@@ -61,3 +66,32 @@ def pull_teacher_toward_student(teacher_params, student_params, pairs, decay) ->
 def polyak_update(average_params, params, decay):
   """Student-weights EMA: average = decay*average + (1-decay)*params, over the whole tree."""
   return optax.incremental_update(params, average_params, step_size=1.0 - decay)
+
+
+def interpolate_pairs(teacher_params, student_params, pairs, weight: float) -> dict:
+  """(1 - w)*teacher + w*student on each paired tensor of `pairs` (ema.torch_zip_pairs), the others the teacher's.
+
+  optax.incremental_update(student, teacher, w): w = 0 gives the teacher's values and w = 1 the student's exactly
+  (x*1 + y*0 == x for finite y). The student's share after k EMA updates is `student_share`.
+  """
+  if not 0.0 <= weight <= 1.0:
+    raise ValueError(f"interpolation weight must be in [0, 1], got {weight!r}")
+  mixed = {layer: dict(tensors) for layer, tensors in teacher_params.items()}
+  for (s_layer, s_name), (t_layer, t_name) in pairs:
+    mixed[t_layer][t_name] = optax.incremental_update(
+        student_params[s_layer][s_name], teacher_params[t_layer][t_name], step_size=weight)
+  return mixed
+
+
+def student_share(decay: float, updates: int, warmup: bool = False) -> float:
+  """The share of the student's weights in each paired tensor after `updates` EMA updates of the teacher:
+  w = 1 - prod_{t=1..k} alpha_t, alpha_t = decay (1 - decay^k), or min(1 - 1/(t + 1), decay) with the warm-up.
+  In float64 on the host."""
+  if updates < 0:
+    raise ValueError(f"updates must be >= 0, got {updates}")
+  if not warmup:
+    return 1.0 - float(decay) ** updates
+  kept = 1.0
+  for t in range(1, updates + 1):
+    kept *= min(1.0 - 1.0 / (t + 1.0), float(decay))
+  return 1.0 - kept
