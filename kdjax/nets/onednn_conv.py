@@ -13,12 +13,10 @@ This module also loads the extension for the 2x2 max-pools that follow these con
 The extension is optional (no compiler, no x86_64, ...): `unavailable_reason()` says why it is missing, and
 config speed.conv "auto" then keeps the convolutions in XLA (kdjax.config.nets.conv_engine).
 
-Threads: oneDNN runs on GNU OpenMP, XLA on its own pool; the two never run at once (a custom call blocks XLA's
-thread until it returns, and the extension runs its calls one at a time on one thread of its own, so oneDNN has one
-OpenMP team whichever XLA thread calls), so each may use every core. `set_threads` sets
-oneDNN's count (default: KDJAX_ONEDNN_THREADS, else OMP_NUM_THREADS, else the cores this process may use,
-os.sched_getaffinity; a value that is not a whole number >= 1 is a ConfigError, exit 2); on this CPU 1 and 2
-threads give the same bits (tests/nets/test_onednn_conv.py).
+Threads: the extension runs its calls one at a time on one thread of its own, so oneDNN has one OpenMP team and it
+and XLA's pool never compute at once. `set_threads` sets oneDNN's count (default: KDJAX_ONEDNN_THREADS, else
+OMP_NUM_THREADS, else the cores this process may use; not a whole number >= 1: a ConfigError). Why and what was
+measured: docs/speed.md#the-onednn-extension.
 """
 
 import ctypes

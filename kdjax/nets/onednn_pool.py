@@ -12,9 +12,7 @@ kdjax.nets.pooling.max_pool_2x2 and nn.max_pool: values and gradients equal max_
 NaN, infinities and signed zeros included (tests/nets/test_onednn_pool.py; a NaN's payload aside). So this is a speed
 change only: the gradient is read back from the workspace instead of recomputed from (x, y).
 
-The loops are the extension's own, not oneDNN's pooling primitive, whose max starts from -FLT_MAX and keeps a
-corner only when strictly greater: it turned a window [1, nan, 0, 0] into 1, an all-NaN or all -inf window into
--3.4e38, and kept -0.0 in a -0.0 / +0.0 tie (issue 36), so a NaN weight gave a finite loss.
+The loops are the extension's own, not oneDNN's pooling primitive, which drops NaNs (docs/speed.md#the-onednn-extension).
 
 An odd last row or column belongs to no window and is dropped, with gradient 0 (PyTorch's floor), as in
 max_pool_2x2.

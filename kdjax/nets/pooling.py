@@ -19,9 +19,8 @@ gradient of `flax.linen.max_pool`) and of PyTorch's MaxPool2d, so both the value
 `nn.max_pool(x, (2, 2), strides=(2, 2))`'s bit for bit (tests/nets/test_pooling.py), ties included. Max is exact
 in floating point, and each input belongs to exactly one window, so the gradient is a selection, never a sum.
 
-Why: on XLA:CPU, `nn.max_pool`'s gradient lowers to a variadic reduce_window that carries (value, tangent)
-pairs plus a scatter: 66 ms against 2.2 ms for its forward on a [128, 64, 64, 12] input (2 threads); the
-reshapes and selects here fuse into elementwise loops, 6.7 ms.
+Why: XLA:CPU lowers `nn.max_pool`'s gradient to a slow variadic reduce_window and scatter; these reshapes and
+selects fuse into elementwise loops (docs/speed.md#the-switches).
 
 NaN, infinities and signed zeros follow XLA's max: a window with a NaN pools to NaN and its dy goes to d (no corner
 equals NaN), an all -inf window to -inf, a -0.0 / +0.0 tie to +0.0 (dy at the first of the two). The oneDNN path's

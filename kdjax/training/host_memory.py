@@ -1,21 +1,16 @@
 """The host allocator under XLA:CPU's buffers.
 
-XLA:CPU takes a step's buffers (its activations: 25 MB a tensor at batch 128, 64x64x12, float32) from malloc and
-frees them when the step ends, on one of its worker threads. glibc serves every request above its mmap threshold
-(32 MiB at most) with a fresh mmap, and a worker thread's arena (64 MiB at most) every request it cannot hold, and
-gives them back with munmap, so each step faults all of that memory in again, page by page, and the kernel zeroes
-it (the teacher step's 110 MB temporary buffer: 28,000 page faults a step). `tune()` keeps freed memory in the
-process for the next step:
+XLA:CPU mallocs a step's buffers and frees them when the step ends, on its worker threads; glibc serves large
+requests with mmap and gives them back, so every step faults its memory in again (docs/log/2026-12-02-speed-kept-heap.md).
+`tune()` keeps freed memory in the process for the next step:
 
     mallopt(M_ARENA_MAX, 1)           threads that have not allocated yet share the heap's one arena
     mallopt(M_MMAP_MAX, 0)            no request is served by mmap: all come from the heap
     mallopt(M_TRIM_THRESHOLD, 1 GiB)  free memory at the top of the heap is kept up to 1 GiB, not given back
 
 Call it before JAX starts its CPU backend (kdjax's command lines do, first thing): a thread that already holds an
-arena of its own keeps it, and XLA's workers take theirs at their first allocation. It changes no number a run
-computes, only where its memory comes from; the process keeps its peak heap until it ends (a training process's
-memory is its peak anyway). glibc only: elsewhere `tune()` changes nothing and says so. The setting is the
-process's, for every later allocation; `describe()` says what is in force. Measured: docs/speed.md.
+arena keeps it. It changes no number a run computes; the process keeps its peak heap until it ends. glibc only:
+elsewhere `tune()` changes nothing and says so; `describe()` says what is in force.
 """
 
 import ctypes

@@ -4,14 +4,9 @@ The one option kdjax sets is XLA:CPU's YNNPACK library-fusion set. In jaxlib 0.1
 {INDIVIDUAL_DOT, REDUCE, INDIVIDUAL_CONVOLUTION} (read off the compiled HLO: setting exactly these three
 compiles the same `__ynn_fusion`s as setting nothing). INDIVIDUAL_CONVOLUTION sends the backward pass's
 weight-gradient convolutions (all 12 of the teacher step's at batch 128, 64x64; fewer at small sizes; never a
-forward or input-gradient convolution) to YNNPACK. CPU_OPTIONS is the default set without it, so:
-  * forward logits are bit-identical with and without it (only the fc dot and reductions are YNN's, as before);
-  * weight gradients are summed in another order: training moves at the fp32-rounding level.
-Measured on a 2-core AMD EPYC, each op alone at the teacher step's shapes (batch 128; `kdjax.tools.benchmark
---profile`, load average ~3, so +-20 %): weight gradient of the 64x64 12->12 convs 93 ms (XLA) against 129 ms
-(YNNPACK), of conv1 (3->12) 16 against 50 ms, but of the 32x32 convs 16 against 9 ms; net, the teacher CE step
-took 0.72 s of CPU time against 0.86 s with XLA's default (one process, alternated), so the option is on by
-default (config speed.xla_cpu_options). One set per compile: there is no per-convolution choice.
+forward or input-gradient convolution) to YNNPACK. CPU_OPTIONS is the default set without it: forward logits are bit-identical with and without it; weight gradients
+are summed in another order (training moves at the fp32-rounding level), and the teacher's step is faster
+(config speed.xla_cpu_options; measured: docs/log/2026-11-28-speed-xla-path.md). One set per compile.
 
 `jax.jit(..., compiler_options={name: value})` passes `value` through XLA's flag parser (as XLA_FLAGS would,
 but for this compile only); an option or enum value this jaxlib does not know fails at compile time, so
