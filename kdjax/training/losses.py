@@ -104,18 +104,9 @@ def distill_kl(student_logits: jax.Array, teacher_logits: jax.Array,
                temperature: float, weights: jax.Array | None = None) -> jax.Array:
   """The original's KD loss: batchmean KL(softmax(t/T) || softmax(s/T)) * T^2; teacher detached.
 
-  Two forms of one number, chosen by T (a Python float: the step's static config). kl_per_example's float32 sum of
-  p·(log p − log q) rounds each term to ~eps·|log q|, ~1e-7 absolute a KL, times T²: at T in the hundreds, where
-  z/T is near 0 for every logit and the KL is ~1e-6, that is its size, and it came out ≤ 0 (at T = 1000 with a
-  near-uniform teacher 8 batches of 20 did, at T = 300 2), where the old clamp max(loss, 0) gave a zero gradient:
-  the student never moved and the phase still "finished" (issue 36). So above PLAIN_UP_TO = 10 distill_kl is
-  exact_kl_per_example (a sum of terms ≥ 0, within ~1e-6 of float64 at any T, gradient T·(q − p)/N), never ≤ 0
-  with a zero gradient; at T ≤ 10 (the digits study's T = 4) it is max(plain form, 0), the program kdjax has always
-  compiled, so those studies' numbers stay bit for bit. There the plain form is off by ~1e-7·T² absolute, which
-  matters only for a student within ~1e-3 of its teacher's logits; a phase that stops moving is refused anyway
-  (study/acceptance.py). (Switching per batch, by the KL's size, in one program moved the study's gradients by
-  an ulp in rare steps: a jnp.where of the two forms from the first step, the exact form under a lax.cond from the
-  7th epoch: docs/failures.md.)"""
+  Two forms of one number, chosen by T (a Python float: the step's static config): above PLAIN_UP_TO = 10
+  exact_kl_per_example (a sum of terms ≥ 0, within ~1e-6 of float64 at any T, gradient T·(q − p)/N); at T ≤ 10
+  max(kl_per_example, 0), the program kdjax has always compiled. Why: docs/study.md#the-study."""
   teacher_logits = jax.lax.stop_gradient(teacher_logits)
   if temperature > PLAIN_UP_TO:
     return batch_mean(exact_kl_per_example(student_logits, teacher_logits, temperature), weights) * temperature**2

@@ -11,13 +11,9 @@ Every kind also keeps the student-weights EMA when ema.student_decay > 0 (update
 
 The step is pure, so a caller can shard the batch or vmap over seeds without touching the loop.
 
-Cached teacher logits (kd only). The teacher is frozen and the inputs are not augmented, so teacher(x_i) is the
-same number every epoch; `teacher_logits` computes it once for the whole training split (the same program:
-`data.normalize`, then `teacher.apply`, with the step's XLA options) and `run_epoch` gathers each batch's rows with
-the images. Equal to the inline forward to float32 rounding; bit for bit where the CPU's kernels give a row the
-same bits at every batch size (the AVX-512 AMD EPYC measured: any batch >= 2; not an AVX2 Zen 3, where rows move by
-an ulp between batch sizes; tests/training/test_train.py). A 1-row batch is never run (XLA makes its fc dot a
-matrix-vector product that sums in another order). Not for kd_ema: there the teacher changes every step.
+Cached teacher logits (kd only): the frozen teacher's logits of the whole training split, computed once by
+`teacher_logits` (the step's own program) and gathered per batch by `run_epoch`; equal to the inline forward to
+float32 rounding, bit for bit where the CPU gives a row the same bits at every batch size >= 2 (docs/speed.md#the-switches).
 """
 
 import dataclasses
@@ -204,16 +200,10 @@ def run_epoch(step_fn, state: TrainState, images, labels, order: np.ndarray, bat
   teacher_logits: float32 [N, K] device array for a step built with cached_teacher_logits (see
   `teacher_logits`); each batch then carries its rows as batch["teacher_logits"].
 
-  Losses (and the step's batch accuracy) are read back one step late, so the host never waits on the step it
-  just dispatched; a non-finite loss raises DivergenceError naming its step, before any later state is kept.
-  progress: show the meter (kdjax.progress: a bar on a terminal, a line every ~30 s otherwise).
-  `after_step(state, loss)` is called after every `every`-th step of the epoch but its last (diagnostics; it
-  may read the state, not keep it).
-  compile_note: a line before the first step (which waits for XLA's compile, tens of seconds on a CPU) and one
-  when it is done, so that a run is never silent for that long.
-  EpochResult.params_moved: whether the epoch changed any trained parameter (a copy of them is kept for the
-  comparison, as the steps donate the state): an epoch of steps that all round to no change learned nothing
-  (study/acceptance.py).
+  Losses are read back one step late (the host never waits on the step it just dispatched); a non-finite loss
+  raises DivergenceError naming its step. `after_step(state, loss)` runs after every `every`-th step but the last
+  (diagnostics: it may read the state, not keep it). compile_note: a line before and after the first step's
+  compile. EpochResult.params_moved: whether any trained parameter changed (study/acceptance.py).
   """
   batches = data_lib.batch_indices(order, batch_size, drop_remainder)
   start = time.perf_counter()
