@@ -3,14 +3,10 @@
     python -m kdjax.main --config ema_sweep.py --workdir W --config.num_seeds=3 --config.task=K/N   # each K
     python -m kdjax.main --config ema_sweep.py --workdir W --config.num_seeds=3 --config.task=merge # if needed
 
-The units are the study's (seed, sweep point) pairs, in a fixed order: point-major, first every seed's point
-"main" (config.phases: the teacher, the students, student_kd_ema), then each ema.sweep variant (its
-student_kd_ema@<alpha> phase, in phases.sweep_phases' order) for every seed. Unit i runs in task i mod N, and a
-task runs its units in that order. (Mains first: the teachers the sweep points need start at once, and N equal to
-the points per seed does not give one task every seed's main.) A variant's unit distils from its seed's teacher,
-which the seed's main unit trains: it waits for that teacher's last save and loads it (a teacher is never trained
-twice); when no task is running the main unit (its task was killed, or has not reached it), the waiting task runs
-it first. Unit i only ever waits on a unit before it, so the tasks cannot wait on each other in a circle.
+The units are the study's (seed, sweep point) pairs: every seed's "main" point first (config.phases), then each
+ema.sweep variant for every seed. Unit i runs in task i mod N, in that order. A variant's unit waits for its seed's
+teacher, which the seed's main unit trains (or runs that unit itself when no task holds it); unit i only waits on
+a unit before it, so tasks never wait in a circle. The rules and recipes: docs/scaling.md.
 
 Files: a unit runs in SEED/units/<point>/ (SEED = WORKDIR/seed_<s>, or WORKDIR itself for one seed) under its own
 lock (SEED/units/<point>/.lock), with its metrics.jsonl and TensorBoard there and its phases' checkpoints in
@@ -19,15 +15,9 @@ A unit that another live task holds is skipped (the line names it and the PID); 
 by the next run of a task that reaches it (store/resume.py, per phase, as always). Every task holds
 WORKDIR/.lock shared, so a one-process run of the workdir and the tasks exclude each other.
 
-The merge: the one-process run of the finished workdir (every phase loaded from its last save, re-evaluated and
-checked, nothing trained), so report.json, report.md, the figures, each seed's report and metrics.jsonl are what
-the sequential run writes (timings aside), plus report.json's "grid": what each unit ran on. The task that
-finishes the last unit merges (under WORKDIR/.merge.lock); --config.task=merge does it on request and names the
-missing units when there are any (exit 1): never a report of fewer seeds than asked for.
-
-Cores: `share_cores` runs before JAX starts its backend. XLA:CPU's intra-op pool (tf_XLAEigen threads) and oneDNN's
-OpenMP team both take the cores the process may run on (os.sched_getaffinity), so task_cores = C pins the process
-to C of them (task K: cores K*C, K*C+1, ... mod their count), and KDJAX_ONEDNN_THREADS follows unless set.
+The merge, by the task that finishes the last unit (or --config.task=merge), is the one-process run of the finished
+workdir (every phase loaded and checked, nothing trained), plus report.json's "grid". `share_cores` (before JAX
+starts) pins task K to cores K*C .. K*C+C-1 for task_cores = C and sets KDJAX_ONEDNN_THREADS unless set.
 """
 
 import dataclasses
