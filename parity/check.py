@@ -10,16 +10,9 @@ phase's N steps (in that dtype), given to both. The student-weights EMA is kept 
 ema.student_decay, or --student_decay when that is 0, so that it is always checked.
 
 --dtype=both (the default) runs each phase in float32, then in float64 from the same weights and teacher, and
-passes only if both do:
-  float64 decides semantics: every step's loss, the parameters and logits after N steps, to ~1e-9 of what
-          training moved them, where rounding is ~1e-16 (parity/tolerances.py FLOAT64);
-  float32 is reported beside the rounding measured in the same run (each framework against its own float64
-          run, and against itself on the mirrored problem, parity/mirror.py; --floors=false skips the latter)
-          and decides what is robust on any machine: the forward on the same weights, the first steps' losses,
-          and each framework's float32 forward and step-1 loss against its float64 ones (no TF32, no bf16).
-          Accuracy counts are reported with the examples close enough to flip (they follow from the logits).
-Matmuls and convs run at full float32 precision on both sides (no TF32 on a GPU: parity/precision.py); the
-header says where each framework ran. Exit status 1 when a decided value is past its bound; 2 for bad arguments.
+passes only if both do: float64 decides semantics, float32 is reported beside the rounding measured in the same run
+and decides only what holds on any machine (parity/tolerances.py; docs/parity.md#how-parity-is-decided).
+--floors=false skips the mirrored runs. Exit status 1 when a decided value is past its bound; 2 for bad arguments.
 """
 
 import sys
