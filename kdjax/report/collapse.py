@@ -1,33 +1,15 @@
 """Why the original's EMA collapses: what the EMA-updated teacher becomes, measured while it happens.
 
-The seed pulls the trained teacher θ_T toward the student every step (teacher = α·teacher + (1−α)·student on
-the tensors that pair by shape, ema.py), then distils the student from it. Each kd_ema phase is measured at
-its start, at log-spaced steps through the whole phase (`schedule`: ema.diagnostics_per_decade points per
-factor of 10 of steps, so step 1, 2, 3, 4, 6, 7, 10, 13, 18, 24, ... at 8 a decade) and at every epoch's end:
-
-  distance      ‖θ_ema − θ_T‖ / ‖θ_T‖ over the teacher tensors the original's EMA updates
-  entropy       mean over the probe of H(softmax(t/T)) / log K: 0 = one-hot, 1 = flat soft targets (at this T)
-  kd_loss       the step's KD loss (at an epoch's end: the epoch's mean, as the train loss)
-  probe_teacher_top1, probe_student_top1   the EMA-updated teacher's and its student's top-1 on the probe
-  teacher_top1, student_top1               the same on the whole validation split: at the start and at each
-                                           epoch's end only (None between)
-  seconds       the time this point took (beyond the evaluation an epoch's end does anyway)
-  compile_seconds   of it, compiling the probe's forwards (the phase's first point, once a process; else 0)
-
-The probe (`probe_indices`) is a fixed subset of the validation split: the first P of a seed-0 permutation,
-the same for every phase and seed of a data set. P is chosen so that the probe's images are at most BUDGET of
-the images the phase trains on: (number of points) · P <= BUDGET · (images the phase trains on); one probe image
-is a teacher and a student forward, about one training image (a teacher forward, a student forward and
-backward). What that bound holds, and what it does not:
-  - P is at least PROBE_MIN, so a phase that trains on fewer than (points) · PROBE_MIN / BUDGET images pays more
-    (a 1-epoch digits phase: 11 points need 7,040 images and it trains on 1,437: ~25 % of its training);
-  - the first point of a process also compiles the probe's forwards (seconds on a CPU), outside the bound;
-  - it counts images, not time: forwards of a small probe batch cost more per image than training batches.
-`findings` reports the points' time as a share of the phase's training time and says which of these applies.
-P is at most PROBE_MAX.
-
-`findings` turns the points into sentences. A point is a sample, so a change between two points is reported
-as a bracket: "between step a (the last point before) and step b (the first point after)".
+Each kd_ema phase is measured at its start, at `schedule`'s log-spaced steps (ema.diagnostics_per_decade a factor
+of 10: steps 1, 2, 3, 4, 6, 7, 10, 13, ... at 8) and at every epoch's end. A point holds
+  distance   ‖θ_ema − θ_T‖ / ‖θ_T‖ over the teacher tensors the original's EMA updates
+  entropy    mean over the probe of H(softmax(t/T)) / log K (0 one-hot, 1 flat); kd_loss (an epoch's end: its mean)
+  probe_teacher_top1, probe_student_top1; teacher_top1, student_top1 (whole split: start and epoch ends only)
+  seconds, compile_seconds
+The probe (`probe_indices`) is the first P of a seed-0 permutation of the validation split, with
+(points) · P <= BUDGET · (images the phase trains on) and PROBE_MIN <= P <= PROBE_MAX; what that bound holds and
+what it does not: docs/ema.md#what-the-collapse-diagnostics-measure. `findings` states a change as a bracket
+between two points ("between step a and step b") and the points' time as a share of the phase's training time.
 """
 
 import math
