@@ -88,10 +88,9 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
 def _load_passive(path: pathlib.Path) -> ctypes.CDLL:
   """ctypes.CDLL(path), GNU OpenMP's wait policy passive unless the user chose one (OMP_WAIT_POLICY, GOMP_SPINCOUNT).
 
-  libgomp reads its environment once, when it is loaded (here, with the extension), and by default an idle worker
-  spins ~300,000 times before it sleeps; on an oversubscribed machine those spins take the core the thread it waits
-  for needs (issue 36, load 19 on 2 cores: a tiny teacher step 688 ms with oneDNN against 3.8 ms with XLA; passive
-  13 ms). The variable is set for the load only, so child processes (PyTorch's in kdjax.tools) do not inherit it."""
+  libgomp reads its environment once, when it is loaded; its default spinning starves the threads it waits for on an
+  oversubscribed machine (docs/log/2026-12-02-onednn-threads-under-load.md). The variable is set for the load only,
+  so child processes (PyTorch's in kdjax.tools) do not inherit it."""
   chosen = [f"{name}={os.environ[name].strip()}" for name in WAIT_POLICY_VARIABLES if os.environ.get(name, "").strip()]
   if chosen:
     _WAIT_POLICY[0] = ", ".join(chosen)
