@@ -23,8 +23,6 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from kdjax import errors
-from kdjax import data as data_lib
 from kdjax import progress
 from kdjax.cli import exits as cli
 from kdjax.cli import help as help_lib
@@ -131,12 +129,12 @@ def main(argv):
     config.phases  # config_flags reports a config file it could not load only when the config is first used
   except OSError:
     _usage_error(f"cannot load config file {flags.FLAGS['config'].config_filename!r}")
-  try:
+
+  def body() -> int:   # a bad config value or data path: 2 (kdjax.cli.exits); a decided value past its bound: 1
     with progress.printing(sys.stdout):   # what each framework is doing, and its step counter, as it runs
       rows = check(config, _STEPS.value, _STUDENT_DECAY.value, DTYPE_CHOICES[_DTYPE.value], _FLOORS.value)
-  except (errors.ConfigError, data_lib.DataError) as error:
-    _usage_error(str(error))
-  sys.exit(0 if all(row.ok for row in rows) else 1)
+    return cli.OK if all(row.ok for row in rows) else cli.BROKE
+  sys.exit(cli.run_main(PROG, body, resumable=False))
 
 
 if __name__ == "__main__":

@@ -13,22 +13,24 @@ data     saves `x` (float32 NHWC: exactly the preprocessed inputs kdjax's models
 Errors (missing workdir, unknown model, missing checkpoint, unwritable output) are one line on stderr, exit 2.
 """
 
-import argparse
 import pathlib
 import sys
 
+from absl import flags
 import numpy as np
 
 from kdjax.cli import exits as cli
+from kdjax.cli import help as help_lib
 from kdjax.phases import MODEL_ORDER
 
 MODELS = MODEL_ORDER   # the models with a checkpoint folder, from kdjax's one table
 SPLITS = ("train", "validation")
+PROG = "parity.export"
 PROBE_SEED = 0
 
 
-class ExportError(Exception):
-  """A bad argument or workdir; the message is one line naming the path or model."""
+class ExportError(cli.UsageError):
+  """A bad argument or workdir; the message is one line naming the path or model (exit 2)."""
 
 
 def net_of(model: str) -> str:
@@ -137,64 +139,61 @@ def export_data(workdir: str, split: str, out: str) -> tuple[np.ndarray, np.ndar
   return x, y
 
 
-EXAMPLES = """examples:
-  python -m kdjax.main --config ema.py --workdir runs/ema
-  python -m parity.export weights --workdir runs/ema --model student_kd --out student_kd.pt
-  python -m parity.export data --workdir runs/ema --split validation --out val.npz"""
+EXAMPLES = [
+    "python -m kdjax.main --config ema.py --workdir runs/ema",
+    "python -m parity.export weights --workdir runs/ema --model student_kd --out student_kd.pt",
+    "python -m parity.export data --workdir runs/ema --split validation --out val.npz",
+]
+# Each command's flags (absl: one FlagValues holds both commands'; a flag of the other command is refused).
+COMMANDS = {"weights": ("workdir", "model", "out", "probe-out", "probe-count"),
+            "data": ("workdir", "split", "out")}
+REQUIRED = {"weights": ("workdir", "model", "out"), "data": ("workdir", "out")}
+FLAG_NAMES = ("workdir", "model", "out", "probe-out", "probe-count", "split")
 
 
-def parser() -> argparse.ArgumentParser:
-  """The command line; --help shows the module docstring and the examples, --helpfull each command's flags too."""
-  raw = argparse.RawDescriptionHelpFormatter
-  top = argparse.ArgumentParser(prog="python -m parity.export", description=__doc__, epilog=EXAMPLES,
-                                formatter_class=raw)
-  top.add_argument("--helpfull", action=_HelpFull, help="this help and every command's flags")
-  commands = top.add_subparsers(dest="command", required=True, metavar="{weights,data}")
-  weights = commands.add_parser("weights", help="a model's checkpoint as a PyTorch state_dict", formatter_class=raw,
-                                description="Saves MODEL's latest checkpoint in WORKDIR as a PyTorch state_dict.",
-                                epilog=EXAMPLES)
-  weights.add_argument("--workdir", required=True, help="a kdjax run's folder (kdjax.main --workdir)")
-  weights.add_argument("--model", required=True, help=", ".join(MODELS))
-  weights.add_argument("--out", required=True, help="NAME.pt")
-  weights.add_argument("--probe-out", dest="probe_out", help="PROBE.npz: seeded inputs x and Flax logits")
-  weights.add_argument("--probe-count", dest="probe_count", type=int, default=64,
-                       help="the probe's examples (default: 64)")
-  data = commands.add_parser("data", help="a split's exact model inputs x and labels y", formatter_class=raw,
-                             description="Saves a split of WORKDIR's data set as kdjax's models see it.",
-                             epilog=EXAMPLES)
-  data.add_argument("--workdir", required=True, help="a kdjax run's folder (kdjax.main --workdir)")
-  data.add_argument("--split", default="validation", help=", ".join(SPLITS) + " (default: validation)")
-  data.add_argument("--out", required=True, help="VAL.npz")
-  return top
+def define_flags(values) -> None:
+  """Both commands' flags, in `values` (kdjax.cli.exits.flag_values)."""
+  flags.DEFINE_string("workdir", None, "weights, data: a kdjax run's folder (kdjax.main --workdir).",
+                      flag_values=values)
+  flags.DEFINE_string("model", None, f"weights: the model, one of {', '.join(MODELS)}.", flag_values=values)
+  flags.DEFINE_string("out", None, "weights: NAME.pt; data: VAL.npz.", flag_values=values)
+  flags.DEFINE_string("probe-out", None, "weights: PROBE.npz: seeded inputs x and Flax logits.", flag_values=values)
+  flags.DEFINE_integer("probe-count", 64, "weights: the probe's examples.", flag_values=values)
+  flags.DEFINE_string("split", "validation", f"data: {', '.join(SPLITS)}.", flag_values=values)
 
 
-class _HelpFull(argparse.Action):
-  """--helpfull: the top help, then each command's (argparse's own -h shows one level)."""
-
-  def __init__(self, option_strings, dest, **kwargs):
-    super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
-
-  def __call__(self, parser, namespace, values, option_string=None):
-    parser.print_help()
-    for action in parser._subparsers._group_actions:   # pylint: disable=protected-access
-      for name, command in action.choices.items():
-        print(f"\n--- {parser.prog} {name} ---")
-        command.print_help()
-    parser.exit(0)
+def parse(argv: list[str]) -> tuple[str, flags.FlagValues]:
+  """(command, its parsed flags) of `argv` (the program first); --help/--helpfull answered first, a mistake one
+  line and exit 2 (kdjax.cli.exits)."""
+  values = cli.flag_values(define_flags)
+  help_lib.answer(argv, __doc__, FLAG_NAMES, EXAMPLES, values)
+  rest = cli.parse_flags(PROG, argv, config_flag=None, values=values)
+  usage = f"usage: python -m {PROG} {{{'|'.join(COMMANDS)}}} --workdir W --out OUT ... (see --help)"
+  if len(rest) != 2 or rest[1] not in COMMANDS:
+    cli.usage_error(PROG, f"expected one command, weights or data, got {' '.join(rest[1:]) or 'none'}: {usage}")
+  command = rest[1]
+  foreign = [f"--{name}" for name in FLAG_NAMES if values[name].present and name not in COMMANDS[command]]
+  if foreign:
+    cli.usage_error(PROG, f"{', '.join(foreign)} is not a flag of {command} (its flags: "
+                          f"{', '.join(f'--{name}' for name in COMMANDS[command])})")
+  missing = [f"--{name}" for name in REQUIRED[command] if values[name].value is None]
+  if missing:
+    cli.usage_error(PROG, f"{command} needs {', '.join(missing)}: {usage}")
+  return command, values
 
 
 def main(argv=None) -> int:
-  args = parser().parse_args(argv)
-  from kdjax import data as data_lib
-  try:
-    if args.command == "weights":
-      export_weights(args.workdir, args.model, args.out, args.probe_out, args.probe_count)
+  """`python -m parity.export {weights|data} ...`; argv without the program (default: sys.argv[1:]). Returns the
+  exit code (kdjax.cli.exits): 0, or 2 for what the user gave (a workdir, model, split or output path)."""
+  command, values = parse([f"python -m {PROG}", *(sys.argv[1:] if argv is None else argv)])
+
+  def body() -> None:
+    if command == "weights":
+      export_weights(values.workdir, values.model, values.out, values["probe-out"].value,
+                     values["probe-count"].value)
     else:
-      export_data(args.workdir, args.split, args.out)
-  except (ExportError, data_lib.DataError) as error:
-    cli.say_error("parity.export", error)
-    return 2
-  return 0
+      export_data(values.workdir, values.split, values.out)
+  return cli.run_main(PROG, body, resumable=False)
 
 
 if __name__ == "__main__":

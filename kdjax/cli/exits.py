@@ -130,17 +130,36 @@ def exit_now(code: int) -> None:
   os._exit(code)
 
 
-# (error types, exit code), the first row that matches wins; docs/failures.md's table lists each case.
-# 2, a usage error: what the user gave is wrong (a config value or file, a data path, a checkpoint the user named
-#    as teacher.checkpoint, a workdir that holds another run or cannot be written);
-# 1, a run that broke: a diverging loss, the workdir's own checkpoints unreadable, a file that cannot be written.
-EXIT_CODES = (((errors.ConfigError, errors.DataError, errors.TeacherCheckpointError), 2),
-              ((errors.DivergenceError, errors.CheckpointError, errors.WriteError), 1))
-USAGE = 2
+OK = 0              # done
+BROKE = 1           # a run that broke (or a tool that showed what it could and names what is bad)
+USAGE = 2           # a usage error: what the user gave is wrong
+INTERRUPTED = 130   # the shell's code for a process ended by SIGINT (128 + 2)
+TERMINATED = 143    # ... and by SIGTERM (128 + 15)
 
 
 class UsageError(Exception):
   """A command line that cannot run; the message is one line."""
+
+
+# (error types, exit code), the first row that matches wins; docs/failures.md's table lists each case.
+# 2, a usage error: what the user gave is wrong (a config value or file, a data path, a checkpoint the user named
+#    as teacher.checkpoint, a workdir that holds another run or cannot be written, a command line);
+# 1, a run that broke: a diverging loss, the workdir's own checkpoints unreadable, a file that cannot be written.
+EXIT_CODES = (((errors.ConfigError, errors.DataError, errors.TeacherCheckpointError, UsageError), USAGE),
+              ((errors.DivergenceError, errors.CheckpointError, errors.WriteError), BROKE))
+
+
+def exit_code(error: BaseException, given: tuple = ()) -> int | None:
+  """The exit code of a known error (EXIT_CODES; any other OSError: 1), None for an unknown one.
+
+  given: the error kinds that name what the user gave at this entry point, so 2 there: kdjax.cli.inspection's
+  CheckpointError is the path the user asked it to read (another path fixes it), where a run's own saves are 1."""
+  if given and isinstance(error, given):
+    return USAGE
+  code = next((code for kinds, code in EXIT_CODES if isinstance(error, kinds)), None)
+  if code is None and isinstance(error, OSError):
+    code = BROKE
+  return code
 
 
 def say_error(prog: str, message) -> None:
@@ -154,12 +173,22 @@ def usage_error(prog: str, message) -> NoReturn:
   sys.exit(USAGE)
 
 
+def flag_values(define) -> flags.FlagValues:
+  """A fresh absl FlagValues holding the flags `define(values)` defines (each DEFINE_* with flag_values=values):
+  an entry point whose main(argv) a test calls more than once parses into its own, never into the process-wide
+  flags.FLAGS, so no value of one call is left for the next."""
+  values = flags.FlagValues()
+  define(values)
+  return values
+
+
 def parse_flags(prog: str, argv: list[str], config_flag: str | None = "config",
-                config_required: bool = True) -> list[str]:
+                config_required: bool = True, values: flags.FlagValues | None = None) -> list[str]:
   """absl's flag parsing for an entry point, with kdjax's rules: `--config` takes a shipped config's name
   (ema.py, ema, configs/ema.py) from any folder or a file's path (kdjax.config.lookup), every
   `--config.FIELD=...` must name a real field, and a mistake is usage_error's one line (absl's own prints a
-  usage hint and exits 1). Returns absl's remaining argv."""
+  usage hint and exits 1). values: the FlagValues to parse into (flag_values; default flags.FLAGS). Returns
+  absl's remaining argv (the program and any positional arguments)."""
   try:
     if config_flag is not None:
       given = lookup.given(argv, config_flag)
@@ -172,7 +201,7 @@ def parse_flags(prog: str, argv: list[str], config_flag: str | None = "config",
         for field in lookup.overridden_fields(argv, config_flag):
           lookup.check_field(config, field, where=f"--{config_flag}", listing="--show_config lists them all"
                              if prog == "kdjax" else "kdjax.main --show_config lists them all")
-    return flags.FLAGS(argv)
+    return (flags.FLAGS if values is None else values)(argv)
   except (UsageError, errors.ConfigError, flags.Error) as error:
     usage_error(prog, error)
 
@@ -182,10 +211,6 @@ def describe(error: BaseException) -> str:
   if isinstance(error, OSError) and not isinstance(error, (BrokenPipeError,)):
     return f"{error.filename or ''}: {error.strerror or error}"
   return str(error)
-
-
-INTERRUPTED = 130   # the shell's code for a process ended by SIGINT (128 + 2)
-TERMINATED = 143    # ... and by SIGTERM (128 + 15)
 
 
 class Terminated(KeyboardInterrupt):
@@ -204,35 +229,36 @@ def _on_sigterm():
   return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
-def run_main(prog: str, body) -> int:
-  """Runs `body()`; a known error becomes `PROG: error: ONE LINE` on stderr and its exit code.
+def run_main(prog: str, body, given: tuple = (), resumable: bool = True) -> int:
+  """Runs `body()` and returns the exit code: an int that body returns (a tool that showed what it could but names
+  something bad: 1), else 0; or a known error's (`exit_code`) after `PROG: error: ONE LINE` on stderr. The one
+  exit-code policy of every entry point (docs/failures.md).
 
-  Known: every error of EXIT_CODES, and OSError (e.g. a full disk while writing report.md), exit 1.
-  Ctrl-C (KeyboardInterrupt) prints `PROG: interrupted; rerun the same command to resume`, exit 130 (SIGTERM:
-  `PROG: terminated (SIGTERM); ...`, exit 143): saves
-  are atomic and the workdir lock goes with the process, so the rerun resumes exactly.
-  Exit codes other than 2 end the process at once (exit_now): nothing is left to write by then.
+  given: error kinds that are usage errors here (exit_code). Ctrl-C (KeyboardInterrupt) prints `PROG: interrupted;
+  rerun the same command to resume`, exit 130 (SIGTERM: `PROG: terminated (SIGTERM); ...`, exit 143): saves are
+  atomic and the workdir lock goes with the process, so the rerun resumes exactly (resumable=False, a tool that
+  writes nothing: `PROG: interrupted`). Exit codes other than 0 and 2 end the process at once (exit_now): nothing
+  is left to write by then.
   """
   previous = _on_sigterm()
+  rerun = "; rerun the same command to resume" if resumable else ""
   try:
-    body()
+    code = body()
   except KeyboardInterrupt as error:
     if isinstance(error, Terminated):
-      print(f"{prog}: terminated (SIGTERM); rerun the same command to resume", file=sys.stderr)
+      print(f"{prog}: terminated (SIGTERM){rerun}", file=sys.stderr)
       exit_now(TERMINATED)
-    print(f"{prog}: interrupted; rerun the same command to resume", file=sys.stderr)
+    print(f"{prog}: interrupted{rerun}", file=sys.stderr)
     exit_now(INTERRUPTED)
   except Exception as error:  # noqa: BLE001  (matched against the known kinds below, else re-raised)
-    code = next((code for kinds, code in EXIT_CODES if isinstance(error, kinds)), None)
-    if code is None and isinstance(error, OSError):
-      code = 1
+    code = exit_code(error, given)
     if code is None:
       raise
     say_error(prog, describe(error))
-    if code != 2:
+    if code != USAGE:
       exit_now(code)
     return code
   finally:
     if previous is not None:
       signal.signal(signal.SIGTERM, previous)
-  return 0
+  return code if type(code) is int else OK   # e.g. train_and_evaluate's report: done

@@ -1,4 +1,5 @@
-"""--help and --helpfull for the absl entry points (parity.check, kdjax.data, kdjax.tools.benchmark).
+"""--help and --helpfull for every entry point (all parse with absl flags: kdjax.main's own help aside, parity.check,
+parity.export, kdjax.data, kdjax.cli.inspection, kdjax.tools.benchmark, kdjax.tools.onednn_threads).
 
 absl's own --help runs after flag parsing, so a tool that requires --config answered `--config is required` (exit 2),
 and one with a config-dict flag printed the whole default config as YAML and exited 1. Here --help is answered
@@ -34,11 +35,13 @@ def _is_config(flag) -> bool:
   return type(flag).__module__.startswith("ml_collections")
 
 
-def flag_lines(names) -> str:
-  """The named flags as absl's help renders them, a config flag without its default."""
+def flag_lines(names, values: flags.FlagValues | None = None) -> str:
+  """The named flags (of `values`, default flags.FLAGS) as absl's help renders them, a config flag without its
+  default."""
+  values = flags.FLAGS if values is None else values
   lines = []
   for name in names:
-    flag = flags.FLAGS[name]
+    flag = values[name]
     text = f"--[no]{flag.name}: " if flag.boolean else f"--{flag.name}: "
     text = _helpers.text_wrap(text + (flag.help or ""), indent="    ", firstline_indent="  ")
     if _is_config(flag):
@@ -49,35 +52,39 @@ def flag_lines(names) -> str:
   return "\n".join(lines)
 
 
-def every_flag() -> str:
-  """absl's --helpfull listing (every module's flags), config flags' defaults left out."""
+def every_flag(values: flags.FlagValues | None = None) -> str:
+  """absl's --helpfull listing (every module's flags; of a tool's own FlagValues, its flags), config flags'
+  defaults left out."""
+  values = flags.FLAGS if values is None else values
   hidden = {}
-  for flag in set(flags.FLAGS._flags().values()):   # pylint: disable=protected-access
+  for flag in set(values._flags().values()):   # pylint: disable=protected-access
     if _is_config(flag):
       hidden[flag] = flag.default_as_str
       flag.default_as_str = None
   try:   # absl heads the program's own flags with its file's path: a path of this machine, not a flag
-    return flags.FLAGS.get_help().replace(f"{sys.argv[0]}:", "this tool:")
+    return values.get_help().replace(f"{sys.argv[0]}:", "this tool:")
   finally:
     for flag, default in hidden.items():
       flag.default_as_str = default
 
 
-def usage(doc: str, names, examples: list[str]) -> str:
+def usage(doc: str, names, examples: list[str], values: flags.FlagValues | None = None) -> str:
   """--help's text: the docstring, the examples, the flags."""
   shown = "\n".join(f"  {example}" for example in examples)
-  return (f"{doc.strip()}\n\nexamples:\n{shown}\n\nflags:\n{flag_lines(names)}\n\n"
-          f"--helpfull lists every flag, absl's included.")
+  more = "--helpfull lists every flag, absl's included." if values is None else "--helpfull lists them as absl does."
+  return f"{doc.strip()}\n\nexamples:\n{shown}\n\nflags:\n{flag_lines(names, values)}\n\n{more}"
 
 
-def answer(argv: list[str], doc: str, names, examples: list[str]) -> None:
-  """Prints --help's (or --helpfull's) text and exits 0 when the command line asks for it; else returns."""
+def answer(argv: list[str], doc: str, names, examples: list[str], values: flags.FlagValues | None = None) -> None:
+  """Prints --help's (or --helpfull's) text and exits 0 when the command line asks for it; else returns.
+  values: a tool's own FlagValues (exits.flag_values), default flags.FLAGS."""
   kind = asked(argv)
   if kind is None:
     return
-  text = usage(doc, names, examples)
+  text = usage(doc, names, examples, values)
   if kind == "helpfull":
-    text += f"\n\nevery flag, absl's included:\n{every_flag()}"
+    heading = "every flag, absl's included" if values is None else "every flag"
+    text += f"\n\n{heading}:\n{every_flag(values)}"
   try:
     print(text, flush=True)
   except BrokenPipeError:   # e.g. `--help | head`: the reader has what it wanted

@@ -15,22 +15,24 @@ side: the numbers that differ and by how much, and the config and environment fi
 conv paths) that differ (kdjax/report/compare.py). Reads only; writes nothing.
 
 Every checkpoint read is verified as a run verifies it (content hashes, state/_METADATA present; see
-kdjax/store/checkpoints.py). A workdir with a bad model checkpoint shows the others and marks that one; exit status
-0: all shown, 1: shown, but a model's checkpoint or report.json is bad (each named on stderr in one line), 2: nothing could be
-shown (a bad path, epoch or model; the one line says why).
+kdjax/store/checkpoints.py). A workdir with a bad model checkpoint shows the others and marks that one. Exit status
+(kdjax/cli/exits.py): 0 all shown; 1 shown, but a model's checkpoint or report.json is bad (each named on stderr in
+one line); 2 nothing could be shown (a bad path, epoch or model: what was given is wrong; the one line says why).
 """
 
-import argparse
 import json
 import pathlib
 import re
+import sys
 
 import numpy as np
+from absl import flags
 from absl import logging
 
 from kdjax.config import defaults as config_defaults
 from kdjax.store import checkpoints as ckpt_lib
 from kdjax.cli import exits as cli
+from kdjax.cli import help as help_lib
 from kdjax.training import ema
 from kdjax import phases
 from kdjax.store import meta as run_meta
@@ -292,7 +294,7 @@ def compare_workdirs(path_a, path_b, as_json: bool = False) -> int:
         None, f"{report_path}: no report.json (the run has not finished)")
     if error:
       cli.say_error(PROG, error)
-      return 2
+      return cli.USAGE
     reports.append(report)
   result = compare.compare(*reports)
   print(json.dumps(result, indent=2) if as_json else compare.format_comparison(result, str(path_a), str(path_b)),
@@ -300,46 +302,67 @@ def compare_workdirs(path_a, path_b, as_json: bool = False) -> int:
   return 0
 
 
+EXAMPLES = [
+    "python -m kdjax.cli.inspection runs/ema                        # every model of the run",
+    "python -m kdjax.cli.inspection runs/ema/checkpoints/teacher --epoch 2 --json",
+    "python -m kdjax.cli.inspection runs/ema --evaluate \"student_kd (EMA weights)\"",
+    "python -m kdjax.cli.inspection runs/ema --compare runs/ema_xla",
+]
+FLAG_NAMES = ("epoch", "json", "evaluate", "compare")
+
+
+def define_flags(values) -> None:
+  """The command's flags, in `values` (kdjax.cli.exits.flag_values); PATH is its one positional argument."""
+  flags.DEFINE_integer("epoch", None, "The saved epoch to show (default: the latest).", flag_values=values)
+  flags.DEFINE_bool("json", False, "Print JSON instead of text.", flag_values=values)
+  flags.DEFINE_string("evaluate", None, "MODEL: re-evaluate MODEL of the workdir on its validation split.",
+                      flag_values=values)
+  flags.DEFINE_string("compare", None, "OTHER_WORKDIR: compare the two workdirs' report.json: numbers, config and "
+                      "environment that differ.", flag_values=values)
+
+
+def show(path: str, epoch: int | None, as_json: bool, evaluate: str | None, other: str | None) -> int:
+  """What the command shows; 0, or 1 when a model's checkpoint or report.json is bad (each named in one line).
+  A CheckpointError means nothing could be shown (main: exit 2)."""
+  if other is not None:
+    return compare_workdirs(path, other, as_json)
+  if evaluate is not None:
+    result = evaluate_model(path, evaluate, epoch)
+    print(json.dumps(result, indent=2) if as_json else format_evaluation(result), flush=True)
+    if "report_error" in result:
+      cli.say_error(PROG, result["report_error"])
+      return cli.BROKE
+    return cli.OK
+  inspection = inspect_path(path, epoch)
+  print(json.dumps(inspection, indent=2) if as_json else format_inspection(inspection), flush=True)
+  bad = [model["error"] for model in inspection["models"] if "error" in model]
+  bad += [inspection["report_error"]] if "report_error" in inspection else []
+  for error in bad:
+    cli.say_error(PROG, error)
+  return cli.BROKE if bad else cli.OK
+
+
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog=f"python -m {PROG}", description=__doc__,   # what it does, with examples
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--helpfull", action="help", help="the same help (it has no other flags)")
-  parser.add_argument("path", help="a workdir, or a model's checkpoint folder (WORKDIR/checkpoints/MODEL)")
-  parser.add_argument("--epoch", type=int, default=None, help="the saved epoch to show (default: the latest)")
-  parser.add_argument("--json", action="store_true", help="print JSON instead of text")
-  parser.add_argument("--evaluate", metavar="MODEL", default=None,
-                      help="re-evaluate MODEL of the workdir on its validation split")
-  parser.add_argument("--compare", metavar="OTHER_WORKDIR", default=None,
-                      help="compare the two workdirs' report.json: numbers, config and environment that differ")
-  args = parser.parse_args(argv)
+  """`python -m kdjax.cli.inspection PATH [flags]`; argv without the program (default: sys.argv[1:]). Returns the
+  exit code (kdjax.cli.exits): 0 shown, 1 shown but a model's checkpoint or report.json is bad, 2 nothing could be
+  shown (a path, epoch or model the user named that holds no readable checkpoint: what the user gave is wrong)."""
+  argv = [f"python -m {PROG}", *(sys.argv[1:] if argv is None else argv)]
+  values = cli.flag_values(define_flags)
+  help_lib.answer(argv, __doc__, FLAG_NAMES, EXAMPLES, values)
+  rest = cli.parse_flags(PROG, argv, config_flag=None, values=values)
+  if len(rest) != 2:
+    cli.usage_error(PROG, f"expected one PATH (a workdir, or a model's checkpoint folder WORKDIR/checkpoints/MODEL), "
+                          f"got {len(rest) - 1}: usage: python -m {PROG} PATH [--epoch N] [--json] "
+                          f"[--evaluate MODEL | --compare OTHER_WORKDIR]")
   logging.set_verbosity(logging.ERROR)  # Orbax warns about what the one-line error says anyway
   cli.quiet_stderr()
-  try:
-    if args.compare is not None:
-      return compare_workdirs(args.path, args.compare, args.json)
-    if args.evaluate is not None:
-      result = evaluate_model(args.path, args.evaluate, args.epoch)
-      print(json.dumps(result, indent=2) if args.json else format_evaluation(result), flush=True)
-      if "report_error" in result:
-        cli.say_error(PROG, result["report_error"])
-        return 1
-    else:
-      inspection = inspect_path(args.path, args.epoch)
-      print(json.dumps(inspection, indent=2) if args.json else format_inspection(inspection), flush=True)
-      bad = [model["error"] for model in inspection["models"] if "error" in model]
-      bad += [inspection["report_error"]] if "report_error" in inspection else []
-      for error in bad:
-        cli.say_error(PROG, error)
-      if bad:
-        return 1
-  except ckpt_lib.CheckpointError as error:
-    cli.say_error(PROG, error)
-    return 2
-  except BrokenPipeError:  # the reader went away (| head)
-    return 0
-  except KeyboardInterrupt:
-    return cli.INTERRUPTED
-  return 0
+
+  def body() -> int:
+    try:
+      return show(rest[1], values.epoch, values.json, values.evaluate, values.compare)
+    except BrokenPipeError:  # the reader went away (| head): it has what it wanted
+      return cli.OK
+  return cli.run_main(PROG, body, given=(ckpt_lib.CheckpointError,), resumable=False)
 
 
 if __name__ == "__main__":
