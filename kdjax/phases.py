@@ -6,6 +6,13 @@
   student_kd      student  kd         "student_kd (EMA weights)"     when ema.student_decay > 0
   student_kd_ema  student  kd_ema     teacher_ema (the teacher copy the original's EMA pulls toward the student),
                                       "student_kd_ema (EMA weights)" when ema.student_decay > 0
+  student_mean_teacher  student  mean_teacher   mean_teacher (the teacher: an EMA of the student's own weights,
+                                      every tensor paired, started from the student's initial weights),
+                                      "student_mean_teacher (EMA weights)" when ema.student_decay > 0
+
+PHASE_NAMES are the original's study (kd.py and ema.py take from them); the mean teacher is the working EMA beside
+the original's (configs/mean_teacher.py), in ALL_PHASE_NAMES, which a config's `phases` may hold and which is the
+dependency order the phases run in.
 
 A model is a row of the report. Each is a tree of the phase's TrainState (`params`, `teacher_params` or
 `ema_params`, see train.TrainState) and has a checkpoint folder of its own unless it is an EMA-weights row,
@@ -33,7 +40,21 @@ class Phase:
 
   @property
   def needs_teacher(self) -> bool:
+    """Whether the step distils from a teacher (the TrainState holds teacher_params)."""
     return self.step_kind != "ce"
+
+  @property
+  def teacher_net(self) -> str | None:
+    """The net of the teacher the step distils from: the trained TeacherNet (kd, kd_ema), the phase's own net for
+    the mean teacher (an EMA of its own weights), None without a teacher (ce)."""
+    if not self.needs_teacher:
+      return None
+    return self.net if self.step_kind == "mean_teacher" else "teacher"
+
+  @property
+  def needs_trained_teacher(self) -> bool:
+    """Whether the phase distils from the teacher phase's trained TeacherNet (the mean teacher does not)."""
+    return self.teacher_net == "teacher"
 
   @property
   def variant(self) -> str:
@@ -46,8 +67,11 @@ PHASES = {phase.name: phase for phase in (
     Phase("student_ce", "student", "ce"),
     Phase("student_kd", "student", "kd"),
     Phase("student_kd_ema", "student", "kd_ema"),
+    Phase("student_mean_teacher", "student", "mean_teacher"),
 )}
-PHASE_NAMES = tuple(PHASES)
+ALL_PHASE_NAMES = tuple(PHASES)   # every phase a config may list, in the order they run (dependency order)
+PHASE_NAMES = ("teacher", "student_ce", "student_kd", "student_kd_ema")   # the original's study
+MEAN_TEACHER = "mean_teacher"     # the mean teacher's report row: the EMA of student_mean_teacher's weights
 
 
 def sweep_phase(decay: float, warmup: bool) -> Phase:
@@ -100,6 +124,8 @@ def models_of(phase_name: str, student_decay: float) -> list[Model]:
   tracked = [Model(spec.name, spec.name, spec.net, "params")]
   if spec.step_kind == "kd_ema":
     tracked.append(Model(TEACHER_EMA + spec.variant, spec.name, "teacher", "teacher_params"))
+  if spec.step_kind == "mean_teacher":
+    tracked.append(Model(MEAN_TEACHER, spec.name, spec.teacher_net, "teacher_params"))
   if spec.net == "student" and student_decay > 0:
     tracked.append(Model(spec.name + EMA_WEIGHTS_SUFFIX, spec.name, spec.net, "ema_params"))
   return tracked
@@ -111,6 +137,8 @@ def model(name: str) -> Model:
   phase_name = name.removesuffix(EMA_WEIGHTS_SUFFIX)
   if phase_name.startswith(TEACHER_EMA):
     phase_name = "student_kd_ema" + phase_name[len(TEACHER_EMA):]
+  elif phase_name == MEAN_TEACHER:
+    phase_name = "student_mean_teacher"
   try:
     candidates = models_of(phase_name, student_decay=1.0)
   except KeyError:
@@ -122,4 +150,4 @@ def model(name: str) -> Model:
 
 
 # Every model of the table that has a checkpoint folder, in the order runs list them (inspection, reports).
-MODEL_ORDER = tuple(m.name for phase_name in PHASE_NAMES for m in models_of(phase_name, 0.0))
+MODEL_ORDER = tuple(m.name for phase_name in ALL_PHASE_NAMES for m in models_of(phase_name, 0.0))

@@ -11,7 +11,7 @@ from kdjax import data as data_lib
 from kdjax.config import nets as config_nets
 from kdjax.errors import ConfigError
 from kdjax.nets import models
-from kdjax.phases import PHASE_NAMES
+from kdjax.phases import ALL_PHASE_NAMES
 from kdjax.training import host_memory
 from kdjax.training import optim
 
@@ -43,7 +43,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   phases = tuple(config.phases)
   _check(len(phases) > 0, "phases", "must name at least one phase", config.phases)
   for phase in phases:
-    _check(phase in PHASE_NAMES, "phases", f"must only hold {PHASE_NAMES}", phase)
+    _check(phase in ALL_PHASE_NAMES, "phases", f"must only hold {ALL_PHASE_NAMES}", phase)
   _check(len(set(phases)) == len(phases), "phases", "must not repeat a phase", config.phases)
   _check(isinstance(config.teacher.checkpoint, str), "teacher.checkpoint", "must be a path string",
          config.teacher.checkpoint)
@@ -92,6 +92,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
            config.kd[field])
   _check(config.kd.kd_weight + config.kd.ce_weight > 0, "kd.kd_weight",
          "and kd.ce_weight must not both be 0", config.kd.kd_weight)
+  # The mean teacher starts as the student's own initial weights: with KD alone the student distils its own
+  # average and no label ever enters (configs/mean_teacher.py).
+  if "student_mean_teacher" in phases:
+    _check(config.kd.ce_weight > 0, "kd.ce_weight",
+           "must be > 0 with the phase student_mean_teacher (its teacher is an EMA of the student itself: "
+           "without labels nothing is learned)", config.kd.ce_weight)
   for field in ("decay", "student_decay"):
     _check(_is_number(config.ema[field]) and 0 <= config.ema[field] <= 1, f"ema.{field}",
            "must be in [0, 1]", config.ema[field])

@@ -90,10 +90,11 @@ class Setup:
 
   def fresh_state(self, phase: str, optimizer, teacher_params=None) -> train.TrainState:
     """The state a phase starts from. A KD phase without `teacher_params` gets the initial teacher as a
-    stand-in of the right shapes (a restore target)."""
+    stand-in of the right shapes (a restore target); the mean teacher's teacher starts as the student's initial
+    weights (phases.Phase.teacher_net)."""
     spec = phases.phase(phase)
     if spec.needs_teacher and teacher_params is None:
-      teacher_params = self.initial_params["teacher"]
+      teacher_params = self.initial_params[spec.teacher_net]
     state = train.create_state(self.initial_params[spec.net], optimizer,
                                teacher_params=teacher_params if spec.needs_teacher else None,
                                keep_student_ema=spec.net == "student" and self.config.ema.student_decay > 0)
@@ -109,9 +110,9 @@ class Setup:
     config = step_config(self.config, spec.step_kind, student_decay, phase=spec)
     if inline_teacher:
       config = dataclasses.replace(config, cached_teacher_logits=False)
-    pairs = self.ema_pairs() if spec.step_kind == "kd_ema" else ()
+    pairs = {"kd_ema": self.ema_pairs, "mean_teacher": self.mean_teacher_pairs}.get(spec.step_kind, tuple)()
     return train.make_train_step(config, self.nets[spec.net], optimizer, self.mean, self.std,
-                                 teacher=self.nets["teacher"] if spec.needs_teacher else None,
+                                 teacher=self.nets[spec.teacher_net] if spec.needs_teacher else None,
                                  teacher_pairs=pairs)
 
   def train_step(self, phase: str, optimizer):
@@ -138,6 +139,11 @@ class Setup:
     """The (student path, teacher path) pairs the original's EMA updates (ema.torch_zip_pairs)."""
     return ema.torch_zip_pairs(self.initial_params["student"], self.nets["student"].layer_names,
                           self.initial_params["teacher"], self.nets["teacher"].layer_names)
+
+  def mean_teacher_pairs(self) -> list:
+    """The mean teacher's pairs: the student's tensors with themselves (same architecture: every tensor pairs)."""
+    layers = self.nets["student"].layer_names
+    return ema.torch_zip_pairs(self.initial_params["student"], layers, self.initial_params["student"], layers)
 
   def evaluate(self, net: str, params) -> tuple[dict, np.ndarray]:
     """(metrics, logits) of `net` with `params` on the whole validation split."""

@@ -54,11 +54,11 @@ class PhaseOutcome:
 
 
 def phases_to_run(config, teacher_source) -> tuple[str, ...]:
-  """config.phases in the registry's order (phases.PHASE_NAMES), which is their dependency order: the teacher
+  """config.phases in the registry's order (phases.ALL_PHASE_NAMES), which is their dependency order: the teacher
   before any KD phase, whatever order the config lists them in; the teacher added when teacher.checkpoint
   provides it; the EMA sweep's variants of student_kd_ema last. The report lists its models in this order."""
   names = set(config.phases) | ({"teacher"} if teacher_source is not None else set())
-  return (tuple(name for name in phases.PHASE_NAMES if name in names)
+  return (tuple(name for name in phases.ALL_PHASE_NAMES if name in names)
           + tuple(variant.name for variant in phases.sweep_phases(config)))
 
 
@@ -124,7 +124,7 @@ def run_phase(setup: Setup, run: RunDir, phase: str, teacher_params, saved: resu
   """Trains `phase` (or continues it after `saved`, or loads it when `saved` is its last epoch)."""
   config, spec = setup.config, phases.phase(phase)
   optimizer = setup.optimizer()
-  state = setup.fresh_state(phase, optimizer, teacher_params=teacher_params if spec.needs_teacher else None)
+  state = setup.fresh_state(phase, optimizer, teacher_params=teacher_params if spec.needs_trained_teacher else None)
   tracked = phases.models_of(phase, config.ema.student_decay)
   results = {model.name: new_result(setup, model) for model in tracked}
   outcome = PhaseOutcome(results, state)

@@ -7,6 +7,10 @@ Kinds of step (all `(state, batch) -> (state, metrics)`, jit-compiled with the s
           (see `teacher_logits`: the same numbers, computed once per split instead of once per step)
   kd_ema  the original's EMA loop, in the original's order: teacher logits from the teacher's current params ->
           the original's EMA of the teacher from the student's *pre-step* params -> the student's gradient step
+  mean_teacher  the mean teacher (Tarvainen & Valpola 2017): kd's loss toward a teacher of the student's own
+          architecture whose every tensor is an EMA of the student's, updated *after* the student's step from its
+          new params (as their code does). kd_ema's order would make the teacher seen at step t the mean
+          teacher's of step t - 1 (one update behind), hence a kind of its own rather than kd_ema with other pairs
 Every kind also keeps the student-weights EMA when ema.student_decay > 0 (updated after the step).
 
 The step is pure, so a caller can shard the batch or vmap over seeds without touching the loop.
@@ -34,7 +38,7 @@ from kdjax.training import ema
 from kdjax.training import losses
 from kdjax import progress as progress_lib
 
-STEP_KINDS = ("ce", "kd", "kd_ema")
+STEP_KINDS = ("ce", "kd", "kd_ema", "mean_teacher")
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -76,7 +80,8 @@ def make_train_step(step_config: StepConfig, student, optimizer: optax.GradientT
   """The pure step `(state, batch) -> (state, metrics)` for one kind; batch = {"image": uint8, "label"}, plus
   "teacher_logits" float32 [N, K] when step_config.cached_teacher_logits (then `teacher` is not used).
 
-  teacher_pairs: the original's (student path, teacher path) EMA pairs from `ema.torch_zip_pairs` (kd_ema only).
+  teacher_pairs: the (student path, teacher path) EMA pairs from `ema.torch_zip_pairs` (kd_ema: the original's;
+  mean_teacher: the student's with itself, every tensor).
   """
   cfg = step_config
   if cfg.kind not in STEP_KINDS:
@@ -116,6 +121,9 @@ def make_train_step(step_config: StepConfig, student, optimizer: optax.GradientT
         state.params, images, labels, teacher_logits, mask)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    if cfg.kind == "mean_teacher":   # after the step, from the student's new params
+      teacher_params = ema.pull_teacher_toward_student(teacher_params, params, teacher_pairs,
+                                                       decay_at(cfg.teacher_decay, update_count))
     ema_params = state.ema_params
     if ema_params is not None:
       ema_params = ema.polyak_update(ema_params, params, decay_at(cfg.student_decay, update_count))

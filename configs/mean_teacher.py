@@ -1,0 +1,1 @@
+../kdjax/config/shipped/mean_teacher.py
