@@ -120,3 +120,60 @@ def test_student_weights_ema_follows_the_post_step_student():
   np.testing.assert_allclose(new_state.ema_params["fc"]["kernel"],
                              0.75 * params["fc"]["kernel"] + 0.25 * new_state.params["fc"]["kernel"],
                              rtol=1e-6)
+
+
+# --- the interpolation (issue 30): the paired tensors at (1 - w)*teacher + w*student, evaluation-only ---------------
+
+def test_interpolate_pairs_moves_exactly_the_original_pairs():
+  """w = 0 is the teacher and w = 1 puts the student's values in the paired tensors (conv1..conv4), bit for bit;
+  conv5..conv12 and fc stay the teacher's at every w; between, (1 - w)*teacher + w*student."""
+  student, teacher = models.student_net(10), models.teacher_net(10)
+  s_params, t_params = _params(student, 1), _params(teacher, 0)
+  pairs = ema.torch_zip_pairs(s_params, student.layer_names, t_params, teacher.layer_names)
+  at_zero = ema.interpolate_pairs(t_params, s_params, pairs, 0.0)
+  at_one = ema.interpolate_pairs(t_params, s_params, pairs, 1.0)
+  between = ema.interpolate_pairs(t_params, s_params, pairs, 0.3)
+  paired = {t_path for _, t_path in pairs}
+  for layer in teacher.layer_names:
+    for name in ("kernel", "bias"):
+      teacher_value = np.asarray(t_params[layer][name])
+      np.testing.assert_array_equal(np.asarray(at_zero[layer][name]), teacher_value)
+      if (layer, name) in paired:
+        student_value = np.asarray(s_params[layer][name])
+        np.testing.assert_array_equal(np.asarray(at_one[layer][name]), student_value)
+        np.testing.assert_allclose(np.asarray(between[layer][name], np.float64),
+                                   0.7 * teacher_value.astype(np.float64) + 0.3 * student_value, rtol=0, atol=1e-6)
+      else:
+        np.testing.assert_array_equal(np.asarray(at_one[layer][name]), teacher_value)
+        np.testing.assert_array_equal(np.asarray(between[layer][name]), teacher_value)
+  assert sorted({layer for layer, _ in paired}) == ["conv1", "conv2", "conv3", "conv4"]
+
+
+def test_interpolate_pairs_same_architecture_at_one_is_the_student():
+  """A teacher of the student's own architecture (the mean teacher's): every tensor pairs, so w = 1 is the student."""
+  student = models.student_net(10)
+  a, b = _params(student, 1), _params(student, 2)
+  pairs = ema.torch_zip_pairs(a, student.layer_names, b, student.layer_names)
+  assert len(pairs) == 2 * len(student.layer_names)
+  mixed = ema.interpolate_pairs(b, a, pairs, 1.0)
+  for leaf, expected in zip(jax.tree_util.tree_leaves(mixed), jax.tree_util.tree_leaves(a)):
+    np.testing.assert_array_equal(np.asarray(leaf), np.asarray(expected))
+
+
+@pytest.mark.parametrize("weight", [-0.1, 1.5])
+def test_interpolate_pairs_refuses_a_weight_outside_0_1(weight):
+  with pytest.raises(ValueError, match="interpolation weight"):
+    ema.interpolate_pairs({}, {}, [], weight)
+
+
+def test_student_share_is_one_minus_the_trained_teachers_weight():
+  """1 - alpha^k, equal to the EMA applied k times to a teacher of 0 and a student of 1; with the warm-up the
+  running mean: 1 - 1/(k + 1) while it is below alpha."""
+  teacher = jnp.zeros(())
+  for _ in range(230):
+    teacher = optax.incremental_update(jnp.ones(()), teacher, 1.0 - 0.999)
+  assert ema.student_share(0.999, 230) == pytest.approx(float(teacher), abs=1e-5)
+  assert ema.student_share(0.999, 230) == pytest.approx(0.2055578, abs=1e-7)
+  assert ema.student_share(0.999, 0) == 0.0
+  assert ema.student_share(0.999, 4, warmup=True) == pytest.approx(1 - 1 / 5)
+  assert ema.student_share(0.5, 3, warmup=True) == pytest.approx(1 - 0.5 * 0.5 * 0.5)
