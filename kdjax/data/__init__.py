@@ -14,9 +14,8 @@ TensorFlow (tfds_common.py). The model input is made explicit by `normalize`:
   x = (image / 255 - mean) / std       (per channel; mean, std from the training split, "standardize")
   x = image / 255                      ("unit")
 
-computed once on the host for all 256 pixel values in float64 and rounded once to float32
-(`normalization_table`), then looked up inside the jitted step: a gather has no arithmetic for XLA to fuse or
-rewrite, so every program (eager, jitted, float32 or float64, and PyTorch in parity/) sees the same inputs.
+computed once on the host for all 256 pixel values in float64, rounded once to float32 (`normalization_table`)
+and looked up inside the jitted step, so every program sees the same inputs (docs/parity.md#inputs-the-same-bits-on-both-sides).
 
 and the training order by `epoch_order`: a permutation drawn from (seed, epoch) alone, so every phase and
 every framework (see parity/) sees the same batches in the same order.

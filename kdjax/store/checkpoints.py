@@ -10,13 +10,10 @@ Saves are Orbax's atomic commits: a step is written into `<epoch>.orbax-checkpoi
 complete, so a kill during a save leaves the earlier steps as they were (the half-written folder is removed by
 the next writer). Every failure to read or write is a CheckpointError whose one-line message names the path.
 
-Integrity: Orbax and TensorStore do not notice a flipped byte in an uncompressed chunk (measured: a flipped
-byte in a teacher save restored as a conv7 kernel of 1e26). So `save` writes into the meta, under "integrity",
-the sha256 of every array (its dtype, shape and bytes, keyed by its path in the tree, e.g. "params/fc/kernel")
-and of the rest of the meta, and `restore` recomputes them and raises CorruptCheckpointError naming the first
-array (or the meta) that differs. A step without state/_METADATA (Orbax's description of the tree) is
-incomplete and refused by every reader, so the run and `inspect` follow one rule. A step saved without hashes
-(before kdjax checksummed its checkpoints) cannot be verified and is refused.
+Integrity (Orbax does not notice a flipped byte: docs/checkpoints.md#what-a-save-holds): `save` writes into the
+meta, under "integrity", the sha256 of every array (dtype, shape and bytes, keyed by its path, e.g.
+"params/fc/kernel") and of the rest of the meta; `restore` recomputes them and raises CorruptCheckpointError naming
+the first that differs. A step without state/_METADATA, or saved without hashes, is refused by every reader.
 """
 
 import contextlib
