@@ -43,6 +43,11 @@ def step_config(config, kind: str, student_decay: float | None = None,
                           cached_teacher_logits=kind == "kd" and bool(config.speed.cached_teacher_logits))
 
 
+def data_parallel(config) -> mesh_lib.DataParallel:
+  """The study's data-parallel layout (training/mesh.py) from config.mesh.num_devices and its batch sizes."""
+  return mesh_lib.data_parallel(config.mesh.num_devices, config.batch_size, config.eval_batch_size)
+
+
 @dataclasses.dataclass(frozen=True)
 class Setup:
   """The frozen parts of one study. mean/std: float32 [C] on the device; train_*: the train split on the
@@ -64,7 +69,7 @@ class Setup:
   @classmethod
   def build(cls, config, dataset: data_lib.Dataset | None = None) -> "Setup":
     """Loads config.data (unless `dataset` is given) and initialises both nets from config.seed."""
-    parallel = mesh_lib.data_parallel(config)
+    parallel = data_parallel(config)
     dataset = dataset if dataset is not None else data_lib.load(config.data)
     mean, std = data_lib.normalization_constants(dataset, config.data.normalization)
     nets = {role: config_nets.from_config(role, dataset.num_classes, config) for role in models.MODEL_FACTORIES}

@@ -34,6 +34,7 @@ from kdjax.store import teacher as teacher_lib
 from kdjax.store import tensorboard
 from kdjax.store.rundir import RunDir
 from kdjax.study import acceptance
+from kdjax.study import builder
 from kdjax.study import grid
 from kdjax.study import seeds
 from kdjax.study.builder import Setup
@@ -265,8 +266,9 @@ def train_and_evaluate(config, workdir) -> dict:
   start = time.perf_counter()
   grid.share_cores(config)   # a task's share of the cores (task_cores): before anything starts JAX's backend
   config_validation.validate(config)
-  mesh_lib.initialize(config)   # several hosts: before any device is touched
-  mesh_lib.data_parallel(config)   # batch sizes that the devices cannot split stop here, before any write
+  mesh_lib.initialize(config.distributed.coordinator_address, config.distributed.num_processes,
+                     config.distributed.process_id)   # several hosts: before any device is touched
+  builder.data_parallel(config)   # batch sizes that the devices cannot split stop here, before any write
   if config.speed.host_malloc == "tuned":
     host_memory.tune()
   run = RunDir(workdir, writer=mesh_lib.is_writer())

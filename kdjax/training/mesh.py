@@ -1,6 +1,7 @@
 """Data parallelism on JAX's own engine: one `jax.sharding.Mesh` with a `data` axis over the (global) devices.
 
-With D data-parallel devices (config.mesh.num_devices, 0 = all that jax.devices() lists, on every host):
+With D data-parallel devices (`data_parallel(num_devices)`, the study's config.mesh.num_devices; 0 = all that
+jax.devices() lists, on every host):
   batch rows          sharded along `data`: device d holds rows [d*B/D, (d+1)*B/D) of each global batch of B
   params, optimizer state, the (EMA) teacher, the student-weights EMA, the step counter: replicated
   the step           the same jitted function as on one device; XLA (GSPMD) inserts the all-reduce of the
@@ -15,8 +16,8 @@ compiled before this module existed (bit-identical results, the same speed).
 The host feeds each device its own rows (`jax.make_array_from_callback`: a process gathers only the rows of its
 own devices), the data set stays in host memory; evaluation is sharded the same way.
 
-Several hosts: `initialize` calls `jax.distributed.initialize` from config.distributed before any device is
-touched; jax.devices() then lists every host's devices and the mesh spans them all.
+Several hosts: `initialize` calls `jax.distributed.initialize` (the study passes config.distributed's fields)
+before any device is touched; jax.devices() then lists every host's devices and the mesh spans them all.
 """
 
 import dataclasses
@@ -30,18 +31,17 @@ from kdjax.errors import ConfigError
 AXIS = "data"
 
 
-def initialize(config) -> None:
-  """jax.distributed.initialize from config.distributed: coordinator_address "host:port" with num_processes and
+def initialize(coordinator_address: str, num_processes: int, process_id: int) -> None:
+  """jax.distributed.initialize (config distributed.*): coordinator_address "host:port" with num_processes and
   process_id, or "auto" for the variables a managed cluster sets (SLURM, Open MPI, Cloud TPU, Kubernetes, ...)
   which JAX reads itself; "" (the default) = one process. Idempotent."""
-  dist = config.distributed
-  if not dist.coordinator_address or jax.distributed.is_initialized():
+  if not coordinator_address or jax.distributed.is_initialized():
     return
-  if dist.coordinator_address == "auto":
+  if coordinator_address == "auto":
     jax.distributed.initialize()
   else:
-    jax.distributed.initialize(coordinator_address=dist.coordinator_address,
-                               num_processes=dist.num_processes, process_id=dist.process_id)
+    jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
+                               process_id=process_id)
 
 
 def is_writer() -> bool:
@@ -104,20 +104,20 @@ class DataParallel:
     return batch
 
 
-def data_parallel(config) -> DataParallel:
-  """The run's layout from config.mesh.num_devices; ConfigError naming the field when the devices or
-  batch_size / eval_batch_size do not fit."""
+def data_parallel(num_devices: int, batch_size: int, eval_batch_size: int) -> DataParallel:
+  """The run's layout over `num_devices` devices (config mesh.num_devices; 0 = all); ConfigError naming the
+  config field when the devices or batch_size / eval_batch_size do not fit."""
   devices = jax.devices()
-  wanted = config.mesh.num_devices or len(devices)
+  wanted = num_devices or len(devices)
   if wanted > len(devices):
     raise ConfigError(f"mesh.num_devices must be <= the {len(devices)} devices jax sees, got {wanted}")
   if jax.process_count() > 1 and wanted != len(devices):
     raise ConfigError(f"mesh.num_devices must be 0 or all {len(devices)} devices of the {jax.process_count()} "
                       f"processes, got {wanted}")
-  for field in ("batch_size", "eval_batch_size"):
-    if config[field] % wanted:
+  for field, size in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+    if size % wanted:
       raise ConfigError(f"{field} must be divisible by the {wanted} data-parallel devices "
-                        f"(mesh.num_devices), got {config[field]}")
+                        f"(mesh.num_devices), got {size}")
   if wanted == 1:
     return DataParallel()
   return DataParallel(Mesh(np.asarray(devices[:wanted]), (AXIS,)))

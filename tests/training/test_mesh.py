@@ -173,7 +173,8 @@ def test_bad_mesh_fields_name_the_field(make_config, field, value, message):
 
 def test_more_devices_than_jax_sees_names_the_field(make_config):
   with pytest.raises(errors.ConfigError, match=r"mesh.num_devices must be <= the 1 devices jax sees, got 4"):
-    mesh_lib.data_parallel(make_config(**{"mesh.num_devices": 4}))
+    config = make_config(**{"mesh.num_devices": 4})
+    mesh_lib.data_parallel(config.mesh.num_devices, config.batch_size, config.eval_batch_size)
 
 
 def test_masked_mean_of_a_padded_batch_equals_the_short_batch_mean():
