@@ -39,6 +39,9 @@ SOURCES = {
     "image_folder": "kdjax.data.image_folder",
 }
 NORMALIZATIONS = ("standardize", "unit")
+# XLA:CPU adopts a host array in place (jax.device_put copies nothing) when its data starts on a 64-byte boundary;
+# numpy's large arrays start 16 bytes past a page, so the study's device copy of the images would be a second one.
+HOST_ALIGNMENT = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +80,26 @@ def subset_indices(count: int, limit: int) -> np.ndarray | None:
   return np.sort(np.random.default_rng(0).permutation(count)[:limit])
 
 
+def host_images(shape: tuple[int, ...], dtype=np.uint8) -> np.ndarray:
+  """An uninitialised array whose data starts on a HOST_ALIGNMENT boundary: a CPU device array made of it
+  shares its memory, so a split is held once (not once on the host and once on the device)."""
+  size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+  raw = np.empty(size + HOST_ALIGNMENT, np.uint8)
+  offset = -raw.ctypes.data % HOST_ALIGNMENT
+  return raw[offset:offset + size].view(dtype).reshape(shape)
+
+
+def held_once(images: np.ndarray) -> np.ndarray:
+  """`images`, read-only, in host_images' alignment (copied only when not aligned already). Read-only because a
+  device array may share the memory: writing into a split would change the study's data under it."""
+  if images.ctypes.data % HOST_ALIGNMENT or not images.flags.c_contiguous:
+    aligned = host_images(images.shape, images.dtype)
+    aligned[...] = images
+    images = aligned
+  images.flags.writeable = False
+  return images
+
+
 def _subset(images: np.ndarray, labels: np.ndarray, limit: int):
   """subset_indices of the examples (a source that read only those already has `limit` or fewer: unchanged)."""
   keep = subset_indices(len(labels), limit)
@@ -91,8 +114,8 @@ def load(data_config) -> Dataset:
   dataset = importlib.import_module(SOURCES[data_config.name]).load(data_config)
   train = _subset(dataset.train_images, dataset.train_labels, data_config.max_train_examples)
   val = _subset(dataset.val_images, dataset.val_labels, data_config.max_val_examples)
-  return dataclasses.replace(dataset, train_images=train[0], train_labels=train[1],
-                             val_images=val[0], val_labels=val[1])
+  return dataclasses.replace(dataset, train_images=held_once(train[0]), train_labels=train[1],
+                             val_images=held_once(val[0]), val_labels=val[1])
 
 
 def channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:

@@ -58,7 +58,7 @@ def _read_split(split_dir: str, class_names: tuple[str, ...], size: int, split: 
   if not paths:
     raise data_lib.DataError(f"{split_dir}: no {'/'.join(EXTENSIONS)} images in <class>/ folders")
   start = time.perf_counter()
-  images = np.empty((len(paths), size, size, 3), np.uint8)
+  images = data_lib.host_images((len(paths), size, size, 3))   # aligned: a device array shares it
   for index, path in enumerate(tqdm(paths, desc=f"image_folder {split}", unit="img", leave=False,
                                     file=sys.stderr, disable=None, mininterval=1.0)):
     images[index] = _read_image(path, size)

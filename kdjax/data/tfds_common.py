@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from kdjax import progress
 from kdjax.data import DataError
+from kdjax.data import host_images
 from kdjax.data import Dataset
 from kdjax.data import subset_indices
 
@@ -187,7 +188,7 @@ def read_split(builder, split: str, *, image_key: str, label_key: str, order_key
   order = np.array(sorted(range(count), key=keys.__getitem__), dtype=np.int64)
   if keep is not None:
     order = order[keep]
-  images = np.empty((len(order), *image_shape), np.uint8)
+  images = host_images((len(order), *image_shape))   # aligned: the study's device array shares it
   for position, index in enumerate(order):
     images[position] = decode_image(encoded[index], image_shape)
     if position % 1024 == 1023:
