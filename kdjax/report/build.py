@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 
-from kdjax.config import nets as config_nets
 from kdjax.report import collapse
 from kdjax.report import environment as run_environment
 from kdjax.report import figures
@@ -42,7 +41,7 @@ class ModelResult:
   train_seconds: float = 0.0
   train_images: int = 0
   source: dict | None = None   # provenance of a model loaded from teacher.checkpoint instead of trained
-  diagnostics: list = dataclasses.field(default_factory=list)  # an EMA-updated teacher's collapse.measure points
+  diagnostics: list = dataclasses.field(default_factory=list)  # an EMA-updated teacher's study/probe.measure points
 
 
 def compare_to_teachers(results: dict[str, ModelResult]) -> None:
@@ -157,21 +156,22 @@ def cautions(report: dict) -> list[str]:
   return [sentence for sentence in (chance_sentence(report), *ran_away(report)) if sentence]
 
 
-def build(config, dataset, results, checkpoints: dict, wall_seconds: float, data_parallel: int = 1) -> dict:
-  """report.json's content: dataset, models (in phase order), config, environment, what was loaded or
-  resumed from checkpoints, and the run's wall time. Each of `cautions` is also a warning on the log."""
+def build(config_values: dict, dataset, results, checkpoints: dict, wall_seconds: float, *, conv: dict,
+          ema_sweep: sweep.Sweep, batch_size: int, data_parallel: int = 1) -> dict:
+  """report.json's content: dataset, models (in phase order), config (`config_values`: config.to_dict()),
+  environment (`conv`: who computed the convs, config.nets.describe), what was loaded or resumed from
+  checkpoints, and the run's wall time. Each of `cautions` is also a warning on the log."""
   report = {
       "dataset": {"name": dataset.name, "train_examples": int(len(dataset.train_labels)),
                   "val_examples": int(len(dataset.val_labels)), "num_classes": dataset.num_classes,
                   "image_shape": list(dataset.image_shape)},
       "models": {name: _model_entry(result) for name, result in results.items()},
-      "config": config.to_dict(),
+      "config": config_values,
       # what decides the bits (CPU, instruction sets, threads: report/environment.py) and which conv path ran, and
       # why (kdjax.config.nets.conv_engine)
-      "environment": dict(run_environment.environment(data_parallel, config.batch_size, dataset.image_shape),
-                          conv=config_nets.describe(config)),
+      "environment": dict(run_environment.environment(data_parallel, batch_size, dataset.image_shape), conv=conv),
       "checkpoints": checkpoints,
-      "ema_sweep": sweep.points(config, {name: _model_entry(result) for name, result in results.items()}),
+      "ema_sweep": sweep.points(ema_sweep, {name: _model_entry(result) for name, result in results.items()}),
       "per_example": per_example(np.asarray(dataset.val_labels), results),
       "wall_seconds": wall_seconds,
   }

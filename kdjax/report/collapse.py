@@ -1,4 +1,5 @@
-"""Why the original's EMA collapses: what the EMA-updated teacher becomes, measured while it happens.
+"""Why the original's EMA collapses: what the EMA-updated teacher becomes, measured while it happens (the
+measuring is study/probe.py's; this module holds the schedule, the probe's size, the quantities and the sentences).
 
 Each kd_ema phase is measured at its start, at `schedule`'s log-spaced steps (ema.diagnostics_per_decade a factor
 of 10: steps 1, 2, 3, 4, 6, 7, 10, 13, ... at 8) and at every epoch's end. A point holds
@@ -13,13 +14,11 @@ between two points ("between step a and step b") and the points' time as a share
 """
 
 import math
-import time
 
 import numpy as np
 from scipy import stats as scipy_stats
 
 from kdjax.report import figures
-from kdjax.training import evaluate
 
 BUDGET = 0.05      # probe images over the phase's training images
 PROBE_MIN = 32
@@ -55,24 +54,6 @@ def probe_indices(num_val: int, size: int) -> np.ndarray:
   return np.sort(np.random.default_rng(0).permutation(num_val)[:size])
 
 
-class Probe:
-  """The probe's images and labels (host arrays) and the batch its forwards run in (one batch, rounded up to a
-  multiple of the data-parallel device count); `warm`: the nets whose probe forward has run (compiled) here."""
-
-  def __init__(self, setup, num_points: int):
-    num_val = len(setup.dataset.val_labels)
-    size = probe_size(num_val, setup.config.epochs * setup.num_train, num_points)
-    keep = probe_indices(num_val, size)
-    self.images, self.labels = setup.dataset.val_images[keep], setup.dataset.val_labels[keep]
-    devices = setup.parallel.size
-    self.batch_size = -(-size // devices) * devices
-    self.warm: set[str] = set()
-
-  @property
-  def size(self) -> int:
-    return len(self.labels)
-
-
 def relative_distance(params, reference, pairs) -> float:
   """‖params − reference‖ / ‖reference‖ over the teacher tensors of `pairs` (ema.torch_zip_pairs), in float64."""
   moved = total = 0.0
@@ -90,44 +71,6 @@ def soft_target_entropy(logits: np.ndarray, temperature: float) -> float:
   log_probs = scaled - np.log(np.exp(scaled).sum(axis=-1, keepdims=True))
   entropy = -(np.exp(log_probs) * log_probs).sum(axis=-1)
   return float(entropy.mean() / math.log(logits.shape[-1]))
-
-
-def measure(setup, probe: Probe, teacher_params, student_net: str, student_params, trained_teacher, *,
-            epoch: int, step: int, kd_loss: float | None,
-            full_top1: tuple[float, float] | None = None) -> dict:
-  """One point of the diagnostics (see the module docstring). full_top1: (teacher, student) top-1 on the whole
-  validation split when the caller has it (the start, an epoch's end)."""
-  start = time.perf_counter()
-  compile_seconds = 0.0
-
-  def probe_logits(net, params):
-    nonlocal compile_seconds
-    forward = lambda: evaluate.predict(setup.nets[net], params, probe.images, setup.mean, setup.std,
-                                       probe.batch_size, setup.parallel)
-    if net in probe.warm:
-      return forward()
-    first = time.perf_counter()
-    forward()   # compiles the forward at the probe's batch when this process has not yet
-    first = time.perf_counter() - first
-    probe.warm.add(net)
-    again = time.perf_counter()
-    logits = forward()
-    compile_seconds += max(first - (time.perf_counter() - again), 0.0)   # the first call less a forward's time
-    return logits
-
-  teacher_logits = probe_logits("teacher", teacher_params)
-  student_logits = probe_logits(student_net, student_params)
-  top1 = lambda logits: float(100.0 * np.mean(logits.argmax(axis=-1) == probe.labels))
-  point = {"epoch": epoch, "step": step,
-           "distance": relative_distance(teacher_params, trained_teacher, setup.ema_pairs()),
-           "entropy": soft_target_entropy(teacher_logits, float(setup.config.kd.temperature)),
-           "kd_loss": kd_loss, "probe_size": probe.size,
-           "probe_teacher_top1": top1(teacher_logits), "probe_student_top1": top1(student_logits),
-           "teacher_top1": None if full_top1 is None else full_top1[0],
-           "student_top1": None if full_top1 is None else full_top1[1]}
-  point["seconds"] = time.perf_counter() - start
-  point["compile_seconds"] = compile_seconds
-  return point
 
 
 def _series(point: dict, who: str) -> float:

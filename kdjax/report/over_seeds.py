@@ -68,8 +68,10 @@ def mean_curve(per_seed: list[dict], field: str) -> list[dict]:
   return curve
 
 
-def build(config, reports: list[dict], seeds: list[int], wall_seconds: float) -> dict:
-  """The several-seed report.json: the first seed's dataset/environment, the summary, per-seed workdirs."""
+def build(config_values: dict, reports: list[dict], seeds: list[int], wall_seconds: float,
+          ema_sweep: sweep.Sweep) -> dict:
+  """The several-seed report.json: the first seed's dataset/environment, the summary, per-seed workdirs;
+  config_values: config.to_dict()."""
   summary = summarize(reports, seeds)
   for name, entry in summary["models"].items():
     first = reports[0]["models"][name]
@@ -78,9 +80,9 @@ def build(config, reports: list[dict], seeds: list[int], wall_seconds: float) ->
   return {"dataset": reports[0]["dataset"], "seeds": seeds, "num_seeds": len(seeds),
           "models": summary["models"], "comparisons": summary["comparisons"],
           "comparison_family": summary["comparison_family"],
-          "ema_sweep": sweep.points(config, summary["models"]),
+          "ema_sweep": sweep.points(ema_sweep, summary["models"]),
           "seed_workdirs": [str(seed_dir(".", seed)) for seed in seeds],
-          "config": config.to_dict(), "environment": reports[0]["environment"], "wall_seconds": wall_seconds}
+          "config": config_values, "environment": reports[0]["environment"], "wall_seconds": wall_seconds}
 
 
 def _pm(entry: dict, field: str, digits: int = 2) -> str:

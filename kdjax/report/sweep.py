@@ -1,19 +1,31 @@
 """The EMA sweep: the original's EMA at several alphas (and with the mean-teacher warm-up), side by side.
 
 config.ema.sweep adds one student_kd_ema variant per (alpha, warm-up) pair (phases.sweep_phase), each distilled
-from the same trained teacher. alpha = 1 never moves the teacher: it is plain KD (student_kd), shown at
+from the same trained teacher; the study hands them over as a `Sweep`. alpha = 1 never moves the teacher: it is plain KD (student_kd), shown at
 alpha = 1 in the plot. `points` reads the report's rows; `plot` draws ema_sweep.png: the student's and the
 EMA-updated teacher's top-1 against 1 − alpha (log axis), with ±1 std bars over seeds when there are several.
 """
+
+import dataclasses
 
 from kdjax import phases
 from kdjax.report import figures
 
 
-def points(config, models: dict) -> list[dict]:
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+  """The sweep's variants (phases.sweep_phases(config)) and the plain EMA phase's alpha and warm-up
+  (config.ema.decay, config.ema.warmup)."""
+
+  variants: tuple = ()
+  decay: float = 0.0
+  warmup: bool = False
+
+
+def points(sweep: Sweep, models: dict) -> list[dict]:
   """[{alpha, warmup, student, student_std, teacher, teacher_std}] for every EMA phase of the report, plus
   plain KD at alpha = 1 (teacher = the trained teacher), sorted by warm-up then alpha; [] without ema.sweep."""
-  variants = phases.sweep_phases(config)
+  variants = sweep.variants
   if not variants:   # no sweep configured: the plain EMA phase alone is no curve
     return []
   rows = []
@@ -23,8 +35,8 @@ def points(config, models: dict) -> list[dict]:
     student, teacher = models.get(name), models.get(phases.TEACHER_EMA + spec.variant)
     if student is None or teacher is None:
       continue
-    alpha = config.ema.decay if spec.teacher_decay is None else spec.teacher_decay
-    warmup = config.ema.warmup if spec.warmup is None else spec.warmup
+    alpha = sweep.decay if spec.teacher_decay is None else spec.teacher_decay
+    warmup = sweep.warmup if spec.warmup is None else spec.warmup
     rows.append({"alpha": float(alpha), "warmup": bool(warmup), "student": student["val_top1"],
                  "student_std": student.get("val_top1_std"), "teacher": teacher["val_top1"],
                  "teacher_std": teacher.get("val_top1_std")})

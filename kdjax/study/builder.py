@@ -25,6 +25,7 @@ from kdjax.training import mesh as mesh_lib
 from kdjax.nets import models
 from kdjax.training import optim
 from kdjax import phases
+from kdjax.report import sweep
 from kdjax.training import train
 from kdjax.training import xla
 
@@ -46,6 +47,12 @@ def step_config(config, kind: str, student_decay: float | None = None,
 def data_parallel(config) -> mesh_lib.DataParallel:
   """The study's data-parallel layout (training/mesh.py) from config.mesh.num_devices and its batch sizes."""
   return mesh_lib.data_parallel(config.mesh.num_devices, config.batch_size, config.eval_batch_size)
+
+
+def ema_sweep(config) -> sweep.Sweep:
+  """The EMA sweep the report draws (report/sweep.py) from the study's config: config.ema.sweep's variants and the
+  plain EMA phase's alpha and warm-up."""
+  return sweep.Sweep(tuple(phases.sweep_phases(config)), float(config.ema.decay), bool(config.ema.warmup))
 
 
 @dataclasses.dataclass(frozen=True)

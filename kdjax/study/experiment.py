@@ -21,6 +21,7 @@ import time
 from kdjax import data as data_lib
 from kdjax import phases
 from kdjax import progress
+from kdjax.config import nets as config_nets
 from kdjax.config import validation as config_validation
 from kdjax.report import build as report_lib
 from kdjax.report import collapse
@@ -36,6 +37,7 @@ from kdjax.store.rundir import RunDir
 from kdjax.study import acceptance
 from kdjax.study import builder
 from kdjax.study import grid
+from kdjax.study import probe as probe_lib
 from kdjax.study import seeds
 from kdjax.study.builder import Setup
 from kdjax.training import host_memory
@@ -142,10 +144,10 @@ def run_phase(setup: Setup, run: RunDir, phase: str, teacher_params, saved: resu
   if ema_teacher is not None:   # the log-spaced steps between epoch ends, and the probe they are measured on
     mid_steps = collapse.mid_epoch_steps(config.epochs * setup.steps_per_epoch, setup.steps_per_epoch,
                                          config.ema.diagnostics_per_decade)
-    probe = collapse.Probe(setup, len(mid_steps) + config.epochs + 1)
+    probe = probe_lib.Probe(setup, len(mid_steps) + config.epochs + 1)
 
   def diagnose(state, epoch: int, kd_loss, full_top1: tuple[float, float] | None = None) -> None:
-    ema_teacher.diagnostics.append(collapse.measure(
+    ema_teacher.diagnostics.append(probe_lib.measure(
         setup, probe, state.teacher_params, spec.net, state.params, teacher_params, epoch=epoch,
         step=int(state.step), kd_loss=None if kd_loss is None else float(kd_loss), full_top1=full_top1))
 
@@ -337,8 +339,9 @@ def _run_locked(config, run: RunDir, start: float, only: tuple[str, ...] | None 
   report_lib.compare_to_teachers(results)
   checkpoints = {"directory": str(run.checkpoints.absolute()), "loaded": loaded, "resumed": resumed,
                  "config_changes": config_changes, "device_parts": device_parts}
-  report = report_lib.build(config, setup.dataset, results, checkpoints, time.perf_counter() - start,
-                            data_parallel=setup.parallel.size)
+  report = report_lib.build(config.to_dict(), setup.dataset, results, checkpoints, time.perf_counter() - start,
+                            conv=config_nets.describe(config), ema_sweep=builder.ema_sweep(config),
+                            batch_size=config.batch_size, data_parallel=setup.parallel.size)
   summary = over_seeds.summarize([report], [config.seed])  # one seed: std None, per_seed of one, comparisons
   for name, entry in summary["models"].items():
     report["models"][name].update({key: value for key, value in entry.items()

@@ -23,6 +23,7 @@ from kdjax.store import resume
 from kdjax.store import meta as run_meta
 from kdjax.store.rundir import RunDir
 from kdjax.store.rundir import seed_dir
+from kdjax.study import builder
 
 
 def seed_values(config) -> list[int]:
@@ -53,7 +54,8 @@ def run(config, run_dir: RunDir, run_one: Callable[[object, object], dict]) -> d
   for index, seed in enumerate(seeds):
     progress.say(f"== seed {seed} ({index + 1} of {len(seeds)}) -> {seed_dir(run_dir.path, seed)}")
     reports.append(run_one(seed_config(config, seed), seed_dir(run_dir.path, seed)))
-  report = over_seeds.build(config, reports, seeds, time.perf_counter() - start)
+  report = over_seeds.build(config.to_dict(), reports, seeds, time.perf_counter() - start,
+                           builder.ema_sweep(config))
   if run_dir.writer:   # a multi-host run: process 0 writes the summary
     report_lib.write(run_dir, report, over_seeds.markdown(report), lambda path: over_seeds.plot(report, path))
   return report

@@ -10,6 +10,7 @@ from kdjax.report import collapse
 from kdjax.study import experiment
 from kdjax import phases
 from kdjax.report import sweep
+from kdjax.study import builder
 
 from tests.conftest import tiny_config
 from tests.support.figures import _drawn
@@ -128,7 +129,7 @@ def test_the_sweep_adds_rows_and_a_plot(sweep_run):
   assert rows[2]["student"] == models["student_kd"]["val_top1"] and rows[2]["teacher"] == models["teacher"]["val_top1"]
   assert (workdir / "ema_sweep.png").stat().st_size > 0
   assert "| 0.5 | no |" in (workdir / "report.md").read_text()
-  assert sweep.points(config, models) == rows
+  assert sweep.points(builder.ema_sweep(config), models) == rows
 
 
 def test_the_variant_equals_a_run_with_that_alpha_and_measuring_changes_nothing(sweep_run, tmp_path):
