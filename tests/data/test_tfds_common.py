@@ -13,9 +13,9 @@ from kdjax import data as data_lib
 from kdjax import progress
 from kdjax.data import tfds_common
 from kdjax.data import tiny_imagenet
-from tests.data.tiny_imagenet.test_dataset_builder import data_config
-from tests.data.tiny_imagenet.test_dataset_builder import fabricated_files
-from tests.data.tiny_imagenet.test_dataset_builder import write_zip
+from tests.support.tiny_imagenet import data_config
+from tests.support.tiny_imagenet import fabricated_files
+from tests.support.tiny_imagenet import write_zip
 
 
 @pytest.fixture

@@ -13,9 +13,9 @@ import pytest
 from kdjax import data as data_lib
 from kdjax.data import tiny_imagenet
 from kdjax.data.tiny_imagenet import official
-from tests.data.tiny_imagenet.test_dataset_builder import _jpeg
-from tests.data.tiny_imagenet.test_dataset_builder import data_config
-from tests.data.tiny_imagenet.test_dataset_builder import write_folder
+from tests.support.tiny_imagenet import _jpeg
+from tests.support.tiny_imagenet import data_config
+from tests.support.tiny_imagenet import write_folder
 
 REPO = pathlib.Path(__file__).resolve().parents[3]
 DEV_ZIP = REPO.parent / "shared" / "data" / "tiny-imagenet-200.zip"
