@@ -18,6 +18,8 @@ ENTRY_POINTS = {
     "parity.export": ("Exports a kdjax run for PyTorch", ("--workdir", "--model", "--out", "--split")),
     "kdjax.data": ("See what a data set holds", ("--config", "--json")),
     "kdjax.cli.inspection": ("Looks inside a run's checkpoints", ("--epoch", "--json", "--evaluate")),
+    "kdjax.cli.interpolation": ("Tests the original's EMA without training",
+                                ("--workdir", "--weights", "--students", "--overwrite")),
     "kdjax.tools.benchmark": ("How fast kdjax trains", ("--compare-torch", "--study", "--steps", "--config")),
 }
 DEVELOPER_PATHS = ("shared/data", "/work/", "/home/", "/tmp/")
