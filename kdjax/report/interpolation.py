@@ -13,6 +13,7 @@ from kdjax.report import significance
 SOURCE_NAMES = {"student_kd": "student_kd (KD from the frozen teacher)", "student_ce": "student_ce (labels only)",
                 "initial": "initial student (the seed's initial weights)"}
 DYNAMIC = "teacher_ema"   # the original's EMA-updated teacher, as its report row is called
+TICKS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)   # the x axis's labels (symmetric-log: more would overlap)
 
 
 def _percent(value) -> str:
@@ -129,27 +130,27 @@ def plot(result: dict, path, suptitle: str | None = None) -> None:
   top-1 as crosses, the whole validation split at epoch ends as open circles), half the teacher's top-1 and chance
   as dotted lines."""
   seeds, weights = result["seeds"], result["weights"]
-  figure = figures.new(figsize=(5.2 * len(seeds), 4.6))
+  figure = figures.new(figsize=(max(8.0, 5.2 * len(seeds)), 5.6))
   axes = figure.subplots(1, len(seeds), squeeze=False)[0]
   for axis, seed in zip(axes, seeds):
     for source in result["sources"]:
       axis.plot(weights, seed["top1"][source], marker="o", color=figures.color(source),
-                label=f"{source} (fixed mix)")
+                label=f"mixed with {source}")
     points = seed["ema"]["points"]
     probe = [(p["w"], p["probe_top1"]) for p in points if p.get("probe_top1") is not None]
     if probe:
       axis.plot(*zip(*probe), linestyle="none", marker="x", color=figures.color(DYNAMIC),
-                label=f"{DYNAMIC}: the original's EMA, w = 1 − α^k (probe)")
+                label=f"{DYNAMIC} (the original's EMA) at w = 1 − α^k, probe")
     whole = [(p["w"], p["top1"]) for p in points if p.get("top1") is not None]
     if whole:
       axis.plot(*zip(*whole), linestyle="none", marker="o", fillstyle="none", color=figures.color(DYNAMIC),
-                label=f"{DYNAMIC} at epoch ends (whole validation)")
+                label=f"{DYNAMIC} at epoch ends, whole split")
     if weights[0] == 0:
       own = seed["top1"][result["sources"][0]][0]
       axis.axhline(own / 2, color="0.4", linestyle=":", linewidth=1, label="half the teacher's top-1")
     axis.axhline(100.0 / seed["data"]["num_classes"], color="0.7", linestyle=":", linewidth=1, label="chance")
     axis.set_xscale("symlog", linthresh=0.02, linscale=0.5)
-    ticks = sorted(set(weights) | {0.0, 1.0})
+    ticks = [tick for tick in TICKS if min(weights) <= tick <= max(weights)] or sorted(set(weights))
     axis.set_xticks(ticks, [f"{tick:g}" for tick in ticks], fontsize=7)
     axis.set_xticks([], minor=True)
     axis.set_xlim(-0.002, 1.05)
@@ -162,5 +163,5 @@ def plot(result: dict, path, suptitle: str | None = None) -> None:
 
 def _title(result: dict) -> str:
   data = result["seeds"][0]["data"]
-  return (f"{data['name']} ({data['val_examples']} validation images): the trained teacher, its EMA-paired tensors "
-          f"at (1 − w)·teacher + w·student")
+  return (f"{data['name']} ({data['val_examples']} validation images): the trained teacher with its EMA-paired "
+          f"tensors\nat (1 − w)·teacher + w·student, nothing trained")
