@@ -4,6 +4,7 @@ between modules, function-level imports included."""
 
 import ast
 import pathlib
+import re
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Layer of each top-level part of kdjax; a module may import kdjax modules of its own part or of a lower layer.
@@ -97,3 +98,65 @@ def test_the_layer_rule_catches_an_upward_import_even_inside_a_function(tmp_path
   assert kdjax_imports(probe) == {"kdjax.study.experiment", "kdjax.data"}
   assert upward("kdjax.training.probe", kdjax_imports(probe)) == [
       "kdjax.training.probe imports kdjax.study.experiment"]
+
+
+# parity/ and kdjax/tools/ as layers (issue 31): parity sits above kdjax's library; kdjax reaches it only as a program.
+PARITY_MAY_IMPORT = {"kdjax.cli.exits", "kdjax.cli.help"}   # the entry points' shared error printer and --help
+CHILD_PROGRAM = ("kdjax.tools.benchmark.torch_peer", "parity.torch_child")   # the one place kdjax names parity
+
+
+def imports_of(path: pathlib.Path, package: str) -> set[str]:
+  """The modules of `package` that `path` imports, anywhere in it."""
+  found = set()
+  for node in ast.walk(ast.parse(path.read_text())):
+    if isinstance(node, ast.Import):
+      found |= {alias.name for alias in node.names if alias.name.split(".")[0] == package}
+    elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == package:
+      found |= {f"{node.module}.{alias.name}" for alias in node.names}
+  return found
+
+
+def module_strings(path: pathlib.Path, package: str) -> set[str]:
+  """String constants of `path` that name a module of `package` ("parity.torch_child"): a program it starts."""
+  return {node.value for node in ast.walk(ast.parse(path.read_text()))
+          if isinstance(node, ast.Constant) and isinstance(node.value, str)
+          and re.fullmatch(rf"{package}(\.\w+)+", node.value)}
+
+
+def parity_layer_violations(named: dict[str, pathlib.Path]) -> list[str]:
+  """What breaks the parity/tools layering among the modules `named` ({module name: path}; the test below)."""
+  wrong = []
+  for name, path in sorted(named.items()):
+    if name.startswith("kdjax"):
+      wrong += [f"{name} imports {target}" for target in sorted(imports_of(path, "parity"))]
+      wrong += [f"{name} names {text}" for text in sorted(module_strings(path, "parity"))
+                if (name, text) != CHILD_PROGRAM]
+    else:
+      wrong += [f"{name} imports {target}" for target in sorted(kdjax_imports(path))
+                if LAYERS[part(target)] > LAYERS["study"] and target not in PARITY_MAY_IMPORT]
+  return wrong
+
+
+def test_parity_and_tools_are_layers_with_no_loop_between_kdjax_and_parity():
+  """parity/ (the PyTorch reference, the checks, the benchmark's PyTorch side) is a layer above kdjax's library: it
+  imports kdjax's floors (foundation .. study) and the entry points' shared kdjax.cli.exits/help, never kdjax.tools
+  or another entry point; nothing in kdjax imports parity, and kdjax names a parity module only where the benchmark
+  starts its PyTorch child (kdjax/tools/benchmark/torch_peer.py: `python -m parity.torch_child`). So the package
+  loop kdjax.tools -> parity -> kdjax cannot come back."""
+  named = {module_name(path): path for path in modules()}
+  assert not parity_layer_violations(named)
+  uses = {(name.split(".")[0], other) for name, path in named.items() for other in ("kdjax", "parity")
+          if other != name.split(".")[0] and imports_of(path, other)}
+  assert uses == {("parity", "kdjax")}, uses   # one way: parity uses kdjax, never back
+
+
+def test_the_parity_layer_rule_catches_each_kind_of_crossing(tmp_path):
+  tool, reference = tmp_path / "tool.py", tmp_path / "reference.py"
+  tool.write_text("def late():\n  from parity import reference\n  return ['-m', 'parity.torch_child']\n")
+  reference.write_text("from kdjax.tools.benchmark import steps\nfrom kdjax.cli import exits\n"
+                       "from kdjax.study import builder\nfrom kdjax.cli import main\n")
+  assert parity_layer_violations({"kdjax.tools.probe": tool, "parity.probe": reference}) == [
+      "kdjax.tools.probe imports parity.reference", "kdjax.tools.probe names parity.torch_child",
+      "parity.probe imports kdjax.cli.main", "parity.probe imports kdjax.tools.benchmark.steps"]
+  # the benchmark's child program, named where it is started, is the one crossing allowed
+  assert parity_layer_violations({CHILD_PROGRAM[0]: tool}) == [f"{CHILD_PROGRAM[0]} imports parity.reference"]

@@ -60,5 +60,5 @@ def test_helpfull_lists_more_than_help_and_no_config_dump(tmp_path):
 def test_benchmark_study_has_no_developers_data_folder():
   """--study's default config no longer points at a developer's ../shared/data: the data folder is the user's
   --config.data.manual_dir (empty: the data layer downloads, or says in one line that it cannot)."""
-  from kdjax.tools import benchmark
-  assert benchmark.study_config().data.manual_dir == ""
+  from kdjax.tools.benchmark import study
+  assert study.study_config().data.manual_dir == ""

@@ -1,4 +1,5 @@
-"""kdjax.tools.benchmark runs its real code on tiny shapes: the structure of what it reports, not the speed."""
+"""kdjax.tools.benchmark (one module per mode) runs its real code on tiny shapes: the structure of what it reports,
+not the speed; its steps are the study's own."""
 
 import json
 import os
@@ -9,7 +10,14 @@ import sys
 import pytest
 
 from kdjax.nets import onednn_conv
-from kdjax.tools import benchmark
+from kdjax.tools.benchmark import compare_torch
+from kdjax.tools.benchmark import data_parallel
+from kdjax.tools.benchmark import plain
+from kdjax.tools.benchmark import profile
+from kdjax.tools.benchmark import steps
+from kdjax.tools.benchmark import study
+from kdjax.tools.benchmark import timing
+from kdjax.tools.benchmark import torch_peer
 from kdjax.nets import models
 from tests.conftest import tiny_config
 
@@ -20,11 +28,11 @@ TINY = dict(batch_size=4, image_size=16, num_classes=10, steps=1, repeats=1)
 def test_train_flops_count_three_passes_but_the_first_input_gradient():
   student = models.student_net(200)
   forward = models.flops_per_image(student, (64, 64, 3))
-  assert benchmark.train_flops_per_image(student, (64, 64, 3)) == 3 * forward - 2 * 64 * 64 * 3 * 12 * 9
+  assert steps.train_flops_per_image(student, (64, 64, 3)) == 3 * forward - 2 * 64 * 64 * 3 * 12 * 9
 
 
 def test_plain_mode_reports_each_kind_and_evaluation():
-  figures = benchmark.plain(**TINY, eval_batch_size=8, kinds=("student_kd",))
+  figures = plain.plain(**TINY, eval_batch_size=8, kinds=("student_kd",))
   assert set(figures["results"]) == {"student_kd", "eval_teacher", "eval_student"}
   row = figures["results"]["student_kd"]
   assert row["images_per_second"] > 0 and row["compile_s"] > 0
@@ -32,7 +40,7 @@ def test_plain_mode_reports_each_kind_and_evaluation():
 
 
 def test_data_parallel_mode_on_one_device_times_the_single_device_feed():
-  figures = benchmark.data_parallel(batch_size=4, image_size=16, num_classes=10, steps=1, repeats=1)
+  figures = data_parallel.data_parallel(batch_size=4, image_size=16, num_classes=10, steps=1, repeats=1)
   assert figures["mode"] == "data_parallel" and figures["devices"] == 1
   for kind in ("teacher_ce", "student_kd_ema"):
     assert list(figures["results"][kind]) == ["device_gather"]
@@ -40,9 +48,9 @@ def test_data_parallel_mode_on_one_device_times_the_single_device_feed():
 
 
 def test_compare_torch_rows_hold_every_variant_and_ratios_to_the_faster_torch(one_torch_thread):
-  figures = benchmark.compare_torch(**TINY, peak_gflops=100.0, kinds=("student_kd",))
+  figures = compare_torch.compare_torch(**TINY, peak_gflops=100.0, kinds=("student_kd",))
   threads = figures["threads"]
-  assert threads["jax"] == benchmark.core_count() and 1 in threads["torch"]
+  assert threads["jax"] == timing.core_count() and 1 in threads["torch"]
   row = figures["kinds"]["student_kd"]
   expected = {"kdjax", "kdjax_before"} | {f"torch_{layout}_{count}t" for layout in ("nchw", "channels_last")
                                           for count in threads["torch"]}
@@ -72,29 +80,29 @@ def _layer_counts(ops) -> dict:
 
 
 def test_profile_lists_every_op_of_the_teacher_step():
-  ops = benchmark._step_ops("teacher_ce", 4, 64, 200)
+  ops = profile.step_ops("teacher_ce", 4, 64, 200)
   counts = _layer_counts(ops)
   assert counts["conv forward"] == 12 and counts["conv weight grad"] == 12 and counts["conv input grad"] == 11
   assert counts["pool"] == 4
   conv = next(op for op in ops if op["op"] == "conv weight grad" and op["shape"][1] == 64 and op["shape"][3] == 12)
   assert conv["layers"] == [2, 3] and conv["flops"] == 2 * 4 * 64 * 64 * 12 * 12 * 9
   pool = next(op for op in ops if op["op"] == "pool")
-  timings = benchmark._op_timers(dict(pool, shape=(2, 8, 8, 12)), 10, None, None, 1)
+  timings = profile.op_timers(dict(pool, shape=(2, 8, 8, 12)), 10, None, None, 1)
   assert [label for label, *_ in timings] == ["kdjax", "nn.max_pool"]
   if onednn_conv.available():   # after oneDNN convs kdjax pools in oneDNN: XLA's pool beside it
-    timings = benchmark._op_timers(dict(pool, shape=(2, 8, 8, 12)), 10, None, None, 1, onednn=True)
+    timings = profile.op_timers(dict(pool, shape=(2, 8, 8, 12)), 10, None, None, 1, onednn=True)
     assert [label for label, *_ in timings] == ["kdjax", "xla_path", "nn.max_pool"]
     assert all(seconds > 0 for _, *both in timings for seconds in both)
   # The teacher's convs run on blocks (speed.teacher_conv): kdjax's way is the blocked layer, nn.Conv beside it;
   # a side too small for blocks is nn.Conv's own.
-  conv_timings = benchmark._op_timers(dict(conv, shape=(2, 8, 8, 12)), 10, None, None, 1)
+  conv_timings = profile.op_timers(dict(conv, shape=(2, 8, 8, 12)), 10, None, None, 1)
   assert [label for label, _ in conv_timings] == ["kdjax", "nn.Conv", "xla_default"]
-  conv_timings = benchmark._op_timers(dict(conv, shape=(2, 2, 2, 12)), 10, None, None, 1)
+  conv_timings = profile.op_timers(dict(conv, shape=(2, 2, 2, 12)), 10, None, None, 1)
   assert [label for label, _ in conv_timings] == ["kdjax", "xla_default"]
 
 
 def test_profile_lists_every_op_of_the_student_step():
-  ops = benchmark._step_ops("student_ce", 4, 64, 200)
+  ops = profile.step_ops("student_ce", 4, 64, 200)
   counts = _layer_counts(ops)
   assert counts["conv forward"] == 4 and counts["conv weight grad"] == 4 and counts["conv input grad"] == 3
   assert counts["pool"] == 4 and {op["net"] for op in ops} == {"student"}
@@ -104,14 +112,14 @@ def test_profile_lists_every_op_of_the_student_step():
   assert dense["shape"] == (4, 4 * 4 * 12)
   # The student's convs are nn.Conv's under XLA (speed.student_conv), never blocks.
   conv = next(op for op in ops if op["op"] == "conv weight grad" and op["shape"][1] == 32)
-  conv_timings = benchmark._op_timers(dict(conv, shape=(2, 8, 8, 12)), 10, None, None, 1)
+  conv_timings = profile.op_timers(dict(conv, shape=(2, 8, 8, 12)), 10, None, None, 1)
   assert [label for label, _ in conv_timings] == ["kdjax", "xla_default"]
 
 
 def test_study_runs_every_phase_in_both_frameworks(one_torch_thread):
   config = tiny_config(epochs=1, **{"data.max_train_examples": 64, "data.max_val_examples": 32,
                                     "phases": ("teacher", "student_ce", "student_kd", "student_kd_ema")})
-  figures = benchmark.study(config, torch_threads=1)
+  figures = study.study(config, torch_threads=1)
   assert list(figures["phases"]) == ["teacher", "student_ce", "student_kd", "student_kd_ema"]
   for row in figures["phases"].values():
     assert row["kdjax_train_s"] > 0 and row["torch_train_s"] > 0
@@ -141,32 +149,61 @@ def test_bad_cli_input_is_one_line_and_exit_2(args, message):
   assert len(lines) == 1 and lines[0].startswith("kdjax.tools.benchmark: error:") and message in lines[0]
 
 
-def test_channels_last_runs_the_seeds_view_and_computes_the_same(one_torch_thread):
-  import torch
-  from parity import reference
-  torch.manual_seed(0)
-  net = reference.TeacherNet(10, 32)
-  images = torch.randn(2, 3, 32, 32)
-  expected = net(images)
-  converted = benchmark.channels_last(net)
-  logits = converted(images.contiguous(memory_format=torch.channels_last))
-  torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-6)
+def test_a_benchmark_step_is_the_studys_own_step():
+  """steps.prepare builds, initialises, gathers and jits as the study does (Setup.build, fresh_state, gather_batch,
+  training/jit_step): its first step equals the study's Setup.train_step on a Setup built afresh from the same
+  config and data, bit for bit."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from kdjax.study.builder import Setup
+  from kdjax.training import train
+
+  batch = steps.random_batch(4, 16, 10)
+  prepared = steps.prepare("student_kd_ema", batch, 10)
+  config = steps.step_config(batch_size=4)
+  setup = Setup.build(config, steps.random_dataset(batch, 10))
+  optimizer = setup.optimizer()
+  study_batch = train.gather_batch({"image": setup.train_images, "label": setup.train_labels}, jnp.arange(4))
+  expected, expected_metrics = setup.train_step("student_kd_ema", optimizer)(
+      setup.fresh_state("student_kd_ema", optimizer), study_batch)
+  state, metrics = prepared.step(prepared.state, prepared.batch)
+  for got, want in zip(jax.tree_util.tree_leaves((state, metrics)),
+                       jax.tree_util.tree_leaves((expected, expected_metrics))):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
-def test_profile_times_pytorch_on_the_same_ops(one_torch_thread):
-  conv = {"op": "conv weight grad", "shape": (2, 8, 8, 12), "cout": 12, "layers": [2], "flops": 1}
-  assert benchmark._torch_op_timers(conv, 10, 1)["torch_cl"] > 0
-  forward, backward = benchmark._torch_op_timers({"op": "pool", "shape": (2, 8, 8, 12), "layers": [3]}, 10,
-                                                 1)["torch_cl"]
-  assert forward > 0 and backward > 0
-  assert benchmark._torch_op_timers({"op": "Adam update", "shape": None, "layers": ["all"]}, 10, 1) == {}
-  # --profile asks a child process (kdjax.tools.torch_peer), which answers in the same form
-  from kdjax.tools import torch_peer
+def test_each_mode_is_its_own_module_under_300_lines():
+  folder = ROOT / "kdjax" / "tools" / "benchmark"
+  for mode in ("plain", "compare_torch", "profile", "data_parallel", "study"):
+    assert (folder / f"{mode}.py").is_file(), mode
+  sizes = {path.name: len(path.read_text().splitlines()) for path in folder.glob("*.py")}
+  assert all(size < 300 for size in sizes.values()), sizes
+
+
+def test_the_pytorch_child_steps_on_the_benchmarks_batch_and_times_ops():
+  """torch_peer starts parity's child (python -m parity.torch_child): its runners step on the very batch kdjax's
+  runners do (handed over as a file), and its op timers answer in profile's form."""
+  batch = steps.random_batch(4, 16, 10)
+  mean, std = steps.normalization(steps.step_config(), batch, 10)
   peer = torch_peer.Peer("tuned")
   try:
-    assert peer.op_timers(conv, 10, 1)["torch_cl"] > 0
-    forward, backward = peer.op_timers({"op": "pool", "shape": (2, 8, 8, 12), "layers": [3]}, 10, 1)["torch_cl"]
+    runner = peer.runner("student_kd", batch, mean, std, 10, 1, True, flops_per_image=7)
+    runner.run(2)
+    assert runner.flops_per_image == 7 and runner.compile_seconds is None
+    conv = {"op": "conv weight grad", "shape": (2, 8, 8, 12), "cout": 12, "layers": [2], "flops": 1}
+    assert peer.op_timers(conv, 10, 1, [1])["torch_cl"] > 0
+    forward, backward = peer.op_timers({"op": "pool", "shape": (2, 8, 8, 12), "layers": [3]}, 10, 1, [1])["torch_cl"]
     assert forward > 0 and backward > 0
-    assert peer.op_timers({"op": "Adam update", "shape": None, "layers": ["all"]}, 10, 1) == {}
+    assert peer.op_timers({"op": "Adam update", "shape": None, "layers": ["all"]}, 10, 1, [1]) == {}
   finally:
     peer.close()
+
+
+def test_onednn_threads_refuses_a_bad_kind_in_one_line_exit_2():
+  result = subprocess.run([sys.executable, "-m", "kdjax.tools.onednn_threads", "--kinds", "teacher_ce,nobody"],
+                          cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                          timeout=120)
+  assert result.returncode == 2
+  assert result.stderr.strip() == ("kdjax.tools.onednn_threads: error: --kinds: unknown nobody; known: "
+                                   f"{', '.join(steps.KINDS)}")
