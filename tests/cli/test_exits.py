@@ -163,3 +163,29 @@ def test_ctrl_c_is_one_line_exit_130_and_the_resume_is_exact(tmp_path, tmp_path_
   resumed = support.kdjax(support.EMA_STUDY, workdir, cache)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   _assert_resumed_equals_uninterrupted(workdir, reference, resumed.stdout)
+
+
+def test_one_policy_a_given_kind_is_a_usage_error_at_its_entry_point_and_a_body_may_return_its_code(capsys):
+  """exit_code: a CheckpointError is 1 (a run's own saves) unless the entry point names it as what the user gave
+  (kdjax.cli.inspection: 2); UsageError (a command line, parity.export's bad workdir or model) is 2; an unknown
+  error has no code. run_main returns an int the body returns (a tool that showed what it could: 1), else 0."""
+  from kdjax import errors
+  assert exits.exit_code(errors.CheckpointError("x")) == exits.BROKE == 1
+  assert exits.exit_code(errors.CheckpointError("x"), given=(errors.CheckpointError,)) == exits.USAGE == 2
+  assert exits.exit_code(exits.UsageError("x")) == 2 and exits.exit_code(ValueError("x")) is None
+  assert exits.run_main("tool", lambda: exits.BROKE) == 1
+  assert exits.run_main("tool", lambda: {"a report": 1}) == 0
+  def unreadable():
+    raise errors.CheckpointError("/run/checkpoints/teacher/3: cannot restore")
+  assert exits.run_main("tool", unreadable, given=(errors.CheckpointError,)) == 2
+  assert capsys.readouterr().err == "tool: error: /run/checkpoints/teacher/3: cannot restore\n"
+
+
+def test_flag_values_are_fresh_each_time_so_a_main_called_twice_keeps_nothing():
+  from absl import flags
+  define = lambda values: flags.DEFINE_bool("json", False, "j", flag_values=values)
+  first = exits.flag_values(define)
+  assert exits.parse_flags("tool", ["tool", "--json", "PATH"], config_flag=None, values=first) == ["tool", "PATH"]
+  second = exits.flag_values(define)
+  exits.parse_flags("tool", ["tool", "PATH"], config_flag=None, values=second)
+  assert first.json and not second.json

@@ -163,3 +163,14 @@ def test_inspect_shows_the_good_models_and_marks_the_bad_one(tmp_path, tmp_path_
   assert inspect_lib.main([str(workdir), "--json"]) == 1
   models = json.loads(capsys.readouterr().out)["models"]
   assert models[0] == {"model": "teacher", "path": str(workdir / "checkpoints" / "teacher"), "error": message}
+
+
+@pytest.mark.parametrize("argv,words", [([], "expected one PATH"), (["a", "b"], "expected one PATH"),
+                                        (["a", "--epoch", "x"], "--epoch=x"), (["a", "--nope"], "nope")])
+def test_a_command_line_mistake_is_one_line_exit_2(capsys, argv, words):
+  """absl's parser, kdjax's rule (kdjax.cli.exits.parse_flags): one line naming the mistake, exit 2."""
+  with pytest.raises(SystemExit) as stop:
+    inspect_lib.main(argv)
+  assert stop.value.code == 2
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("kdjax.cli.inspection: error: ") and words in lines[0]

@@ -126,3 +126,17 @@ def test_export_out_must_be_a_file_path_ending_as_written(tmp_path, tmp_path_fac
     line = _one_line(capsys.readouterr().err)
     assert line.startswith("parity.export: error: ") and expected in line
   assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["data", "--workdir", "W", "--out", "v.npz", "--model", "teacher"], "--model is not a flag of data"),
+    (["weights", "--workdir", "W", "--out", "t.pt"], "weights needs --model"),
+    (["--workdir", "W"], "expected one command, weights or data, got none"),
+    (["train", "--workdir", "W"], "got train"),
+])
+def test_a_command_line_mistake_is_one_line_exit_2(capsys, argv, words):
+  with pytest.raises(SystemExit) as stop:
+    export.main(argv)
+  assert stop.value.code == 2
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("parity.export: error: ") and words in lines[0]
