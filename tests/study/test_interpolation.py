@@ -95,3 +95,35 @@ def test_bad_students_and_missing_or_unfinished_phases_name_them(tmp_path, tmp_p
   shutil.rmtree(copy / "checkpoints" / "teacher" / "3")   # the teacher's last epoch gone: saved epoch 2 of 3
   with pytest.raises(interpolation.InputError, match=r"phase teacher is not finished \(saved epoch 2 of 3\)"):
     interpolation.run(copy, sources=("initial",))
+
+
+def test_a_several_seed_workdir_gives_each_seed_folder(tmp_path, tmp_path_factory):
+  """num_seeds > 1: the runs in seed_<s>/ (kdjax/study/seeds.py's layout), one line naming a missing one."""
+  run = support.finished_run(tmp_path_factory)
+  top = tmp_path / "several"
+  top.mkdir()
+  config = json.loads((run / "config.json").read_text())
+  (top / "config.json").write_text(json.dumps(dict(config, seed=4, num_seeds=2)))
+  shutil.copytree(run, top / "seed_4")
+  with pytest.raises(interpolation.InputError, match=r"seed 5 of a 2-seed run: .*seed_5: no such workdir"):
+    interpolation.seed_runs(top)
+  shutil.copytree(run, top / "seed_5")
+  runs = interpolation.seed_runs(top)
+  assert [(one.seed, one.run.workdir) for one in runs] == [(4, top / "seed_4"), (5, top / "seed_5")]
+
+
+def test_the_markdown_gives_each_seed_and_the_mean_over_seeds():
+  from kdjax.report import interpolation as report_lib
+  seed = lambda number, top1: {
+      "seed": number, "top1": {"student_kd": top1}, "distance": {"student_kd": [0.0, 0.1, 0.2]},
+      "teacher_top1_report": top1[0], "pairs": [["conv1.kernel", "conv1.kernel"]],
+      "data": {"name": "digits", "val_examples": 360, "num_classes": 10},
+      "ema": {"decay": 0.999, "warmup": False, "missing": "no kd_ema phase", "points": []}}
+  result = {"workdir": "W", "weights": [0.0, 0.5, 1.0], "sources": ["student_kd"], "seconds": 1.0,
+            "load_average": {"start": 1.0, "end": 1.0},
+            "seeds": [seed(0, [90.0, 60.0, 40.0]), seed(1, [80.0, 50.0, 30.0])]}
+  text = report_lib.markdown(result)
+  assert "## Seed 0" in text and "## Seed 1" in text and "## Over the 2 seeds (mean ± std)" in text
+  assert "| 0.5 | 55.00 ± 7.07 |" in text
+  assert "student_kd between w = 0.5 and w = 1" in text   # seed 0: 60 > 45, then 40 <= 45
+  assert "No dynamic EMA to set beside it: no kd_ema phase." in text
