@@ -27,7 +27,7 @@ class CheckpointError(RuntimeError):
 
 class CorruptCheckpointError(CheckpointError):
   """A saved step whose content is not what was saved (a hash differs, a file is missing or truncated): an
-  earlier intact step, where one exists, can stand in for it (store.resume.read_saved_phases)."""
+  earlier intact step, where one exists, can stand in for it (study.resume.read_saved_phases)."""
 
 
 class WriteError(RuntimeError):

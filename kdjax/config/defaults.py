@@ -149,6 +149,11 @@ def flatten(tree: dict, prefix: str = "") -> dict:
   return flat
 
 
+def as_json(config) -> dict:
+  """The config as config.json holds it (and every checkpoint's meta under "config")."""
+  return json.loads(config.to_json_best_effort())
+
+
 def differences(saved: dict, current: dict, ignore=RESULT_NEUTRAL) -> list[str]:
   """`field (saved -> current)` for each field that differs between two config dicts (as in config.json).
 

@@ -3,7 +3,6 @@ for a config.json written by an older kdjax (a field it lacks means what it mean
 convolutions (XLA, XLA on pixel blocks, or oneDNN: `conv_engine`)."""
 
 import platform
-import weakref
 
 import jax
 import numpy as np
@@ -74,44 +73,27 @@ def conv_path(config, net: str) -> dict:
   return {"path": path, "why": why}
 
 
-def describe(config) -> dict:
+def conv_paths(config) -> dict:
+  """{net: conv_path(config, net)} of both nets: what a save records of this run's convs (store/meta.py)."""
+  return {net: conv_path(config, net) for net in ("teacher", "student")}
+
+
+def describe(config, saved: dict | None = None) -> dict:
   """What report.json's environment says about the convs: {net: {"path": "onednn" | "xla" | "blocks" | ...,
-  "why": ...}}, for float32 runs (float64, the parity suite's, always stays in XLA). When this run resumed saves
-  whose convs another path computed (note_saved_path), the net's entry also lists them under "saved", and its
+  "why": ...}}, for float32 runs (float64, the parity suite's, always stays in XLA). `saved`: {net: [{phase,
+  epoch, path, why}, ...]}, the saves this run resumed (or took its teacher from) whose convs another path
+  computed (study/resume.py, study/teacher.py find them); the net's entry lists those under "saved", and its
   "why" says so (report.md prints it)."""
   described = {}
   for net in ("teacher", "student"):
     described[net] = conv_path(config, net)
     path = described[net]["path"]
-    saved = [entry for entry in _saved_paths(config).get(net, []) if entry["path"] != path]
-    if saved:
-      described[net]["saved"] = saved
+    others = [entry for entry in (saved or {}).get(net, []) if entry["path"] != path]
+    if others:
+      described[net]["saved"] = others
       described[net]["why"] += "; resumed from saves computed otherwise: " + ", ".join(
-          f"phase {entry['phase']} (epoch {entry['epoch']}) {entry['path']}" for entry in saved)
+          f"phase {entry['phase']} (epoch {entry['epoch']}) {entry['path']}" for entry in others)
   return described
-
-
-# The conv path of each net in the saves a run resumed (store.resume.note_conv_paths records them when it reads
-# a workdir; describe reads them for report.json). Kept per config object (a weak reference checks that an id is
-# not a later config's), since report.json's environment is built from the config alone.
-_SAVED: dict[int, tuple[weakref.ref, dict]] = {}
-
-
-def note_saved_path(config, net: str, phase: str, epoch: int, path: str, why: str | None) -> None:
-  """Records that this run (`config`) resumed phase `phase`'s save of `epoch`, whose `net` convs `path` computed
-  ("unknown" for a save written before kdjax recorded it)."""
-  key = id(config)
-  held = _SAVED.get(key)
-  if held is None or held[0]() is not config:
-    held = _SAVED[key] = (weakref.ref(config, lambda _, key=key: _SAVED.pop(key, None)), {})
-  entry = {"phase": phase, "epoch": epoch, "path": path, "why": why}
-  if entry not in held[1].setdefault(net, []):
-    held[1][net].append(entry)
-
-
-def _saved_paths(config) -> dict:
-  held = _SAVED.get(id(config))
-  return held[1] if held is not None and held[0]() is config else {}
 
 
 def validation_error(config) -> str:

@@ -1,15 +1,17 @@
 """The checkpoint meta: what a save says of itself, so that a resume, a reused teacher and `inspect` can check
-it. `phase_meta` builds it; store.resume, store.teacher and store.run read it:
+it. `phase_meta` builds it from plain values (a `RunFacts` the study fills once); store.resume, store.teacher,
+store.run and study/resume.py read it:
 
   phase, model, net, layer_names, epoch, epochs_total, finished, step, steps_per_epoch,
   data_order {seed, next_epoch, rule}, data (data_fingerprint), epochs (the model's metric rows),
   config (config.json's content), conv ({net: {path, why}}: who computed the convs of each net the phase runs,
-  kdjax.config.nets.describe; absent in saves of an older kdjax);
+  kdjax.config.nets.conv_path; absent in saves of an older kdjax);
   the phase's own model also: records (every metrics.jsonl row of the phase so far) and
   results {model: {epochs, train_seconds, train_images}} for each model of the phase;
   integrity (added by checkpoints.ModelCheckpoints.save: the sha256 of every array and of the meta).
 """
 
+import dataclasses
 import hashlib
 import json
 
@@ -17,12 +19,6 @@ import numpy as np
 
 from kdjax import data as data_lib
 from kdjax import phases
-from kdjax.config import nets as config_nets
-
-
-def config_json(config) -> dict:
-  """The config as config.json holds it."""
-  return json.loads(config.to_json_best_effort())
 
 
 FINGERPRINT_SAMPLE = 256   # images per split whose bytes are hashed: evenly spaced, first and last included
@@ -61,28 +57,35 @@ def fingerprint_differences(saved: dict, current: dict) -> list[str]:
   return changes
 
 
-def phase_meta(setup, phase: str, model: phases.Model, epoch: int, step: int, epochs: list,
-               config_dict: dict) -> dict:
+@dataclasses.dataclass(frozen=True)
+class RunFacts:
+  """What every save of one run says alike: the config's content (config.json's), its epochs and seed, the
+  steps per epoch, the data fingerprint, each net's layer names and who computes its convs ({net: {path, why}})."""
+
+  config_json: dict
+  epochs_total: int
+  seed: int
+  steps_per_epoch: int
+  data: dict
+  layer_names: dict
+  conv: dict
+
+
+def phase_meta(facts: RunFacts, phase: str, model: phases.Model, epoch: int, step: int, epochs: list) -> dict:
   """The meta saved with `model`'s checkpoint of `phase` at `epoch` (the phase's own model adds `records`
-  and `results`, see experiment.save_phase)."""
-  config = setup.config
+  and `results`, see study/experiment.save_phase)."""
   return {"phase": phase, "model": model.name, "net": model.net,
-          "layer_names": list(setup.nets[model.net].layer_names),
-          "epoch": epoch, "epochs_total": config.epochs, "finished": epoch == config.epochs,
-          "step": step, "steps_per_epoch": setup.steps_per_epoch,
+          "layer_names": list(facts.layer_names[model.net]),
+          "epoch": epoch, "epochs_total": facts.epochs_total, "finished": epoch == facts.epochs_total,
+          "step": step, "steps_per_epoch": facts.steps_per_epoch,
           # epoch_order(n, seed, epoch) depends on nothing else: the next epoch's order is known.
-          "data_order": {"seed": config.seed, "next_epoch": epoch + 1,
+          "data_order": {"seed": facts.seed, "next_epoch": epoch + 1,
                          "rule": "numpy default_rng([seed, epoch]).permutation(train_examples)"},
-          "data": data_fingerprint(setup.dataset), "epochs": epochs, "config": config_dict,
-          "conv": conv_paths(config, phase)}
+          "data": facts.data, "epochs": epochs, "config": facts.config_json,
+          "conv": {net: facts.conv[net] for net in phase_nets(phase)}}
 
 
 def phase_nets(phase: str) -> list[str]:
   """The nets whose convs a phase computes: its own, and the teacher's for a distillation phase."""
   spec = phases.phase(phase)
   return [spec.net] + (["teacher"] if spec.needs_teacher and spec.net != "teacher" else [])
-
-
-def conv_paths(config, phase: str) -> dict:
-  """{net: {path, why}} of the nets `phase` runs, as this process computes them (the meta's "conv")."""
-  return {net: config_nets.conv_path(config, net) for net in phase_nets(phase)}

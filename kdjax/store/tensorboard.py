@@ -110,13 +110,14 @@ CONFIG_RUN = "config"   # the folder, and so the TensorBoard run, that holds the
 CONFIG_TAG = "config/text_summary"
 
 
-def config_text(config: dict) -> str:
-  """The config as TensorBoard's Text tab shows it (markdown): one `field = value` a line, sorted, in a code block."""
-  lines = [f"{name} = {value!r}" for name, value in sorted(config_defaults.flatten(config).items())]
+def config_text(config_json: dict) -> str:
+  """The config (config.json's content) as TensorBoard's Text tab shows it (markdown): one `field = value` a
+  line, sorted, in a code block."""
+  lines = [f"{name} = {value!r}" for name, value in sorted(config_defaults.flatten(config_json).items())]
   return "```\n" + "\n".join(lines) + "\n```"
 
 
-def write_config(folder, config: dict) -> pathlib.Path:
+def write_config(folder, config_json: dict) -> pathlib.Path:
   """WORKDIR/tensorboard/config/: the run's config as a text summary (TensorBoard's text plugin), replacing
   any earlier one; WriteError naming the file when it cannot be written."""
   event_pb2, summary_pb2, masked_crc32c = _protos()
@@ -125,7 +126,7 @@ def write_config(folder, config: dict) -> pathlib.Path:
   earlier = event_files(folder)
   metadata = summary_pb2.SummaryMetadata(plugin_data=summary_pb2.SummaryMetadata.PluginData(
       plugin_name="text", content=plugin_text_pb2.TextPluginData(version=0).SerializeToString()))
-  tensor = tensor_pb2.TensorProto(dtype="DT_STRING", string_val=[config_text(config).encode("utf-8")],
+  tensor = tensor_pb2.TensorProto(dtype="DT_STRING", string_val=[config_text(config_json).encode("utf-8")],
                                   tensor_shape=tensor_shape_pb2.TensorShapeProto(
                                       dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=1)]))
   events = [event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"),

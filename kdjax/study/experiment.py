@@ -10,7 +10,7 @@ All students start from the same initial weights and see the same batches in the
 
     train_and_evaluate(config, workdir)
       Setup.build(config)                 data, nets, initial weights        (study/builder.py)
-      resume.read_* before writing        what the workdir or a teacher holds (store/resume.py)
+      resume.read_* before writing        what the workdir or a teacher holds (study/resume.py, study/teacher.py)
       run_phase(...) for each phase       epochs of train.run_epoch, evaluation, saves
       report.build / report.write         report.json, report.md, curves.png (report/build.py)
 """
@@ -21,6 +21,7 @@ import time
 from kdjax import data as data_lib
 from kdjax import phases
 from kdjax import progress
+from kdjax.config import defaults as config_lib
 from kdjax.config import nets as config_nets
 from kdjax.config import validation as config_validation
 from kdjax.report import build as report_lib
@@ -29,8 +30,8 @@ from kdjax.report import figures
 from kdjax.report import over_seeds
 from kdjax.report.build import ModelResult
 from kdjax.store import checkpoints as ckpt_lib
-from kdjax.store import resume
 from kdjax.store import meta as run_meta
+from kdjax.store import resume as store_resume
 from kdjax.store import teacher as teacher_lib
 from kdjax.store import tensorboard
 from kdjax.store.rundir import RunDir
@@ -38,7 +39,9 @@ from kdjax.study import acceptance
 from kdjax.study import builder
 from kdjax.study import grid
 from kdjax.study import probe as probe_lib
+from kdjax.study import resume
 from kdjax.study import seeds
+from kdjax.study import teacher as teacher_check
 from kdjax.study.builder import Setup
 from kdjax.training import host_memory
 from kdjax.training import mesh as mesh_lib
@@ -90,8 +93,18 @@ def use_teacher_source(setup: Setup, run: RunDir, source: teacher_lib.TeacherSou
   return {"teacher": result}
 
 
-def save_phase(setup: Setup, savers: dict, state: train.TrainState, phase: str, epoch: int,
-               results: dict, records: list, config_dict: dict, device_parts: list | None = None) -> None:
+def run_facts(setup: Setup, config_dict: dict) -> run_meta.RunFacts:
+  """What every save of this run says alike (store/meta.py): config.json's content, the data fingerprint, the
+  nets' layer names and conv paths."""
+  config = setup.config
+  return run_meta.RunFacts(config_json=config_dict, epochs_total=config.epochs, seed=config.seed,
+                           steps_per_epoch=setup.steps_per_epoch, data=run_meta.data_fingerprint(setup.dataset),
+                           layer_names={net: tuple(setup.nets[net].layer_names) for net in setup.nets},
+                           conv=config_nets.conv_paths(config))
+
+
+def save_phase(facts: run_meta.RunFacts, savers: dict, state: train.TrainState, phase: str, epoch: int,
+               results: dict, records: list, device_parts: list | None = None) -> None:
   """One save per model with a folder: the phase's own model holds everything a resume needs (the whole
   TrainState, the metrics of every model of the phase so far, the data-order state); teacher_ema its params."""
   step = int(state.step)
@@ -101,29 +114,29 @@ def save_phase(setup: Setup, savers: dict, state: train.TrainState, phase: str, 
   for model, saver in savers.items():
     tree = (ckpt_lib.state_tree(state) if model.name == phase
             else {"params": getattr(state, model.state_field)})
-    meta = run_meta.phase_meta(setup, phase, model, epoch, step, results[model.name].epochs, config_dict)
+    meta = run_meta.phase_meta(facts, phase, model, epoch, step, results[model.name].epochs)
     if model.name == phase:
       meta.update(records=records, results=phase_results, device_parts=device_parts or [])
     saver.save(epoch, tree, meta)
 
 
-def _rewrite_broken(setup: Setup, run: RunDir, saved: resume.SavedPhase, state, results: dict, records: list,
-                    config_dict: dict) -> None:
+def _rewrite_broken(facts: run_meta.RunFacts, keep: int, run: RunDir, saved: store_resume.SavedPhase, state,
+                    results: dict) -> None:
   """Saves again, from the phase's own intact save, the models whose save of that epoch is broken
   (resume.read_saved_phases found them and said so)."""
   for model in saved.rewrite:
-    saver = ckpt_lib.ModelCheckpoints(run.checkpoints / model.name, setup.config.checkpoint.keep)
+    saver = ckpt_lib.ModelCheckpoints(run.checkpoints / model.name, keep)
     try:
       saver.delete_after(saved.epoch - 1)   # the broken step itself
       saver.save(saved.epoch, {"params": getattr(state, model.state_field)},
-                 run_meta.phase_meta(setup, saved.meta["phase"], model, saved.epoch, int(state.step),
-                                     results[model.name].epochs, config_dict))
+                 run_meta.phase_meta(facts, saved.meta["phase"], model, saved.epoch, int(state.step),
+                                     results[model.name].epochs))
     finally:
       saver.close()
 
 
-def run_phase(setup: Setup, run: RunDir, phase: str, teacher_params, saved: resume.SavedPhase | None,
-              config_dict: dict, events: tensorboard.Events) -> PhaseOutcome:
+def run_phase(setup: Setup, run: RunDir, phase: str, teacher_params, saved: store_resume.SavedPhase | None,
+              facts: run_meta.RunFacts, events: tensorboard.Events) -> PhaseOutcome:
   """Trains `phase` (or continues it after `saved`, or loads it when `saved` is its last epoch)."""
   config, spec = setup.config, phases.phase(phase)
   optimizer = setup.optimizer()
@@ -164,7 +177,7 @@ def run_phase(setup: Setup, run: RunDir, phase: str, teacher_params, saved: resu
     if start_epoch >= config.epochs:   # evaluated (and checked against its record) by read_saved_phases
       for name, (final, logits) in saved.evaluated.items():
         results[name].final, results[name].val_logits = final, logits
-      _rewrite_broken(setup, run, saved, state, results, records, config_dict)
+      _rewrite_broken(facts, config.checkpoint.keep, run, saved, state, results)
       progress.say(f"[{phase}] finished earlier: loaded epoch {start_epoch} from {saved.where}")
       outcome.state, outcome.loaded_epoch = state, start_epoch
       outcome.device_parts = list(saved.meta.get("device_parts", []))
@@ -185,7 +198,7 @@ def run_phase(setup: Setup, run: RunDir, phase: str, teacher_params, saved: resu
   for saver in savers.values():
     saver.delete_after(start_epoch)  # epochs of an interrupted attempt that the phase's own save lacks
   if saved is not None:
-    _rewrite_broken(setup, run, saved, state, results, records, config_dict)
+    _rewrite_broken(facts, config.checkpoint.keep, run, saved, state, results)
   events.start_phase([model.name for model in tracked], int(state.step))
 
   if ema_teacher is not None and start_epoch == 0:
@@ -250,12 +263,25 @@ def run_phase(setup: Setup, run: RunDir, phase: str, teacher_params, saved: resu
     else:
       parts.append({"epochs": [epoch, epoch], "devices": setup.parallel.size})
     if epoch % config.checkpoint.every_epochs == 0 or epoch == config.epochs:
-      save_phase(setup, savers, state, phase, epoch, results, records, config_dict, parts)
+      save_phase(facts, savers, state, phase, epoch, results, records, parts)
   for saver in savers.values():
     saver.close()
   events.close()
   outcome.state = state
   return outcome
+
+
+def saved_conv_paths(saved: dict, teacher_source: teacher_lib.TeacherSource | None) -> dict:
+  """{net: [{phase, epoch, path, why}, ...]}: the saves this run resumed or took its teacher from whose convs
+  another path computed (study/resume.py, study/teacher.py), each once, for report.json's environment.conv."""
+  found: dict = {}
+  sources = ([teacher_source.conv_saved] if teacher_source is not None else []) + [
+      save.conv_saved for save in saved.values()]
+  for conv_saved in sources:
+    for net, entry in conv_saved.items():
+      if entry not in found.setdefault(net, []):
+        found[net].append(entry)
+  return found
 
 
 def train_and_evaluate(config, workdir) -> dict:
@@ -287,11 +313,11 @@ def train_and_evaluate(config, workdir) -> dict:
 
 def _run_locked(config, run: RunDir, start: float, only: tuple[str, ...] | None = None) -> dict:
   """The study in `run`; `only`: a grid unit's phases (study/grid.py), its teacher loaded, and no report."""
-  config_dict = run_meta.config_json(config)
-  config_changes = resume.check_config(run, config_dict, config.checkpoint.allow_config_change)
+  config_dict = config_lib.as_json(config)
+  config_changes = store_resume.check_config(run, config_dict, config.checkpoint.allow_config_change)
   setup = Setup.build(config)
   acceptance.check_steps(config, setup.steps_per_epoch, setup.num_train)
-  teacher_source = (teacher_lib.read_teacher(config.teacher.checkpoint, setup, config_dict)
+  teacher_source = (teacher_check.read_teacher(config.teacher.checkpoint, setup, config_dict)
                     if config.teacher.checkpoint else None)
   if teacher_source is not None:   # read onto one device; several devices take it replicated
     teacher_source.params = setup.parallel.replicate(teacher_source.params)
@@ -308,6 +334,7 @@ def _run_locked(config, run: RunDir, start: float, only: tuple[str, ...] | None 
     progress.warn(f"resuming checkpoints saved with another config or data: {'; '.join(checkpoint_changes)}")
   config_changes += checkpoint_changes
   run.write_json("config.json", config_dict)
+  facts = run_facts(setup, config_dict)
   run.rewrite_metrics([record for phase_save in saved.values() for record in phase_save.meta["records"]])
 
   results: dict[str, ModelResult] = {}
@@ -322,7 +349,7 @@ def _run_locked(config, run: RunDir, start: float, only: tuple[str, ...] | None 
         results.update(use_teacher_source(setup, run, teacher_source))
         teacher_params = teacher_source.params
         continue
-      outcome = run_phase(setup, run, phase, teacher_params, saved.get(phase), config_dict, events)
+      outcome = run_phase(setup, run, phase, teacher_params, saved.get(phase), facts, events)
       results.update(outcome.results)
       if outcome.loaded_epoch is not None:
         loaded[phase] = outcome.loaded_epoch
@@ -340,8 +367,9 @@ def _run_locked(config, run: RunDir, start: float, only: tuple[str, ...] | None 
   checkpoints = {"directory": str(run.checkpoints.absolute()), "loaded": loaded, "resumed": resumed,
                  "config_changes": config_changes, "device_parts": device_parts}
   report = report_lib.build(config.to_dict(), setup.dataset, results, checkpoints, time.perf_counter() - start,
-                            conv=config_nets.describe(config), ema_sweep=builder.ema_sweep(config),
-                            batch_size=config.batch_size, data_parallel=setup.parallel.size)
+                            conv=config_nets.describe(config, saved_conv_paths(saved, teacher_source)),
+                            ema_sweep=builder.ema_sweep(config), batch_size=config.batch_size,
+                            data_parallel=setup.parallel.size)
   summary = over_seeds.summarize([report], [config.seed])  # one seed: std None, per_seed of one, comparisons
   for name, entry in summary["models"].items():
     report["models"][name].update({key: value for key, value in entry.items()

@@ -12,7 +12,7 @@ Files: a unit runs in SEED/units/<point>/ (SEED = WORKDIR/seed_<s>, or WORKDIR i
 lock (SEED/units/<point>/.lock), with its metrics.jsonl and TensorBoard there and its phases' checkpoints in
 SEED/checkpoints/<phase>/, the folders a one-process run uses; done.json says it finished and what it ran on.
 A unit that another live task holds is skipped (the line names it and the PID); a killed task's unit is resumed
-by the next run of a task that reaches it (store/resume.py, per phase, as always). Every task holds
+by the next run of a task that reaches it (study/resume.py, per phase, as always). Every task holds
 WORKDIR/.lock shared, so a one-process run of the workdir and the tasks exclude each other.
 
 The merge, by the task that finishes the last unit (or --config.task=merge), is the one-process run of the finished
@@ -29,10 +29,10 @@ import time
 
 from kdjax import phases
 from kdjax import progress
+from kdjax.config import defaults as config_lib
 from kdjax.errors import CheckpointError
 from kdjax.errors import ConfigError
 from kdjax.store import checkpoints as ckpt_lib
-from kdjax.store import meta as run_meta
 from kdjax.store import resume
 from kdjax.store.rundir import BusyError
 from kdjax.store.rundir import RunDir
@@ -199,7 +199,7 @@ def run(config, run_dir: RunDir, run_unit, merge_all) -> dict:
   if config.task == "merge":
     return merge(config, run_dir, every, merge_all, requested=True)
   index, count = task_of(config)
-  config_dict = run_meta.config_json(config)
+  config_dict = config_lib.as_json(config)
   resume.check_config(run_dir, config_dict, config.checkpoint.allow_config_change)
   run_dir.write_json("config.json", config_dict)
   mine = [unit for unit in every if unit.index % count == index]

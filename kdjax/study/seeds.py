@@ -17,10 +17,10 @@ import time
 from typing import Callable
 
 from kdjax import progress
+from kdjax.config import defaults as config_lib
 from kdjax.report import build as report_lib
 from kdjax.report import over_seeds
 from kdjax.store import resume
-from kdjax.store import meta as run_meta
 from kdjax.store.rundir import RunDir
 from kdjax.store.rundir import seed_dir
 from kdjax.study import builder
@@ -46,7 +46,7 @@ def run(config, run_dir: RunDir, run_one: Callable[[object, object], dict]) -> d
   """Runs `run_one(seed_config, seed_workdir)` (the one-seed study) once per seed in seed_<s>/ and writes the
   summary into `run_dir`; returns the summary report."""
   start = time.perf_counter()
-  config_dict = run_meta.config_json(config)
+  config_dict = config_lib.as_json(config)
   resume.check_config(run_dir, config_dict, config.checkpoint.allow_config_change)
   run_dir.write_json("config.json", config_dict)
   seeds = seed_values(config)

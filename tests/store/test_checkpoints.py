@@ -16,9 +16,8 @@ from kdjax.store import checkpoints as ckpt_lib
 from kdjax.config import defaults as config_lib
 from kdjax.errors import ConfigError
 from kdjax.cli import inspection as inspect_lib
-from kdjax.store import resume
-from kdjax.store import meta as run_meta
 from kdjax.store.rundir import RunDir
+from kdjax.study import resume as study_resume
 from kdjax.study.builder import Setup
 
 from tests.support import ckpt as support
@@ -265,8 +264,7 @@ def _corrupt_steps(folder: pathlib.Path, epochs) -> dict[int, str]:
 
 def test_a_teacher_checkpoint_with_a_corrupt_latest_save_names_an_intact_one(tmp_path, tmp_path_factory):
   from kdjax.errors import TeacherCheckpointError
-  from kdjax.store import meta as run_meta
-  from kdjax.store import teacher as teacher_lib
+  from kdjax.study import teacher as teacher_check
   from kdjax.study.builder import Setup
   source = support.copy_of_finished_run(tmp_path, tmp_path_factory)
   folder = source / "checkpoints" / "teacher"
@@ -274,13 +272,13 @@ def test_a_teacher_checkpoint_with_a_corrupt_latest_save_names_an_intact_one(tmp
   setup = Setup.build(config)
   messages = _corrupt_steps(folder, [3])
   with pytest.raises(TeacherCheckpointError) as error:
-    teacher_lib.read_teacher(str(source), setup, run_meta.config_json(config))
+    teacher_check.read_teacher(str(source), setup, config_lib.as_json(config))
   assert str(error.value) == (f"{messages[3]}; {folder / '2'} is intact: pass it as teacher.checkpoint to distill "
                               f"from that epoch's teacher, or retrain the teacher (delete {folder} and rerun its "
                               f"run) (given as teacher.checkpoint)")
   messages.update(_corrupt_steps(folder, [2, 1]))
   with pytest.raises(TeacherCheckpointError) as error:   # every save corrupt: each named, and the way out
-    teacher_lib.read_teacher(str(source), setup, run_meta.config_json(config))
+    teacher_check.read_teacher(str(source), setup, config_lib.as_json(config))
   message = str(error.value)
   assert "\n" not in message and message.startswith(f"{messages[3]}; every earlier save in {folder} is unusable too (")
   for epoch in (2, 1):
@@ -321,8 +319,8 @@ def test_missing_orbax_metadata_one_rule_for_the_run_and_inspect(tmp_path, tmp_p
   assert inspect_lib.main([str(workdir)]) == 1                              # inspect refuses the step ...
   assert _one_line(capsys.readouterr().err) == f"kdjax.cli.inspection: error: {expected}"
   config = support.study_config()
-  saved, _ = resume.read_saved_phases(RunDir(workdir), Setup.build(config), ["student_kd_ema"],
-                                      run_meta.config_json(config))
+  saved, _ = study_resume.read_saved_phases(RunDir(workdir), Setup.build(config), ["student_kd_ema"],
+                                            config_lib.as_json(config))
   assert saved["student_kd_ema"].epoch == 2                               # ... and so does the run, which
   assert _one_line(capsys.readouterr().err) == (                          # resumes from the intact epoch 2
       f"kdjax: warning: {expected}; using the latest intact save, {step.parent / '2'}")

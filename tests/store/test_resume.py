@@ -6,15 +6,17 @@ import math
 
 import pytest
 
+from kdjax import phases
 from kdjax.store import checkpoints as ckpt_lib
 from kdjax.cli import inspection as inspect_lib
+from kdjax.config import defaults as config_lib
 from kdjax.errors import CheckpointError
 from kdjax.errors import ConfigError
-from kdjax.store import resume
 from kdjax.store import meta as run_meta
 from kdjax.store.rundir import RunDir
 from kdjax.study import acceptance
 from kdjax.study import experiment
+from kdjax.study import resume as study_resume
 from kdjax.study.builder import Setup
 
 from tests.conftest import tiny_config
@@ -103,29 +105,36 @@ def test_rerunning_a_finished_run_loads_every_phase(tmp_path, tmp_path_factory):
 # Issue 36 (helper H3): a resume whose saves another conv path computed says so ----------------------------------
 
 def test_a_phase_meta_records_its_conv_paths_and_a_resume_compares_them():
-  """The meta's "conv" against this run's path: a differing one is noted for report.json's conv entry (and its
-  "why", which report.md prints); a save without it (an older kdjax) is "unknown"; the same path is not noted."""
+  """The meta's "conv" against this run's path: a differing one is noted in the save's conv_saved, which the study
+  hands to report.json's conv entry (and its "why", which report.md prints); a save without it (an older kdjax) is
+  "unknown"; the same path is not noted. Nothing is kept behind the config's back: describe(config) alone is this
+  process's paths, whatever was resumed before."""
   from kdjax.config import nets as config_nets
-  from kdjax.store import meta as run_meta
-  from kdjax.store import resume
   config = support.study_config()
-  now = {net: config_nets.conv_path(config, net) for net in ("teacher", "student")}
+  now = config_nets.conv_paths(config)
+  assert now == {net: config_nets.conv_path(config, net) for net in ("teacher", "student")}
   other = {net: "xla" if now[net]["path"] == "onednn" else "onednn" for net in now}
   assert run_meta.phase_nets("teacher") == ["teacher"] and run_meta.phase_nets("student_ce") == ["student"]
   assert run_meta.phase_nets("student_kd_ema") == ["student", "teacher"]
-  assert run_meta.conv_paths(config, "student_kd") == {"student": now["student"], "teacher": now["teacher"]}
-  assert resume.conv_path_changes(config, "teacher", {"epoch": 3, "conv": {"teacher": now["teacher"]}}) == ([], [])
-  assert config_nets.describe(config) == now   # nothing noted: the report's entry as before
+  facts = run_meta.RunFacts(config_json={}, epochs_total=3, seed=0, steps_per_epoch=2, data={},
+                            layer_names={"teacher": ("conv1",), "student": ("conv1",)}, conv=now)
+  student_kd = phases.models_of("student_kd", 0.0)[0]
+  assert run_meta.phase_meta(facts, "student_kd", student_kd, 3, 6, [])["conv"] == {
+      "student": now["student"], "teacher": now["teacher"]}
+  assert study_resume.conv_path_changes(now, "teacher", {"epoch": 3, "conv": {"teacher": now["teacher"]}}) == {}
   meta = {"epoch": 3, "conv": {"teacher": {"path": other["teacher"], "why": "the saving run's reason"}}}
-  assert resume.conv_path_changes(config, "teacher", meta) == (["teacher"], [])
-  assert resume.conv_path_changes(config, "student_ce", {"epoch": 2}) == ([], ["student"])
-  described = config_nets.describe(config)
-  assert described["teacher"]["saved"] == [{"phase": "teacher", "epoch": 3, "path": other["teacher"],
-                                            "why": "the saving run's reason"}]
+  teacher_saved = study_resume.conv_path_changes(now, "teacher", meta)
+  assert teacher_saved == {"teacher": {"phase": "teacher", "epoch": 3, "path": other["teacher"],
+                                       "why": "the saving run's reason"}}
+  student_saved = study_resume.conv_path_changes(now, "student_ce", {"epoch": 2})
+  assert student_saved == {"student": {"phase": "student_ce", "epoch": 2, "path": "unknown", "why": None}}
+  described = config_nets.describe(config, {"teacher": [teacher_saved["teacher"]],
+                                            "student": [student_saved["student"]]})
+  assert described["teacher"]["saved"] == [teacher_saved["teacher"]]
   assert described["teacher"]["why"] == (f"{now['teacher']['why']}; resumed from saves computed otherwise: phase "
                                          f"teacher (epoch 3) {other['teacher']}")
-  assert described["student"]["saved"] == [{"phase": "student_ce", "epoch": 2, "path": "unknown", "why": None}]
-  assert config_nets.describe(support.study_config()) == now   # another run's config: its own record
+  assert described["student"]["saved"] == [student_saved["student"]]
+  assert config_nets.describe(config) == now   # the same config object: no record kept of what it resumed
 
 
 def _claim_conv_paths(folder, paths: dict) -> None:
@@ -284,7 +293,7 @@ def test_a_finished_phase_must_reproduce_its_recorded_metrics(tmp_path, tmp_path
   config = support.study_config()
   setup = Setup.build(config)
   run = RunDir(workdir)
-  saved, changes = resume.read_saved_phases(run, setup, ["teacher"], run_meta.config_json(config))
+  saved, changes = study_resume.read_saved_phases(run, setup, ["teacher"], config_lib.as_json(config))
   assert changes == [] and saved["teacher"].evaluated["teacher"][0]["val_loss"] == \
       support.read_report(workdir)["models"]["teacher"]["val_loss"]      # reproduced bit for bit
   original = Setup.evaluate
@@ -295,7 +304,7 @@ def test_a_finished_phase_must_reproduce_its_recorded_metrics(tmp_path, tmp_path
 
   monkeypatch.setattr(Setup, "evaluate", slightly_off)
   with pytest.raises(ckpt_lib.CheckpointError) as error:
-    resume.read_saved_phases(run, setup, ["teacher"], run_meta.config_json(config))
+    study_resume.read_saved_phases(run, setup, ["teacher"], config_lib.as_json(config))
   assert str(error.value).startswith(f"{workdir / 'checkpoints' / 'teacher' / '3'}: teacher re-evaluated gives")
   assert "recorded" in str(error.value)
 

@@ -1,12 +1,12 @@
-"""A teacher from elsewhere (kdjax/store/teacher.py, `teacher.checkpoint`): read, checked, refused in
-one line when it is a student's or was trained on other data."""
+"""A teacher from elsewhere (`teacher.checkpoint`; read by kdjax/store/teacher.py, checked against the run by
+kdjax/study/teacher.py): refused in one line when it is a student's or was trained on other data."""
 
 import pytest
 
 from kdjax.errors import ConfigError
 from kdjax.store import checkpoints as ckpt_lib
-from kdjax.store import meta as run_meta
-from kdjax.store import teacher as teacher_lib
+from kdjax.config import defaults as config_lib
+from kdjax.study import teacher as teacher_check
 from kdjax.study import experiment
 from kdjax.study.builder import Setup
 
@@ -20,11 +20,11 @@ def test_a_teacher_trained_on_other_data_is_refused_unless_allowed(tmp_path_fact
   config = support.study_config(phases=("student_kd",), **{"teacher.checkpoint": str(source)})
   setup = Setup.build(config)
   with pytest.raises(ConfigError) as error:
-    teacher_lib.read_teacher(str(source), setup, run_meta.config_json(config))
+    teacher_check.read_teacher(str(source), setup, config_lib.as_json(config))
   assert str(error.value).startswith(f"teacher.checkpoint {source / 'checkpoints' / 'teacher' / '3'} was "
                                      f"trained on other data") and "train labels" in str(error.value)
   config.checkpoint.allow_config_change = True
-  teacher = teacher_lib.read_teacher(str(source), Setup.build(config), run_meta.config_json(config))
+  teacher = teacher_check.read_teacher(str(source), Setup.build(config), config_lib.as_json(config))
   assert teacher.provenance["data_differences"] == ["data: train labels"]
   assert "kdjax: warning: the teacher from" in capsys.readouterr().err
 
