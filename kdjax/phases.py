@@ -7,7 +7,8 @@
   student_kd_ema  student  kd_ema     teacher_ema (the teacher copy the original's EMA pulls toward the student),
                                       "student_kd_ema (EMA weights)" when ema.student_decay > 0
   student_mean_teacher  student  mean_teacher   mean_teacher (the teacher: an EMA of the student's own weights,
-                                      every tensor paired, started from the student's initial weights),
+                                      every tensor paired, started from the student's initial weights, with the
+                                      warm-up min(1 - 1/(t + 1), alpha) whatever ema.warmup says),
                                       "student_mean_teacher (EMA weights)" when ema.student_decay > 0
 
 PHASE_NAMES are the original's study (kd.py and ema.py take from them); the mean teacher is the working EMA beside
@@ -36,7 +37,7 @@ class Phase:
   net: str          # "teacher" or "student": the key of models.MODEL_FACTORIES
   step_kind: str    # see train.STEP_KINDS
   teacher_decay: float | None = None   # an EMA-sweep variant's alpha (None: config ema.decay)
-  warmup: bool | None = None           # an EMA-sweep variant's warm-up (None: config ema.warmup)
+  warmup: bool | None = None           # an EMA-sweep variant's warm-up, the mean teacher's (None: config ema.warmup)
 
   @property
   def needs_teacher(self) -> bool:
@@ -67,7 +68,9 @@ PHASES = {phase.name: phase for phase in (
     Phase("student_ce", "student", "ce"),
     Phase("student_kd", "student", "kd"),
     Phase("student_kd_ema", "student", "kd_ema"),
-    Phase("student_mean_teacher", "student", "mean_teacher"),
+    # The mean teacher's own warm-up (Tarvainen & Valpola's code): without it, at alpha = 0.999 its teacher still
+    # holds alpha^k of the student's random initial weights after k updates (79 % after digits' 230: at chance).
+    Phase("student_mean_teacher", "student", "mean_teacher", warmup=True),
 )}
 ALL_PHASE_NAMES = tuple(PHASES)   # every phase a config may list, in the order they run (dependency order)
 PHASE_NAMES = ("teacher", "student_ce", "student_kd", "student_kd_ema")   # the original's study

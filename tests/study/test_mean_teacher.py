@@ -26,9 +26,10 @@ def _config(**overrides):
 
 
 def test_the_teacher_after_k_steps_is_the_ema_of_the_students_weights():
-  """t_0 = s_0 (the student's initial weights), t_i = alpha*t_(i-1) + (1 - alpha)*s_i with s_i the student after
-  step i, computed here in float64 from the students the steps return: equal to the step's teacher to float32
-  rounding, and far from the original's order (the EMA from the pre-step student, s_(i-1))."""
+  """t_0 = s_0 (the student's initial weights), t_i = a_i*t_(i-1) + (1 - a_i)*s_i with s_i the student after
+  step i and a_i = min(1 - 1/(i + 1), alpha) (the mean teacher's warm-up, whatever ema.warmup says), computed here
+  in float64 from the students the steps return: equal to the step's teacher to float32 rounding, and far from the
+  original's order (the EMA from the pre-step student, s_(i-1))."""
   alpha = 0.6   # far from 1, so that the one-step lag of the original's order is visible
   setup = Setup.build(_config(**{"ema.decay": alpha}))
   optimizer = setup.optimizer()
@@ -45,9 +46,10 @@ def test_the_teacher_after_k_steps_is_the_ema_of_the_students_weights():
     students.append(as64(state.params))
   mean_teacher = students[0]
   lagged = students[0]
-  for before, after in zip(students[:-1], students[1:]):
-    mean_teacher = jax.tree_util.tree_map(lambda t, s: alpha * t + (1 - alpha) * s, mean_teacher, after)
-    lagged = jax.tree_util.tree_map(lambda t, s: alpha * t + (1 - alpha) * s, lagged, before)
+  for i, (before, after) in enumerate(zip(students[:-1], students[1:]), start=1):
+    a = min(1 - 1 / (i + 1), alpha)
+    mean_teacher = jax.tree_util.tree_map(lambda t, s: a * t + (1 - a) * s, mean_teacher, after)
+    lagged = jax.tree_util.tree_map(lambda t, s: a * t + (1 - a) * s, lagged, before)
   got = as64(state.teacher_params)
   for leaf, expected, other in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(mean_teacher),
                                    jax.tree_util.tree_leaves(lagged)):
@@ -59,8 +61,8 @@ def test_the_teacher_after_k_steps_is_the_ema_of_the_students_weights():
 
 def test_the_phase_is_a_row_of_the_table_and_of_the_report(tmp_path):
   spec = phases.phase(PHASE)
-  assert (spec.net, spec.step_kind, spec.teacher_net, spec.needs_trained_teacher) == (
-      "student", "mean_teacher", "student", False)
+  assert (spec.net, spec.step_kind, spec.teacher_net, spec.needs_trained_teacher, spec.warmup) == (
+      "student", "mean_teacher", "student", False, True)
   assert [m.name for m in phases.models_of(PHASE, 0.5)] == [PHASE, "mean_teacher", f"{PHASE} (EMA weights)"]
   assert PHASE not in phases.PHASE_NAMES   # the original's study (ema.py) is unchanged
   report = kdjax.run(_config(epochs=1, **{"ema.student_decay": 0.5}), tmp_path / "run")
