@@ -22,7 +22,9 @@ every framework (see parity/) sees the same batches in the same order.
 """
 
 import dataclasses
+import fractions
 import importlib
+import math
 
 import jax
 import jax.numpy as jnp
@@ -118,18 +120,29 @@ def load(data_config) -> Dataset:
                              val_images=held_once(val[0]), val_labels=val[1])
 
 
-def channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-  """Per-channel mean and std of images/255 (float64 accumulation, chunked), as float32 [C]."""
-  total = np.zeros(images.shape[-1])
-  total_sq = np.zeros(images.shape[-1])
+def channel_stats(images: np.ndarray, pixels_per_pass: int = 1 << 21) -> tuple[np.ndarray, np.ndarray]:
+  """Per-channel mean and std of x = images/255, as float32 [C], from exact integer sums: with S1 = Σ v and
+  S2 = Σ v² over a channel's N uint8 values v (counted 256 values at a time, `chunk` images per pass),
+
+      mean = S1 / (255 N)        std = sqrt(max((N S2 − S1²) / (255 N)², 1e-12))
+
+  each rounded once to float64, then to float32; the values counted `pixels_per_pass` pixels of a channel at a
+  time (np.bincount's int64 copy of them: 16 MB), never a float copy of the images."""
+  channels = images.shape[-1]
+  counts = np.zeros((channels, 256), np.int64)
+  chunk = max(1, pixels_per_pass // max(1, images.shape[1] * images.shape[2]))   # images per pass
   for start in range(0, len(images), chunk):
-    block = images[start:start + chunk].astype(np.float64) / 255.0
-    total += block.sum(axis=(0, 1, 2))
-    total_sq += np.square(block).sum(axis=(0, 1, 2))
+    block = images[start:start + chunk]
+    for channel in range(channels):
+      counts[channel] += np.bincount(block[..., channel].ravel(), minlength=256)
+  values = np.arange(256, dtype=np.int64)
   count = images.shape[0] * images.shape[1] * images.shape[2]
-  mean = total / count
-  std = np.sqrt(np.maximum(total_sq / count - mean**2, 1e-12))
-  return mean.astype(np.float32), std.astype(np.float32)
+  mean, std = [], []
+  for channel in range(channels):
+    s1, s2 = int(counts[channel] @ values), int(counts[channel] @ (values * values))   # exact: < 2**63
+    mean.append(fractions.Fraction(s1, 255 * count))
+    std.append(math.sqrt(max(float(fractions.Fraction(count * s2 - s1 * s1, (255 * count) ** 2)), 1e-12)))
+  return np.array([float(m) for m in mean]).astype(np.float32), np.array(std).astype(np.float32)
 
 
 def normalization_constants(dataset: Dataset, normalization: str) -> tuple[np.ndarray, np.ndarray]:
