@@ -238,7 +238,7 @@ def jax_step(setup: "ParitySetup", phase: str, total_steps: int, start_params, t
   tests/training/test_train.py). Jitted as the study jits it (training/jit_step.py: speed.xla_cpu_options, the
   state donated), so that parity is the study's own program. The mirrored run reuses them (same shapes, same
   pairs), so a phase compiles once."""
-  optimizer = optim.make_optimizer(setup.config.optimizer, total_steps)
+  optimizer = optim.make_optimizer(optim.OptimizerConfig(**setup.config.optimizer), total_steps)
   step = setup.study.step_function(phase, optimizer, student_decay=student_decay, inline_teacher=True)
   return optimizer, jit_step.jit_step(step, setup.config.speed.xla_cpu_options)
 

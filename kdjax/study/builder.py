@@ -98,7 +98,8 @@ class Setup:
 
   def optimizer(self):
     """The optimizer of every phase (its schedule spans the phase's epochs)."""
-    return optim.make_optimizer(self.config.optimizer, self.config.epochs * self.steps_per_epoch)
+    return optim.make_optimizer(optim.OptimizerConfig(**self.config.optimizer),
+                                self.config.epochs * self.steps_per_epoch)
 
   def fresh_state(self, phase: str, optimizer, teacher_params=None) -> train.TrainState:
     """The state a phase starts from. A KD phase without `teacher_params` gets the initial teacher as a

@@ -5,7 +5,10 @@
   adamw: PyTorch AdamW(lr, betas, eps, weight_decay): decoupled decay, p -= lr*(adam_update + wd*p)
 
 Schedules: "constant" (the original's: none named) or "cosine" (to 0 over the phase's steps).
+The fields are the config's optimizer.* (`OptimizerConfig(**config.optimizer)`, as study/builder.py makes them).
 """
+
+import dataclasses
 
 import optax
 
@@ -13,7 +16,22 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine")
 
 
-def learning_rate(opt_config, total_steps: int) -> optax.Schedule | float:
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+  """An optimizer's fields (config optimizer.*; sgd reads momentum and nesterov, adam and adamw b1, b2, eps)."""
+
+  name: str = "adam"
+  learning_rate: float = 1e-3
+  schedule: str = "constant"
+  momentum: float = 0.9
+  nesterov: bool = False
+  weight_decay: float = 0.0
+  b1: float = 0.9
+  b2: float = 0.999
+  eps: float = 1e-8
+
+
+def learning_rate(opt_config: OptimizerConfig, total_steps: int) -> optax.Schedule | float:
   if opt_config.schedule == "constant":
     return opt_config.learning_rate
   if opt_config.schedule == "cosine":
@@ -21,7 +39,7 @@ def learning_rate(opt_config, total_steps: int) -> optax.Schedule | float:
   raise ValueError(f"optimizer.schedule must be one of {SCHEDULES}, got {opt_config.schedule!r}")
 
 
-def make_optimizer(opt_config, total_steps: int) -> optax.GradientTransformation:
+def make_optimizer(opt_config: OptimizerConfig, total_steps: int) -> optax.GradientTransformation:
   """The optimizer named by optimizer.name, for a phase of `total_steps` steps."""
   lr = learning_rate(opt_config, total_steps)
   name, wd = opt_config.name, opt_config.weight_decay

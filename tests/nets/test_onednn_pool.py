@@ -145,7 +145,7 @@ def _step_loss(net, conv, poisoned, kind="ce"):
     teacher_params = models.init_params(teacher, jax.random.PRNGKey(1), (32, 32, 3))
   target = teacher_params if kind == "kd" else params
   target[poisoned]["kernel"] = target[poisoned]["kernel"].at[1, 1, 0, 0].set(jnp.nan)
-  optimizer = optim.make_optimizer(config.optimizer, 10)
+  optimizer = optim.make_optimizer(optim.OptimizerConfig(**config.optimizer), 10)
   step = jax.jit(train.make_train_step(train.StepConfig(kind), model, optimizer, jnp.full(3, 0.5),
                                        jnp.full(3, 0.25), teacher=teacher))
   images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)

@@ -16,6 +16,12 @@ def _batch(count=32, size=16, seed=0):
           "label": jax.random.randint(key_y, (count,), 0, 10)}
 
 
+def test_the_optimizer_fields_default_to_the_configs():
+  """OptimizerConfig() is default_config().optimizer as a frozen dataclass (the study builds it from the config's
+  section, so training/ never reads the ConfigDict)."""
+  assert optim.OptimizerConfig() == optim.OptimizerConfig(**default_config().optimizer)
+
+
 @pytest.mark.parametrize("optimizer_name", ["adam", "sgd", "adamw"])
 def test_steps_lower_the_loss_on_a_fixed_batch(optimizer_name):
   opt_config = default_config().optimizer
@@ -23,7 +29,7 @@ def test_steps_lower_the_loss_on_a_fixed_batch(optimizer_name):
   opt_config.learning_rate = 1e-2 if optimizer_name != "sgd" else 0.01
   model = models.teacher_net(10, init="pytorch" if optimizer_name != "sgd" else "lecun_normal")
   params = models.init_params(model, jax.random.PRNGKey(0), (16, 16, 3))
-  optimizer = optim.make_optimizer(opt_config, 30)
+  optimizer = optim.make_optimizer(optim.OptimizerConfig(**opt_config), 30)
   step = jax.jit(train.make_train_step(train.StepConfig("ce"), model, optimizer, jnp.full(3, 0.5),
                                        jnp.full(3, 0.25)), donate_argnums=0)
   state = train.create_state(params, optimizer)
@@ -40,7 +46,7 @@ def test_steps_lower_the_loss_on_a_fixed_batch(optimizer_name):
 def test_create_state_copies_so_donation_keeps_the_callers_params():
   model = models.student_net(10)
   params = models.init_params(model, jax.random.PRNGKey(0), (16, 16, 3))
-  optimizer = optim.make_optimizer(default_config().optimizer, 1)
+  optimizer = optim.make_optimizer(optim.OptimizerConfig(), 1)
   step = jax.jit(train.make_train_step(train.StepConfig("ce"), model, optimizer, jnp.zeros(3), jnp.ones(3)),
                  donate_argnums=0)
   step(train.create_state(params, optimizer), _batch())
@@ -49,7 +55,7 @@ def test_create_state_copies_so_donation_keeps_the_callers_params():
 
 def _run_one_epoch(seed):
   model = models.student_net(10)
-  optimizer = optim.make_optimizer(default_config().optimizer, 10)
+  optimizer = optim.make_optimizer(optim.OptimizerConfig(), 10)
   step = jax.jit(train.make_train_step(train.StepConfig("ce"), model, optimizer, jnp.zeros(3), jnp.ones(3)),
                  donate_argnums=0)
   state = train.create_state(models.init_params(model, jax.random.PRNGKey(0), (16, 16, 3)), optimizer)
@@ -71,7 +77,7 @@ def test_epoch_is_deterministic_and_keeps_the_short_batch():
 
 def test_non_finite_loss_stops_with_the_step():
   model = models.student_net(10)
-  optimizer = optim.make_optimizer(default_config().optimizer, 10)
+  optimizer = optim.make_optimizer(optim.OptimizerConfig(), 10)
   step = jax.jit(train.make_train_step(train.StepConfig("ce"), model, optimizer, jnp.zeros(3), jnp.ones(3)))
   params = models.init_params(model, jax.random.PRNGKey(0), (16, 16, 3))
   params["fc"]["bias"] = params["fc"]["bias"].at[0].set(jnp.nan)
@@ -98,7 +104,7 @@ def kd_steps():
   teacher, student = models.teacher_net(10), models.student_net(10)
   teacher_params = models.init_params(teacher, jax.random.PRNGKey(0), (16, 16, 3))
   student_params = models.init_params(student, jax.random.PRNGKey(1), (16, 16, 3))
-  optimizer = optim.make_optimizer(default_config().optimizer, 10)
+  optimizer = optim.make_optimizer(optim.OptimizerConfig(), 10)
   steps = {cached: jax.jit(train.make_train_step(train.StepConfig("kd", cached_teacher_logits=cached), student,
                                                  optimizer, _MEAN, _STD, teacher=None if cached else teacher),
                            donate_argnums=0)
@@ -156,7 +162,7 @@ def test_run_epoch_gathers_cached_teacher_logits(kd_steps):
 
 
 def test_cached_teacher_logits_only_for_the_frozen_teacher():
-  optimizer = optim.make_optimizer(default_config().optimizer, 1)
+  optimizer = optim.make_optimizer(optim.OptimizerConfig(), 1)
   student = models.student_net(10)
   with pytest.raises(ValueError, match="frozen teacher"):
     train.make_train_step(train.StepConfig("kd_ema", cached_teacher_logits=True), student, optimizer,
@@ -171,7 +177,7 @@ def _epoch_at_learning_rate(learning_rate):
   opt_config = default_config().optimizer
   opt_config.learning_rate = learning_rate
   model = models.student_net(10)
-  optimizer = optim.make_optimizer(opt_config, 10)
+  optimizer = optim.make_optimizer(optim.OptimizerConfig(**opt_config), 10)
   step = jax.jit(train.make_train_step(train.StepConfig("ce"), model, optimizer, jnp.zeros(3), jnp.ones(3)),
                  donate_argnums=0)
   params = models.init_params(model, jax.random.PRNGKey(0), (16, 16, 3))
@@ -203,7 +209,7 @@ def _kd_steps_params(distill_kl, monkeypatch, steps=3):
   from kdjax.training import losses, xla
   monkeypatch.setattr(losses, "distill_kl", distill_kl)
   model = models.student_net(10)
-  optimizer = optim.make_optimizer(default_config().optimizer, 10)
+  optimizer = optim.make_optimizer(optim.OptimizerConfig(), 10)
   config = train.StepConfig("kd", temperature=4.0, cached_teacher_logits=True)
   step = xla.jit(train.make_train_step(config, model, optimizer, _MEAN, _STD), True, donate_argnums=0)
   state = train.create_state(models.init_params(model, jax.random.PRNGKey(0), (64, 64, 3)), optimizer)
