@@ -99,10 +99,10 @@ def phase(name: str) -> Phase:
   raise KeyError(name)
 
 
-def sweep_phases(config) -> list[Phase]:
-  """The variants of config.ema.sweep x config.ema.sweep_warmup, less the one student_kd_ema already is."""
-  plain = (float(config.ema.decay), bool(config.ema.warmup)) if "student_kd_ema" in config.phases else None
-  return [sweep_phase(decay, warmup) for decay in config.ema.sweep for warmup in config.ema.sweep_warmup
+def sweep_phases(decays, warmups, plain: tuple[float, bool] | None) -> list[Phase]:
+  """The variants of decays x warmups (config ema.sweep x ema.sweep_warmup), less `plain`, the (alpha, warm-up)
+  that student_kd_ema already is (None when the study has no student_kd_ema)."""
+  return [sweep_phase(decay, warmup) for decay in decays for warmup in warmups
           if (float(decay), bool(warmup)) != plain]
 
 

@@ -14,7 +14,7 @@ from kdjax.report import figures
 
 @dataclasses.dataclass(frozen=True)
 class Sweep:
-  """The sweep's variants (phases.sweep_phases(config)) and the plain EMA phase's alpha and warm-up
+  """The sweep's variants (study/builder.sweep_phases(config)) and the plain EMA phase's alpha and warm-up
   (config.ema.decay, config.ema.warmup)."""
 
   variants: tuple = ()

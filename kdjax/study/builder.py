@@ -49,10 +49,17 @@ def data_parallel(config) -> mesh_lib.DataParallel:
   return mesh_lib.data_parallel(config.mesh.num_devices, config.batch_size, config.eval_batch_size)
 
 
+def sweep_phases(config) -> list[phases.Phase]:
+  """The student_kd_ema variants of config.ema.sweep x config.ema.sweep_warmup (phases.sweep_phases), less the one
+  student_kd_ema already is when config.phases holds it."""
+  plain = (float(config.ema.decay), bool(config.ema.warmup)) if "student_kd_ema" in config.phases else None
+  return phases.sweep_phases(config.ema.sweep, config.ema.sweep_warmup, plain)
+
+
 def ema_sweep(config) -> sweep.Sweep:
   """The EMA sweep the report draws (report/sweep.py) from the study's config: config.ema.sweep's variants and the
   plain EMA phase's alpha and warm-up."""
-  return sweep.Sweep(tuple(phases.sweep_phases(config)), float(config.ema.decay), bool(config.ema.warmup))
+  return sweep.Sweep(tuple(sweep_phases(config)), float(config.ema.decay), bool(config.ema.warmup))
 
 
 @dataclasses.dataclass(frozen=True)

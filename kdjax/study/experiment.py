@@ -65,7 +65,7 @@ def phases_to_run(config, teacher_source) -> tuple[str, ...]:
   provides it; the EMA sweep's variants of student_kd_ema last. The report lists its models in this order."""
   names = set(config.phases) | ({"teacher"} if teacher_source is not None else set())
   return (tuple(name for name in phases.ALL_PHASE_NAMES if name in names)
-          + tuple(variant.name for variant in phases.sweep_phases(config)))
+          + tuple(variant.name for variant in builder.sweep_phases(config)))
 
 
 def diverged(config, phase: str, epoch: int, error: train.DivergenceError) -> train.DivergenceError:

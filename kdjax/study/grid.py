@@ -27,7 +27,6 @@ import pathlib
 import socket
 import time
 
-from kdjax import phases
 from kdjax import progress
 from kdjax.config import defaults as config_lib
 from kdjax.errors import CheckpointError
@@ -38,6 +37,7 @@ from kdjax.store.rundir import BusyError
 from kdjax.store.rundir import RunDir
 from kdjax.store.rundir import seed_dir
 from kdjax.store.rundir import unit_dir
+from kdjax.study import builder
 from kdjax.study import seeds as seeds_lib
 
 MAIN = "main"                       # a seed's point that trains config.phases (its teacher among them)
@@ -80,7 +80,7 @@ def seed_folder(config, workdir, seed: int) -> pathlib.Path:
 
 def units(config, workdir) -> list[Unit]:
   """Every unit of the study, in the assignment order."""
-  variants = [variant.name for variant in phases.sweep_phases(config)]
+  variants = [variant.name for variant in builder.sweep_phases(config)]
   main = tuple(name for name in config.phases if not (name == "teacher" and config.teacher.checkpoint))
   found = []
   for point, trains in [(MAIN, main)] + [(variant, (variant,)) for variant in variants]:
