@@ -100,6 +100,140 @@ def test_the_layer_rule_catches_an_upward_import_even_inside_a_function(tmp_path
       "kdjax.training.probe imports kdjax.study.experiment"]
 
 
+# Below study/ a function takes plain values: arrays, pytrees, dicts, small frozen dataclasses. The study's objects
+# (Setup, the ConfigDict) stay in study/ and above; config/ reads configs by definition. Read as data rather than
+# as imports: a module below study/ that takes a `setup` or a `config`, or reads `x.config`, `x.ema.decay` or a
+# Setup member off a parameter, climbs to the study without importing it (issue 31).
+SETUP_FREE = {part for part, layer in LAYERS.items() if layer < LAYERS["study"]}
+CONFIG_FREE = SETUP_FREE - {"config"}
+# Functions below study/ that may read a section of the ConfigDict, and why.
+CONFIG_READERS = {
+    # each data source reads its own fields of config.data (tfds's builder options, manual_dir, limits...): the
+    # registry of sources (data/__init__.py) hands the section to the source, which alone knows its fields
+    **{f"kdjax/data/{path}:{name}": "data sources read their section" for path, name in (
+        ("__init__.py", "load"), ("digits.py", "load"), ("cifar.py", "make_builder"), ("cifar.py", "prepare"),
+        ("cifar.py", "load"), ("image_folder.py", "load"), ("tfds_common.py", "builder_kwargs"),
+        ("tfds_common.py", "check_manual_dir"), ("tfds_common.py", "limits"),
+        ("tiny_imagenet/__init__.py", "make_builder"), ("tiny_imagenet/__init__.py", "prepare"),
+        ("tiny_imagenet/__init__.py", "load"))},
+}
+
+
+def config_sections() -> set[str]:
+  """The ConfigDict's sections (config.ema, config.speed, ...), from config/defaults.py."""
+  tree = ast.parse((ROOT / "kdjax" / "config" / "defaults.py").read_text())
+  return {node.targets[0].attr for node in ast.walk(tree)
+          if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Attribute)
+          and isinstance(node.targets[0].value, ast.Name) and node.targets[0].value.id == "config"
+          and isinstance(node.value, ast.Call) and ast.unparse(node.value.func).endswith("ConfigDict")}
+
+
+def setup_members() -> set[str]:
+  """The fields and methods of study/builder.Setup that no module below study/ defines a name of its own for:
+  reading one off a parameter there is reading the study's object."""
+  tree = ast.parse((ROOT / "kdjax" / "study" / "builder.py").read_text())
+  setup = next(node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "Setup")
+  members = {node.name for node in setup.body if isinstance(node, ast.FunctionDef)} | {
+      node.target.id for node in setup.body if isinstance(node, ast.AnnAssign)}
+  below = set()
+  for path in modules():
+    if module_name(path).startswith("kdjax") and part(module_name(path)) in SETUP_FREE:
+      for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+          below.add(node.name)
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+          below.add(node.target.id)
+        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+          below.add(node.attr)
+  return members - below - {"build"}
+
+
+def climbs(path: pathlib.Path, sections: set[str], members: set[str], readers: dict = CONFIG_READERS,
+           root: pathlib.Path = ROOT) -> list[str]:
+  """Where a module below study/ takes or reads the study's objects: a parameter named `setup` or typed Setup; a
+  parameter named `config` (or `*_config` / `cfg` without a plain type) or typed ConfigDict; on a parameter (or a
+  name bound to one), `.config`, `.<config section>.<field>` or a Setup member read. config/ may take a
+  ConfigDict; `readers` names the functions below study/ that may read a section of it, and why."""
+  rel = str(path.relative_to(root))
+  own = part(".".join(path.relative_to(root).with_suffix("").parts))
+  found = []
+
+  def visit(function, qual):
+    args = function.args
+    params = args.posonlyargs + args.args + args.kwonlyargs + [a for a in (args.vararg, args.kwarg) if a]
+    where = f"{rel}:{qual}"
+    names = {param.arg for param in params} - {"self", "cls"}
+    for node in ast.walk(function):   # plain aliases of a parameter: `x = config`
+      if isinstance(node, ast.Assign) and isinstance(node.value, ast.Name) and node.value.id in names:
+        names |= {target.id for target in node.targets if isinstance(target, ast.Name)}
+    for param in params:
+      annotation = ast.unparse(param.annotation) if param.annotation is not None else ""
+      if param.arg == "setup" or "Setup" in annotation:
+        found.append(f"{where} takes the study's Setup ({param.arg})")
+      config_like = (param.arg == "config" or "ConfigDict" in annotation or (
+          (param.arg.endswith("_config") or param.arg == "cfg") and not annotation))
+      if config_like and own in CONFIG_FREE and where not in readers:
+        found.append(f"{where} takes a ConfigDict ({param.arg})")
+    if own not in CONFIG_FREE or where in readers:
+      return
+    for node in ast.walk(function):
+      if not (isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load)):
+        continue
+      base = node.value
+      if isinstance(base, ast.Name) and base.id in names:
+        if node.attr == "config":
+          found.append(f"{where} reads {base.id}.config")
+        elif node.attr in members:
+          found.append(f"{where} reads the Setup member {base.id}.{node.attr}")
+      elif (isinstance(base, ast.Attribute) and isinstance(base.value, ast.Name) and base.value.id in names
+            and base.attr in sections):
+        found.append(f"{where} reads the config field {base.value.id}.{base.attr}.{node.attr}")
+
+  def walk(body, prefix):
+    for node in body:
+      if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        visit(node, prefix + node.name)
+        walk(node.body, prefix + node.name + ".")
+      elif isinstance(node, ast.ClassDef):
+        walk(node.body, prefix + node.name + ".")
+  walk(ast.parse(path.read_text()).body, "")
+  return found
+
+
+def test_below_the_study_functions_take_plain_values_not_the_studys_objects():
+  sections, members = config_sections(), setup_members()
+  found = [climb for path in modules() if module_name(path).startswith("kdjax")
+           and part(module_name(path)) in SETUP_FREE for climb in climbs(path, sections, members)]
+  assert not found, found
+  listed = {f"{path.relative_to(ROOT)}:{node.name}" for path in modules()
+            for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.FunctionDef)}
+  assert not set(CONFIG_READERS) - listed, f"CONFIG_READERS names no such function: {set(CONFIG_READERS) - listed}"
+
+
+def test_the_plain_values_rule_catches_each_kind_of_climb(tmp_path):
+  folder = tmp_path / "kdjax" / "store"
+  folder.mkdir(parents=True)
+  probe = folder / "probe.py"
+  probe.write_text(
+      "def a(setup):\n  return setup.dataset\n"                          # a Setup by name
+      "def b(run, study: 'Setup'):\n  return run\n"                      # by type
+      "def c(config, phase):\n  return phase\n"                          # a ConfigDict by name
+      "def d(cfg):\n  return cfg\n"                                      # an untyped *_config / cfg
+      "def e(held):\n  alias = held\n  return alias.config\n"            # the study's config, through an alias
+      "def f(values):\n  return values.ema.decay\n"                      # a config field, whatever the name
+      "def g(study):\n  return study.fresh_state('teacher', None)\n"     # a Setup member
+      "def h(facts: dict, step_config: 'StepConfig'):\n  return facts['config'], step_config.kind\n")   # plain: ok
+  found = climbs(probe, {"ema"}, {"fresh_state", "dataset"}, readers={}, root=tmp_path)
+  assert found == ["kdjax/store/probe.py:a takes the study's Setup (setup)",
+                   "kdjax/store/probe.py:a reads the Setup member setup.dataset",
+                   "kdjax/store/probe.py:b takes the study's Setup (study)",
+                   "kdjax/store/probe.py:c takes a ConfigDict (config)",
+                   "kdjax/store/probe.py:d takes a ConfigDict (cfg)",
+                   "kdjax/store/probe.py:e reads alias.config",
+                   "kdjax/store/probe.py:f reads the config field values.ema.decay",
+                   "kdjax/store/probe.py:g reads the Setup member study.fresh_state"], found
+
+
 # parity/ and kdjax/tools/ as layers (issue 31): parity sits above kdjax's library; kdjax reaches it only as a program.
 PARITY_MAY_IMPORT = {"kdjax.cli.exits", "kdjax.cli.help"}   # the entry points' shared error printer and --help
 CHILD_PROGRAM = ("kdjax.tools.benchmark.torch_peer", "parity.torch_child")   # the one place kdjax names parity
