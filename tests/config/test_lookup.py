@@ -61,7 +61,7 @@ def test_config_resolution_rules(tmp_path, monkeypatch):
   assert configs.path("configs/kd.py") == own.resolve()
   with pytest.raises(ConfigError, match=r"^config other/kd.py: no such file"):
     configs.path("other/kd.py")
-  assert set(configs.available()) == {"default", "ema", "ema_sweep", "kd"}
+  assert set(configs.available()) == {"default", "ema", "ema_sweep", "kd", "mean_teacher"}
   assert all(purpose for purpose in configs.available().values())
 
 
@@ -74,7 +74,7 @@ def test_unknown_config_lists_the_shipped_ones(tmp_path):
   result = kdjax_main("--config", "emma.py", "--workdir", "w", cwd=tmp_path)
   assert result.returncode == 2
   assert one_error_line(result) == ("kdjax: error: config emma.py: no such file, and not a shipped config "
-                                    "(default.py, ema.py, ema_sweep.py, kd.py); did you mean ema.py?")
+                                    "(default.py, ema.py, ema_sweep.py, kd.py, mean_teacher.py); did you mean ema.py?")
 
 
 def test_a_config_argument_the_config_does_not_take_is_refused(tmp_path):
