@@ -68,7 +68,7 @@ def test_wheel_runs_a_config_by_name_from_any_folder(installed):
   code = "import kdjax; print(kdjax.__file__); print(sorted(kdjax.configs.available()))"
   where = _run([python, "-c", code], cwd=elsewhere, env=env).stdout.splitlines()
   assert pathlib.Path(where[0]).is_relative_to(python.parent.parent), where  # the wheel's copy, not the checkout
-  assert where[1] == "['default', 'ema', 'ema_sweep', 'kd']"
+  assert where[1] == "['default', 'ema', 'ema_sweep', 'kd', 'mean_teacher']"
 
   help_text = _run([python, "-m", "kdjax.main", "--help"], cwd=elsewhere, env=env).stdout
   assert "ema.py" in help_text and "--show_config" in help_text
