@@ -235,12 +235,13 @@ def jax_step(setup: "ParitySetup", phase: str, total_steps: int, start_params, t
              student_decay: float = 0.0) -> tuple:
   """(optimizer, jitted step) of kdjax for `phase`: make_optimizer and the study's own step (Setup.step_function,
   with the teacher inline as the seed computes it; the cached-logit KD step equals it bit for bit:
-  tests/training/test_train.py). Jitted as the study jits it (training/jit_step.py: speed.xla_cpu_options, the
-  state donated), so that parity is the study's own program. The mirrored run reuses them (same shapes, same
-  pairs), so a phase compiles once."""
+  tests/training/test_train.py). Jitted as the study jits it (training/jit_step.py: speed.xla_cpu_options), so
+  that parity is the study's own program, except that the state is not donated: the checks' injected optimizers
+  may hand one buffer to two state leaves (a stand-in Adam's mu and nu), which donation refuses, and donating
+  changes no number. The mirrored run reuses them (same shapes, same pairs), so a phase compiles once."""
   optimizer = optim.make_optimizer(optim.OptimizerConfig(**setup.config.optimizer), total_steps)
   step = setup.study.step_function(phase, optimizer, student_decay=student_decay, inline_teacher=True)
-  return optimizer, jit_step.jit_step(step, setup.config.speed.xla_cpu_options)
+  return optimizer, jit_step.jit_step(step, setup.config.speed.xla_cpu_options, donate=False)
 
 
 def jax_side(setup: ParitySetup, phase: str, batches, start_params, teacher_params=None, student_decay: float = 0.0,
