@@ -62,6 +62,21 @@ def ema_sweep(config) -> sweep.Sweep:
   return sweep.Sweep(tuple(sweep_phases(config)), float(config.ema.decay), bool(config.ema.warmup))
 
 
+class LoadedOnce:
+  """data.load(data_config) at the first call, the same Dataset at every later one: the seeds and grid units one
+  process runs share their data (a data set does not depend on the seed; its splits are read-only), so a
+  several-seed run holds its images once, not once per seed on top of the last seed's high-water mark."""
+
+  def __init__(self, data_config):
+    self._data_config = data_config
+    self._dataset: data_lib.Dataset | None = None
+
+  def __call__(self) -> data_lib.Dataset:
+    if self._dataset is None:
+      self._dataset = data_lib.load(self._data_config)
+    return self._dataset
+
+
 @dataclasses.dataclass(frozen=True)
 class Setup:
   """The frozen parts of one study. mean/std: float32 [C] on the device; train_*: the train split on the

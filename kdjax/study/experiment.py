@@ -139,6 +139,7 @@ def run_phase(setup: Setup, run: RunDir, phase: str, teacher_params, saved: stor
               facts: run_meta.RunFacts, events: tensorboard.Events) -> PhaseOutcome:
   """Trains `phase` (or continues it after `saved`, or loads it when `saved` is its last epoch)."""
   config, spec = setup.config, phases.phase(phase)
+  host_memory.release()   # the previous phase's freed buffers (its evaluations): each phase's peak is its own
   optimizer = setup.optimizer()
   state = setup.fresh_state(phase, optimizer, teacher_params=teacher_params if spec.needs_trained_teacher else None)
   tracked = phases.models_of(phase, config.ema.student_decay)
@@ -284,12 +285,13 @@ def saved_conv_paths(saved: dict, teacher_source: teacher_lib.TeacherSource | No
   return found
 
 
-def train_and_evaluate(config, workdir) -> dict:
+def train_and_evaluate(config, workdir, data: builder.LoadedOnce | None = None) -> dict:
   """Runs every phase in config.phases and returns report.json's content (also written to workdir).
 
   A workdir that already holds a run is resumed (store/resume.py): everything that can be wrong with it or with
   teacher.checkpoint shows before anything in the workdir is written. The run holds WORKDIR/.lock throughout:
-  a second run on the same workdir stops with one line.
+  a second run on the same workdir stops with one line. data: the data set already loaded by this process (its
+  seeds and grid units share one: builder.LoadedOnce).
   """
   start = time.perf_counter()
   grid.share_cores(config)   # a task's share of the cores (task_cores): before anything starts JAX's backend
@@ -300,22 +302,27 @@ def train_and_evaluate(config, workdir) -> dict:
   if config.speed.host_malloc == "tuned":
     host_memory.tune()
   run = RunDir(workdir, writer=mesh_lib.is_writer())
+  data = data if data is not None else builder.LoadedOnce(config.data)
+  each_seed = lambda one, seed_workdir: train_and_evaluate(one, seed_workdir, data)
   if config.get("task"):   # a share of the study's units (study/grid.py), the tasks holding the workdir together
     with run.locked(shared=True):
-      return grid.run(config, run, lambda one, unit_run, only: _run_locked(one, unit_run, time.perf_counter(), only),
-                      lambda sequential: (seeds.run(sequential, run, train_and_evaluate) if sequential.num_seeds > 1
-                                          else _run_locked(sequential, run, start)))
+      return grid.run(config, run,
+                      lambda one, unit_run, only: _run_locked(one, unit_run, time.perf_counter(), data, only),
+                      lambda sequential: (seeds.run(sequential, run, each_seed) if sequential.num_seeds > 1
+                                          else _run_locked(sequential, run, start, data)))
   with run.locked():
     if config.num_seeds > 1:   # each seed's run in seed_<s>/ holds a lock of its own
-      return seeds.run(config, run, train_and_evaluate)
-    return _run_locked(config, run, start)
+      return seeds.run(config, run, each_seed)
+    return _run_locked(config, run, start, data)
 
 
-def _run_locked(config, run: RunDir, start: float, only: tuple[str, ...] | None = None) -> dict:
-  """The study in `run`; `only`: a grid unit's phases (study/grid.py), its teacher loaded, and no report."""
+def _run_locked(config, run: RunDir, start: float, data: builder.LoadedOnce,
+                only: tuple[str, ...] | None = None) -> dict:
+  """The study in `run` on data(); `only`: a grid unit's phases (study/grid.py), its teacher loaded, and no report."""
   config_dict = config_lib.as_json(config)
   config_changes = store_resume.check_config(run, config_dict, config.checkpoint.allow_config_change)
-  setup = Setup.build(config)
+  setup = Setup.build(config, data())
+  host_memory.release()   # the reader's and the set-up's freed buffers: not resident through the training
   acceptance.check_steps(config, setup.steps_per_epoch, setup.num_train)
   teacher_source = (teacher_check.read_teacher(config.teacher.checkpoint, setup, config_dict)
                     if config.teacher.checkpoint else None)

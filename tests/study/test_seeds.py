@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from kdjax import data as data_lib
 from kdjax.report import build as report_lib
 from kdjax.report import significance as statistics
 from kdjax.study import experiment
@@ -17,10 +18,19 @@ NUMBERS = ("val_top1", "val_top5", "val_loss", "val_correct", "agreement_with_te
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("seeds")
-  several = experiment.train_and_evaluate(tiny_config(phases=PHASES, seed=3, num_seeds=2), workdir / "both")
+  loads = []
+  with pytest.MonkeyPatch.context() as patch:   # counts the data loads of the several-seed run
+    patch.setattr(data_lib, "load", lambda data_config, load=data_lib.load: loads.append(1) or load(data_config))
+    several = experiment.train_and_evaluate(tiny_config(phases=PHASES, seed=3, num_seeds=2), workdir / "both")
+  several["data_loads"] = len(loads)
   singles = {seed: experiment.train_and_evaluate(tiny_config(phases=PHASES, seed=seed), workdir / f"only_{seed}")
              for seed in (3, 4)}
   return workdir, several, singles
+
+
+def test_the_seeds_of_one_run_share_one_load_of_the_data(runs):
+  # Each seed loading its own copy put the full Tiny ImageNet's second seed at 5.6 GB (docs/tiny-imagenet-full.md).
+  assert runs[1]["data_loads"] == 1
 
 
 def test_each_seed_equals_a_one_seed_run(runs):
