@@ -20,7 +20,10 @@ SEED_METRICS = ("val_top1", "val_top5", "val_loss", "agreement_with_teacher", "k
 # The paired differences a - b that answer "student vs teacher, with and without EMA" (val_top1, points): the
 # question's own two first, then what KD and the seed's EMA each change. Holm's family: those a report has.
 COMPARISONS = (("student_kd_ema", "teacher"), ("student_kd", "teacher"), ("student_kd", "student_ce"),
-               ("student_kd_ema", "student_ce"), ("student_kd_ema", "student_kd"), ("teacher_ema", "teacher"))
+               ("student_kd_ema", "student_ce"), ("student_kd_ema", "student_kd"), ("teacher_ema", "teacher"),
+               # mean_teacher.py's rows (absent from the original's study, whose family stays its six):
+               ("student_mean_teacher", "student_ce"), ("student_mean_teacher", "student_kd"),
+               ("mean_teacher", "student_ce"))
 
 
 def summarize(reports: list[dict], seeds: list[int]) -> dict:

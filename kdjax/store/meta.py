@@ -86,6 +86,7 @@ def phase_meta(facts: RunFacts, phase: str, model: phases.Model, epoch: int, ste
 
 
 def phase_nets(phase: str) -> list[str]:
-  """The nets whose convs a phase computes: its own, and the teacher's for a distillation phase."""
+  """The nets whose convs a phase computes: its own, and its teacher's for a distillation phase (the mean
+  teacher's is the student's own architecture: spec.teacher_net)."""
   spec = phases.phase(phase)
-  return [spec.net] + (["teacher"] if spec.needs_teacher and spec.net != "teacher" else [])
+  return [spec.net] + ([spec.teacher_net] if spec.needs_teacher and spec.teacher_net != spec.net else [])

@@ -190,3 +190,17 @@ def test_a_p_value_that_underflowed_reads_below_1e_300_not_zero():
   assert p == 0.0
   assert build._p(p) == "< 1e-300" and build._p(p, "=") == "< 1e-300"
   assert build._p(0.0123) == "0.012" and build._p(0.0123, "=") == "= 0.012"
+
+
+def test_over_seeds_compares_the_mean_teacher_with_the_label_only_and_kd_students_and_keeps_the_originals_six():
+  from kdjax.report import over_seeds
+  def report(top1):
+    return {"models": {name: {"val_top1": value, "epochs": []} for name, value in top1.items()}}
+  original = {"teacher": 20.0, "student_ce": 21.0, "student_kd": 19.0, "student_kd_ema": 1.0, "teacher_ema": 1.0}
+  pairs = lambda summary: [(c["a"], c["b"]) for c in summary["comparisons"]]
+  six = pairs(over_seeds.summarize([report(original), report(original)], [0, 1]))
+  assert len(six) == 6 and not any("mean_teacher" in a for a, _ in six)
+  with_mean_teacher = dict(original, student_mean_teacher=22.0, mean_teacher=22.5)
+  nine = pairs(over_seeds.summarize([report(with_mean_teacher), report(with_mean_teacher)], [0, 1]))
+  assert nine[:6] == six and nine[6:] == [("student_mean_teacher", "student_ce"), ("student_mean_teacher", "student_kd"),
+                                          ("mean_teacher", "student_ce")]

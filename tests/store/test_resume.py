@@ -116,6 +116,7 @@ def test_a_phase_meta_records_its_conv_paths_and_a_resume_compares_them():
   other = {net: "xla" if now[net]["path"] == "onednn" else "onednn" for net in now}
   assert run_meta.phase_nets("teacher") == ["teacher"] and run_meta.phase_nets("student_ce") == ["student"]
   assert run_meta.phase_nets("student_kd_ema") == ["student", "teacher"]
+  assert run_meta.phase_nets("student_mean_teacher") == ["student"]   # its teacher is the student's own net
   facts = run_meta.RunFacts(config_json={}, epochs_total=3, seed=0, steps_per_epoch=2, data={},
                             layer_names={"teacher": ("conv1",), "student": ("conv1",)}, conv=now)
   student_kd = phases.models_of("student_kd", 0.0)[0]
