@@ -11,14 +11,11 @@ people usually mean; ema.student_decay = 0.99) are reported beside them as "... 
 Real study: --config.data.name=tiny_imagenet --config.data.manual_dir=DIR.
 """
 
-from kdjax.config import defaults as config_lib
-from kdjax import phases
+from kdjax.config.shipped import ema
 
 
 def get_config():
-  config = config_lib.default_config()
-  config.phases = phases.PHASE_NAMES
-  config.ema.student_decay = 0.99
+  config = ema.get_config()
   config.ema.sweep = (0.9, 0.99, 0.999, 0.9999)
   config.ema.sweep_warmup = (False, True)
   return config
