@@ -11,6 +11,7 @@ from kdjax.cli import inspection as inspect_lib
 from kdjax.store import checkpoints as ckpt_lib
 
 from tests.support import ckpt as support
+from tests.support import cli
 from tests.support.runs import finished_teacher  # noqa: F401 (a fixture)
 from tests.support.runs import _copy
 from tests.support.runs import _one_line
@@ -169,8 +170,4 @@ def test_inspect_shows_the_good_models_and_marks_the_bad_one(tmp_path, tmp_path_
                                         (["a", "--epoch", "x"], "--epoch=x"), (["a", "--nope"], "nope")])
 def test_a_command_line_mistake_is_one_line_exit_2(capsys, argv, words):
   """absl's parser, kdjax's rule (kdjax.cli.exits.parse_flags): one line naming the mistake, exit 2."""
-  with pytest.raises(SystemExit) as stop:
-    inspect_lib.main(argv)
-  assert stop.value.code == 2
-  lines = capsys.readouterr().err.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith("kdjax.cli.inspection: error: ") and words in lines[0]
+  cli.assert_one_line_exit_2(capsys, inspect_lib.main, argv, "kdjax.cli.inspection", words)

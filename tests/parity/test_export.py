@@ -19,6 +19,7 @@ from parity import harness
 from parity import reference
 
 from tests.support import ckpt as support
+from tests.support import cli
 from tests.support.runs import _one_line
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.optimized]   # float64 / published references
@@ -135,8 +136,4 @@ def test_export_out_must_be_a_file_path_ending_as_written(tmp_path, tmp_path_fac
     (["train", "--workdir", "W"], "got train"),
 ])
 def test_a_command_line_mistake_is_one_line_exit_2(capsys, argv, words):
-  with pytest.raises(SystemExit) as stop:
-    export.main(argv)
-  assert stop.value.code == 2
-  lines = capsys.readouterr().err.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith("parity.export: error: ") and words in lines[0]
+  cli.assert_one_line_exit_2(capsys, export.main, argv, "parity.export", words)

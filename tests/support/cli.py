@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.support import ROOT
 
 
@@ -23,3 +25,12 @@ def one_error_line(result) -> str:
   assert len(lines) == 1, result.stderr
   assert lines[0].startswith("kdjax: error: ")
   return lines[0]
+
+
+def assert_one_line_exit_2(capsys, main, argv, prefix, words):
+  """`main(argv)` stops with exit 2 and one stderr line, `PREFIX: error: ...` naming `words` (a usage mistake)."""
+  with pytest.raises(SystemExit) as stop:
+    main(argv)
+  assert stop.value.code == 2
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(f"{prefix}: error: ") and words in lines[0], lines
