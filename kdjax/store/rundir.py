@@ -57,21 +57,8 @@ class RunDir:
       yield self
       return
     lock_path = self.path / name
+    descriptor = self._acquire(lock_path, shared, wait)
     try:
-      # Held through a read-only descriptor (flock needs no write access), so that a filesystem can still be
-      # remounted read-only under a run; the PID is written through a short-lived one.
-      descriptor = os.open(lock_path, os.O_RDONLY | os.O_CREAT, 0o644)
-    except OSError as error:
-      raise ConfigError(f"workdir: cannot write to {self.path}: {error.strerror or error}") from None
-    try:
-      try:
-        fcntl.flock(descriptor, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB))
-      except OSError as error:
-        if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-          raise ConfigError(f"workdir: cannot lock {lock_path}: {error.strerror or error}") from None
-        holder = self.lock_holder(name)
-        raise BusyError(f"workdir {self.path.absolute()} is in use by another kdjax run (PID {holder}); "
-                          f"wait for it to end, or use another workdir") from None
       try:
         lock_path.write_text(f"{os.getpid()}\n")
       except OSError as error:
@@ -79,12 +66,40 @@ class RunDir:
       yield self
     finally:
       # A run that stopped before writing anything (a bad data path, say) leaves the workdir as it found it:
-      # .lock goes while still held, so no other run can be holding it.
+      # .lock goes while still held, so no other run can be holding it. Only the holder does this: a run refused
+      # the lock removing the file would let the next one lock a new file beside the holder's.
       # (Not a shared lock: another holder may hold the same file.)
       with contextlib.suppress(OSError):
         if not shared and [entry.name for entry in self.path.iterdir()] == [name]:
           lock_path.unlink()
       os.close(descriptor)   # releases the lock
+
+  def _acquire(self, lock_path: pathlib.Path, shared: bool, wait: bool) -> int:
+    """A descriptor of `lock_path` holding its flock (BusyError when another run holds it). The lock counts only
+    if the file is still the one at `lock_path` once locked: a holder that finished may have removed the file we
+    opened (the `locked` clean-up), and a lock on that removed file would exclude nobody; then try again."""
+    while True:
+      try:
+        # Held through a read-only descriptor (flock needs no write access), so that a filesystem can still be
+        # remounted read-only under a run; the PID is written through a short-lived one.
+        descriptor = os.open(lock_path, os.O_RDONLY | os.O_CREAT, 0o644)
+      except OSError as error:
+        raise ConfigError(f"workdir: cannot write to {self.path}: {error.strerror or error}") from None
+      try:
+        fcntl.flock(descriptor, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB))
+      except OSError as error:
+        os.close(descriptor)
+        if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+          raise ConfigError(f"workdir: cannot lock {lock_path}: {error.strerror or error}") from None
+        holder = self.lock_holder(lock_path.name)
+        raise BusyError(f"workdir {self.path.absolute()} is in use by another kdjax run (PID {holder}); "
+                        f"wait for it to end, or use another workdir") from None
+      try:
+        if os.stat(lock_path).st_ino == os.fstat(descriptor).st_ino:
+          return descriptor
+      except FileNotFoundError:
+        pass
+      os.close(descriptor)   # the file we locked was removed meanwhile: lock the one there now
 
   def lock_holder(self, name: str = ".lock") -> str:
     """The PID the last holder of WORKDIR/`name` wrote there ("unknown" if none)."""

@@ -3,7 +3,11 @@
 import json
 import os
 
+import pytest
+
 from kdjax.cli import exits as cli
+from kdjax.store.rundir import BusyError
+from kdjax.store import rundir
 from kdjax.store.rundir import RunDir
 from kdjax.study import experiment
 
@@ -50,3 +54,31 @@ def test_an_empty_workdir_is_refused(tmp_path, monkeypatch, capsys):
     assert code == 2
     assert _one_line(capsys.readouterr().err).startswith("kdjax: error: workdir: empty")
   assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_refused_the_lock_leaves_the_holders_lock_file(tmp_path):
+  # The refused run used to remove .lock (the holder's workdir held nothing else yet), so the next attempt locked
+  # a new file beside the holder's: two grid tasks then ran the same unit at once.
+  run = RunDir(tmp_path / "w")
+  with run.locked():
+    inode = os.stat(run.path / ".lock").st_ino
+    for _ in range(2):
+      with pytest.raises(BusyError):
+        with RunDir(tmp_path / "w").locked():
+          pass
+      assert os.stat(run.path / ".lock").st_ino == inode
+  assert not (run.path / ".lock").exists()   # the holder's clean-up: the workdir as it found it
+
+
+def test_a_lock_on_a_file_removed_meanwhile_is_taken_again_on_the_file_there_now(tmp_path, monkeypatch):
+  run = RunDir(tmp_path / "w")
+  real_flock, calls = rundir.fcntl.flock, []
+  def flock_after_the_holder_left(descriptor, operation):
+    if not calls:   # the first file we opened is removed (a holder's clean-up) just before we lock it
+      (run.path / ".lock").unlink()
+    calls.append(descriptor)
+    return real_flock(descriptor, operation)
+  monkeypatch.setattr(rundir.fcntl, "flock", flock_after_the_holder_left)
+  with run.locked():
+    assert len(calls) == 2
+    assert os.fstat(calls[-1]).st_ino == os.stat(run.path / ".lock").st_ino
