@@ -122,7 +122,7 @@ def load(data_config) -> Dataset:
 
 def channel_stats(images: np.ndarray, pixels_per_pass: int = 1 << 21) -> tuple[np.ndarray, np.ndarray]:
   """Per-channel mean and std of x = images/255, as float32 [C], from exact integer sums: with S1 = Σ v and
-  S2 = Σ v² over a channel's N uint8 values v (counted 256 values at a time, `chunk` images per pass),
+  S2 = Σ v² over a channel's N uint8 values v (a count of each of the 256 values),
 
       mean = S1 / (255 N)        std = sqrt(max((N S2 − S1²) / (255 N)², 1e-12))
 
@@ -140,9 +140,9 @@ def channel_stats(images: np.ndarray, pixels_per_pass: int = 1 << 21) -> tuple[n
   mean, std = [], []
   for channel in range(channels):
     s1, s2 = int(counts[channel] @ values), int(counts[channel] @ (values * values))   # exact: < 2**63
-    mean.append(fractions.Fraction(s1, 255 * count))
+    mean.append(float(fractions.Fraction(s1, 255 * count)))
     std.append(math.sqrt(max(float(fractions.Fraction(count * s2 - s1 * s1, (255 * count) ** 2)), 1e-12)))
-  return np.array([float(m) for m in mean]).astype(np.float32), np.array(std).astype(np.float32)
+  return np.array(mean).astype(np.float32), np.array(std).astype(np.float32)
 
 
 def normalization_constants(dataset: Dataset, normalization: str) -> tuple[np.ndarray, np.ndarray]:

@@ -139,7 +139,7 @@ def run_phase(setup: Setup, run: RunDir, phase: str, teacher_params, saved: stor
               facts: run_meta.RunFacts, events: tensorboard.Events) -> PhaseOutcome:
   """Trains `phase` (or continues it after `saved`, or loads it when `saved` is its last epoch)."""
   config, spec = setup.config, phases.phase(phase)
-  host_memory.release()   # the previous phase's freed buffers (its evaluations): each phase's peak is its own
+  host_memory.release()   # what the set-up or the previous phase freed (the reader's, evaluations'): not resident here
   optimizer = setup.optimizer()
   state = setup.fresh_state(phase, optimizer, teacher_params=teacher_params if spec.needs_trained_teacher else None)
   tracked = phases.models_of(phase, config.ema.student_decay)
@@ -322,7 +322,6 @@ def _run_locked(config, run: RunDir, start: float, data: builder.LoadedOnce,
   config_dict = config_lib.as_json(config)
   config_changes = store_resume.check_config(run, config_dict, config.checkpoint.allow_config_change)
   setup = Setup.build(config, data())
-  host_memory.release()   # the reader's and the set-up's freed buffers: not resident through the training
   acceptance.check_steps(config, setup.steps_per_epoch, setup.num_train)
   teacher_source = (teacher_check.read_teacher(config.teacher.checkpoint, setup, config_dict)
                     if config.teacher.checkpoint else None)

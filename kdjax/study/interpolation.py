@@ -29,10 +29,12 @@ import ml_collections
 from kdjax import phases
 from kdjax import progress
 from kdjax.config import defaults as config_defaults
+from kdjax.config import lookup as config_lookup
 from kdjax.report import collapse
 from kdjax.store import checkpoints as ckpt_lib
 from kdjax.store import run as run_lib
 from kdjax.store.rundir import seed_dir
+from kdjax.study import builder
 from kdjax.study.builder import Setup
 from kdjax.training import ema
 
@@ -95,17 +97,10 @@ def run_config(run: run_lib.Run) -> ml_collections.ConfigDict:
   (config/defaults.ABSENT_MEANS, else the default), so Setup.build rebuilds the run's nets and initial weights."""
   config = config_defaults.default_config()
   saved = config_defaults.flatten(json.loads(json.dumps(run.config.to_dict())))
-  known = config_defaults.flatten(config.to_dict())
-  with config.unlocked():
-    for field in known:
-      value = saved.get(field, config_defaults.ABSENT_MEANS.get(field))
-      if value is None:
-        continue
-      node = config
-      *parents, leaf = field.split(".")
-      for parent in parents:
-        node = node[parent]
-      node[leaf] = tuple(value) if isinstance(value, list) else value
+  for field in config_defaults.flatten(config.to_dict()):
+    value = saved.get(field, config_defaults.ABSENT_MEANS.get(field))
+    if value is not None:
+      config_lookup.override(config, field, tuple(value) if isinstance(value, list) else value)
   return config
 
 
@@ -184,10 +179,11 @@ def initial_student(setup: Setup) -> dict:
   return setup.initial_params["student"]
 
 
-def evaluate_seed(seed_run: SeedRun, weights, sources) -> dict:
-  """One seed's table: top-1 on the whole validation split (and the distance moved) at each w for each source."""
+def evaluate_seed(seed_run: SeedRun, weights, sources, data: builder.LoadedOnce) -> dict:
+  """One seed's table: top-1 on the whole validation split (and the distance moved) at each w for each source;
+  data: the run's data set, loaded once for all its seeds."""
   config = run_config(seed_run.run)
-  setup = Setup.build(config)
+  setup = Setup.build(config, data())
   pairs = setup.ema_pairs()
   teacher, teacher_meta, teacher_epoch = seed_run.run.params("teacher")
   students = {}
@@ -238,7 +234,8 @@ def run(workdir, weights=DEFAULT_WEIGHTS, sources=SOURCES) -> dict:
   for seed_run in runs:
     check_saves(seed_run, sources)
   start, load = time.perf_counter(), os.getloadavg()[0]
-  seeds = [evaluate_seed(seed_run, weights, sources) for seed_run in runs]
+  data = builder.LoadedOnce(run_config(runs[0].run).data)   # the seeds of one run read the same data
+  seeds = [evaluate_seed(seed_run, weights, sources, data) for seed_run in runs]
   return {"workdir": str(pathlib.Path(workdir).absolute()), "weights": list(weights), "sources": list(sources),
           "seeds": seeds, "seconds": time.perf_counter() - start,
           "load_average": {"start": load, "end": os.getloadavg()[0]}}

@@ -56,11 +56,17 @@ def pull_teacher_toward_student(teacher_params, student_params, pairs, decay) ->
 
   `pairs` comes from `torch_zip_pairs` (static, computed once from shapes); `decay` may be a traced scalar.
   """
-  updated = {layer: dict(tensors) for layer, tensors in teacher_params.items()}
+  return _mix_pairs(teacher_params, student_params, pairs, 1.0 - decay)
+
+
+def _mix_pairs(teacher_params, student_params, pairs, step_size) -> dict:
+  """step_size*student + (1 - step_size)*teacher on each paired tensor (optax.incremental_update), the others the
+  teacher's: the original's EMA step (step_size 1 - decay) and the fixed mix of `interpolate_pairs` (w)."""
+  mixed = {layer: dict(tensors) for layer, tensors in teacher_params.items()}
   for (s_layer, s_name), (t_layer, t_name) in pairs:
-    updated[t_layer][t_name] = optax.incremental_update(
-        student_params[s_layer][s_name], teacher_params[t_layer][t_name], step_size=1.0 - decay)
-  return updated
+    mixed[t_layer][t_name] = optax.incremental_update(
+        student_params[s_layer][s_name], teacher_params[t_layer][t_name], step_size=step_size)
+  return mixed
 
 
 def polyak_update(average_params, params, decay):
@@ -76,11 +82,7 @@ def interpolate_pairs(teacher_params, student_params, pairs, weight: float) -> d
   """
   if not 0.0 <= weight <= 1.0:
     raise ValueError(f"interpolation weight must be in [0, 1], got {weight!r}")
-  mixed = {layer: dict(tensors) for layer, tensors in teacher_params.items()}
-  for (s_layer, s_name), (t_layer, t_name) in pairs:
-    mixed[t_layer][t_name] = optax.incremental_update(
-        student_params[s_layer][s_name], teacher_params[t_layer][t_name], step_size=weight)
-  return mixed
+  return _mix_pairs(teacher_params, student_params, pairs, weight)
 
 
 def student_share(decay: float, updates: int, warmup: bool = False) -> float:

@@ -14,6 +14,7 @@ elsewhere `tune()` changes nothing and says so; `describe()` says what is in for
 """
 
 import ctypes
+import functools
 import platform
 
 M_TRIM_THRESHOLD = -1      # glibc's mallopt parameter numbers (malloc.h)
@@ -25,10 +26,16 @@ SETTINGS = ("tuned", "system")   # config speed.host_malloc: tune() first, or th
 _in_force: list[str] = []
 
 
+@functools.cache
+def _libc() -> tuple[str, str]:
+  """(library, version) of this process's C library (platform.libc_ver reads the executable: once)."""
+  return platform.libc_ver()
+
+
 def tune() -> str:
   """Makes glibc keep freed memory for reuse (the module docstring); returns describe()'s line. Idempotent."""
   if not _in_force:
-    library, version = platform.libc_ver()
+    library, version = _libc()
     if library != "glibc":
       _in_force.append(f"{library or 'this C library'}'s malloc, unchanged (kdjax tunes glibc's only)")
     else:
@@ -43,9 +50,9 @@ def tune() -> str:
 def release() -> None:
   """Gives the heap's free pages back to the system (glibc's malloc_trim(0)), so that what one stage of a run freed
   (the data reader's buffers, a phase's evaluations) is not resident through the next and the run's peak is its
-  largest stage's, not their sum. The study calls it after its set-up and before each phase; a few milliseconds;
-  changes no number. Nothing outside glibc."""
-  if platform.libc_ver()[0] == "glibc":
+  largest stage's, not their sum. The study calls it before each phase (the first one's frees the set-up's and the
+  resume's buffers); a few milliseconds; changes no number. Nothing outside glibc."""
+  if _libc()[0] == "glibc":
     ctypes.CDLL(None).malloc_trim(0)
 
 

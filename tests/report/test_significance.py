@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
+from kdjax.report import over_seeds
 from kdjax.report import significance as statistics
 
 
@@ -193,7 +194,6 @@ def test_a_p_value_that_underflowed_reads_below_1e_300_not_zero():
 
 
 def test_over_seeds_compares_the_mean_teacher_with_the_label_only_and_kd_students_and_keeps_the_originals_six():
-  from kdjax.report import over_seeds
   def report(top1):
     return {"models": {name: {"val_top1": value, "epochs": []} for name, value in top1.items()}}
   original = {"teacher": 20.0, "student_ce": 21.0, "student_kd": 19.0, "student_kd_ema": 1.0, "teacher_ema": 1.0}
