@@ -50,12 +50,26 @@ def _count_compile_time(event, seconds, **_):
 
 jax.monitoring.register_event_duration_secs_listener(_count_compile_time)
 
+# How often a compile found its program in the run's cache (another test, worker or kdjax process compiled it
+# first): tests that share shapes share compiles.
+_CACHE_LOOKUPS = collections.Counter()
+_CACHE_EVENTS = {"/jax/compilation_cache/cache_hits": "hits", "/jax/compilation_cache/cache_misses": "misses"}
+
+
+def _count_cache_lookup(event, **_):
+  if event in _CACHE_EVENTS:
+    _CACHE_LOOKUPS[_CACHE_EVENTS[event]] += 1
+
+
+jax.monitoring.register_event_listener(_count_cache_lookup)
+
 
 def pytest_terminal_summary(terminalreporter):
   if _COMPILE_SECONDS:
     stages = ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in _COMPILE_SECONDS.items())
     terminalreporter.write_line(f"JAX compile time in the pytest process: {stages} "
-                                f"(total {sum(_COMPILE_SECONDS.values()):.1f} s)")
+                                f"(total {sum(_COMPILE_SECONDS.values()):.1f} s); compilation cache: "
+                                f"{_CACHE_LOOKUPS['hits']} hits, {_CACHE_LOOKUPS['misses']} misses")
 
 
 def tiny_config(**overrides):
@@ -100,6 +114,14 @@ def xla_optimization(request):
 @pytest.fixture
 def make_config():
   return tiny_config
+
+
+@pytest.fixture
+def kdjax_in_process(monkeypatch, capsys):
+  """kdjax_main(*args, cwd=...)'s result for a usage mistake or --show_config, computed in this process
+  (tests/support/cli.py: kdjax_main_in_process)."""
+  from tests.support import cli
+  return lambda *args, cwd: cli.kdjax_main_in_process(*args, cwd=cwd, monkeypatch=monkeypatch, capsys=capsys)
 
 
 @pytest.fixture(scope="module")

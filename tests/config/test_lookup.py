@@ -27,24 +27,35 @@ def test_configs_get_overrides_and_one_line_errors():
     config.kd.temprature = 3.0
 
 
-@pytest.mark.parametrize("value", ["ema.py", "ema", "configs/ema.py", str(ROOT / "configs" / "ema.py")])
-def test_config_by_name_or_path_from_another_folder(tmp_path, value):
-  result = kdjax_main("--config", value, "--show_config", "--config.epochs=3", cwd=tmp_path)
+def _shows_ema_with_three_epochs(result, folder):
   assert result.returncode == 0, result.stderr
   assert "phases = ('teacher', 'student_ce', 'student_kd', 'student_kd_ema')" in result.stdout
   assert re.search(r"^epochs = 3 ", result.stdout, re.MULTILINE)
   assert "kd.temperature = 4.0" in result.stdout and "# T in KL" in result.stdout
-  assert list(tmp_path.iterdir()) == []  # --show_config writes nothing
+  assert list(folder.iterdir()) == []  # --show_config writes nothing
 
 
-def test_a_file_in_the_working_folder_wins_and_may_take_an_argument(tmp_path):
+@pytest.mark.parametrize("value", ["ema.py", "ema", "configs/ema.py", str(ROOT / "configs" / "ema.py")])
+def test_config_by_name_or_path_from_another_folder(tmp_path, kdjax_in_process, value):
+  _shows_ema_with_three_epochs(kdjax_in_process("--config", value, "--show_config", "--config.epochs=3",
+                                                cwd=tmp_path), tmp_path)
+
+
+def test_config_by_name_from_another_folder_in_a_fresh_process(tmp_path):
+  """The same as the command a user types: kdjax importable (as an install makes it), run in a folder holding
+  nothing of the checkout."""
+  _shows_ema_with_three_epochs(kdjax_main("--config", "ema.py", "--show_config", "--config.epochs=3", cwd=tmp_path),
+                               tmp_path)
+
+
+def test_a_file_in_the_working_folder_wins_and_may_take_an_argument(tmp_path, kdjax_in_process):
   (tmp_path / "ema.py").write_text(
       "from kdjax import config as config_lib\n"
       "def get_config(arg='10'):\n"
       "  config = config_lib.default_config()\n"
       "  config.epochs = int(arg)\n"
       "  return config\n")
-  result = kdjax_main("--config", "ema.py:7", "--show_config", cwd=tmp_path)
+  result = kdjax_in_process("--config", "ema.py:7", "--show_config", cwd=tmp_path)
   assert result.returncode == 0, result.stderr
   assert re.search(r"^epochs = 7 ", result.stdout, re.MULTILINE)
   assert "phases = ('teacher', 'student_ce', 'student_kd')" in result.stdout  # the file here, not the shipped one
@@ -70,21 +81,21 @@ def test_top_level_configs_are_the_shipped_files():
     assert (ROOT / "configs" / f"{name}.py").resolve() == pathlib.Path(configs.__file__).parent / "shipped" / f"{name}.py"
 
 
-def test_unknown_config_lists_the_shipped_ones(tmp_path):
-  result = kdjax_main("--config", "emma.py", "--workdir", "w", cwd=tmp_path)
+def test_unknown_config_lists_the_shipped_ones(tmp_path, kdjax_in_process):
+  result = kdjax_in_process("--config", "emma.py", "--workdir", "w", cwd=tmp_path)
   assert result.returncode == 2
   assert one_error_line(result) == ("kdjax: error: config emma.py: no such file, and not a shipped config "
                                     "(default.py, ema.py, ema_sweep.py, kd.py, mean_teacher.py); did you mean ema.py?")
 
 
-def test_a_config_argument_the_config_does_not_take_is_refused(tmp_path):
-  result = kdjax_main("--config", "ema.py:quick", "--workdir", "w", cwd=tmp_path)
+def test_a_config_argument_the_config_does_not_take_is_refused(tmp_path, kdjax_in_process):
+  result = kdjax_in_process("--config", "ema.py:quick", "--workdir", "w", cwd=tmp_path)
   assert result.returncode == 2
   assert "get_config() of ema.py takes no argument" in one_error_line(result)
 
 
-def test_misspelled_override_names_the_nearest_field(tmp_path):
-  result = kdjax_main("--config", "ema.py", "--workdir", "w", "--config.kd.temprature=2", cwd=tmp_path)
+def test_misspelled_override_names_the_nearest_field(tmp_path, kdjax_in_process):
+  result = kdjax_in_process("--config", "ema.py", "--workdir", "w", "--config.kd.temprature=2", cwd=tmp_path)
   assert result.returncode == 2
   assert one_error_line(result) == ("kdjax: error: --config.kd.temprature: no such config field; did you mean "
                                     "kd.temperature? (--show_config lists them all)")
@@ -114,15 +125,24 @@ BROKEN_CONFIG_FILES = {
 }
 
 
+def _broken_config_is_one_line(result, folder, kind):
+  assert result.returncode == 2, result.stderr
+  assert one_error_line(result) == f"kdjax: error: config {folder / 'mine.py'}{BROKEN_CONFIG_FILES[kind][1]}"
+  assert not (folder / "w").exists()
+
+
 @pytest.mark.parametrize("kind", list(BROKEN_CONFIG_FILES))
 @pytest.mark.parametrize("mode", [["--workdir", "w"], ["--show_config"]])
-def test_a_broken_config_file_is_one_line_with_its_file_and_line(tmp_path, kind, mode):
-  text, expected = BROKEN_CONFIG_FILES[kind]
-  (tmp_path / "mine.py").write_text(text)
-  result = kdjax_main("--config", "mine.py", *mode, cwd=tmp_path)
-  assert result.returncode == 2, result.stderr
-  assert one_error_line(result) == f"kdjax: error: config {tmp_path / 'mine.py'}{expected}"
-  assert not (tmp_path / "w").exists()
+def test_a_broken_config_file_is_one_line_with_its_file_and_line(tmp_path, kdjax_in_process, kind, mode):
+  (tmp_path / "mine.py").write_text(BROKEN_CONFIG_FILES[kind][0])
+  _broken_config_is_one_line(kdjax_in_process("--config", "mine.py", *mode, cwd=tmp_path), tmp_path, kind)
+
+
+def test_a_broken_config_file_is_one_line_in_a_fresh_process(tmp_path):
+  """The whole command's stderr in a fresh process: the one line, no traceback of the failed import."""
+  (tmp_path / "mine.py").write_text(BROKEN_CONFIG_FILES["import fails"][0])
+  _broken_config_is_one_line(kdjax_main("--config", "mine.py", "--workdir", "w", cwd=tmp_path), tmp_path,
+                             "import fails")
 
 
 def test_a_broken_config_file_from_python_is_a_config_error(tmp_path):
@@ -131,8 +151,8 @@ def test_a_broken_config_file_from_python_is_a_config_error(tmp_path):
     configs.get(str(tmp_path / "mine.py"), epochs=2)
 
 
-def test_a_kd_concept_that_is_no_field_points_at_the_field_that_does_it(tmp_path):
-  result = kdjax_main("--config", "ema.py", "--workdir", "w", "--config.kd.alpha=0.5", cwd=tmp_path)
+def test_a_kd_concept_that_is_no_field_points_at_the_field_that_does_it(tmp_path, kdjax_in_process):
+  result = kdjax_in_process("--config", "ema.py", "--workdir", "w", "--config.kd.alpha=0.5", cwd=tmp_path)
   assert result.returncode == 2
   assert one_error_line(result) == (
       "kdjax: error: --config.kd.alpha: no such config field; use kd.kd_weight and kd.ce_weight (the loss is "

@@ -34,3 +34,32 @@ def assert_one_line_exit_2(capsys, main, argv, prefix, words):
   assert stop.value.code == 2
   lines = capsys.readouterr().err.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith(f"{prefix}: error: ") and words in lines[0], lines
+
+
+def kdjax_main_in_process(*args, cwd, monkeypatch, capsys) -> subprocess.CompletedProcess:
+  """kdjax_main's result for a command line that stops at parsing (a usage mistake: one line, exit 2) or shows the
+  config (--show_config), run in this process: kdjax.cli.main's parse_flags and main, as app.run calls them, in
+  `cwd`, with sys.argv the command line (ml_collections reads the --config.FIELD overrides from there). For tests
+  whose point is what the command says, not the fresh process around it (each entry point keeps a real one:
+  test_main.py, test_lookup.py); a run's command line is refused here, since it would train. Every flag is reset
+  afterwards and the override flags ml_collections defined for this command line are removed, so no value of
+  one call is left for the next."""
+  from absl import flags
+  from kdjax.cli import main as main_cli
+  argv = ["kdjax", *args]
+  monkeypatch.chdir(cwd)
+  monkeypatch.setattr(sys, "argv", argv)
+  capsys.readouterr()   # what the test printed before is not the command's
+  try:
+    rest = main_cli.parse_flags(argv)
+    assert flags.FLAGS.show_config, f"{argv}: parsed, and would start a run: use kdjax_main"
+    main_cli.main(rest)
+    code = 0
+  except SystemExit as stop:
+    code = stop.code
+  finally:
+    flags.FLAGS.unparse_flags()
+    for name in [name for name in flags.FLAGS if name.startswith("config.")]:
+      delattr(flags.FLAGS, name)
+  out, err = capsys.readouterr()
+  return subprocess.CompletedProcess(argv, code, out, err)
