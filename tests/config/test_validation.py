@@ -48,19 +48,19 @@ def _run_main(*args, cwd=ROOT):
                         text=True, timeout=300)
 
 
-def test_cli_bad_value_is_one_line_naming_the_field(tmp_path):
-  result = _run_main("--config", "configs/ema.py", "--workdir", str(tmp_path / "w"),
-                     "--config.kd.temperature=-2")
+def test_cli_bad_value_is_one_line_naming_the_field(tmp_path, kdjax_in_process):
+  result = kdjax_in_process("--config", "configs/ema.py", "--workdir", str(tmp_path / "w"),
+                            "--config.kd.temperature=-2", cwd=ROOT)
   assert result.returncode == 2
   lines = [line for line in result.stderr.splitlines() if line.strip()]
   assert lines == ["kdjax: error: kd.temperature must be > 0, got -2.0"]
   assert not (tmp_path / "w").exists()  # nothing written for a config that cannot run
 
 
-def test_cli_unwritable_workdir(tmp_path):
+def test_cli_unwritable_workdir(tmp_path, kdjax_in_process):
   blocker = tmp_path / "a_file"
   blocker.write_text("")
-  result = _run_main("--config", "configs/kd.py", "--workdir", str(blocker / "run"))
+  result = kdjax_in_process("--config", "configs/kd.py", "--workdir", str(blocker / "run"), cwd=ROOT)
   assert result.returncode == 2
   assert result.stderr.strip().startswith(f"kdjax: error: workdir: cannot write to {blocker / 'run'}")
   assert len(result.stderr.strip().splitlines()) == 1
@@ -139,10 +139,11 @@ def test_machine_memory_is_this_machines():
   assert source == "physical memory" or source.startswith("the limit in /sys/fs/cgroup/")
 
 
-def test_cli_image_size_beyond_memory_is_one_line_exit_2(tmp_path):
+def test_cli_image_size_beyond_memory_is_one_line_exit_2(tmp_path, kdjax_in_process):
   """The issue's case: data.image_size=100000 was OOM-killed at 18.5 GB with no line; now refused before
   anything runs or is written."""
-  result = _run_main("--config", "configs/ema.py", "--workdir", str(tmp_path / "w"), "--config.data.image_size=100000")
+  result = kdjax_in_process("--config", "configs/ema.py", "--workdir", str(tmp_path / "w"),
+                            "--config.data.image_size=100000", cwd=ROOT)
   assert result.returncode == 2
   lines = [line for line in result.stderr.splitlines() if line.strip()]
   assert len(lines) == 1 and lines[0].startswith("kdjax: error: data.image_size=100000 needs an estimated ")

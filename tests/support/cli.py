@@ -37,24 +37,32 @@ def assert_one_line_exit_2(capsys, main, argv, prefix, words):
 
 
 def kdjax_main_in_process(*args, cwd, monkeypatch, capsys) -> subprocess.CompletedProcess:
-  """kdjax_main's result for a command line that stops at parsing (a usage mistake: one line, exit 2) or shows the
-  config (--show_config), run in this process: kdjax.cli.main's parse_flags and main, as app.run calls them, in
-  `cwd`, with sys.argv the command line (ml_collections reads the --config.FIELD overrides from there). For tests
-  whose point is what the command says, not the fresh process around it (each entry point keeps a real one:
-  test_main.py, test_lookup.py); a run's command line is refused here, since it would train. Every flag is reset
-  afterwards and the override flags ml_collections defined for this command line are removed, so no value of
-  one call is left for the next."""
+  """kdjax_main's result, computed in this process, for a command line that stops before anything runs: a usage
+  mistake (one line, exit 2), --show_config, or a run whose config or workdir is refused (exit 2, nothing written).
+  kdjax.cli.main's parse_flags as app.run calls it, in `cwd`, with sys.argv the command line (ml_collections reads
+  the --config.FIELD overrides from there); then its main for --show_config, or for a run what main runs:
+  run_main("kdjax", experiment.train_and_evaluate(config, workdir)), less the process-wide settings main makes
+  first (the heap's tuning, stderr's filters); a run that broke ends this call (exit_now raises SystemExit), not
+  the test's process. For tests whose point is what the command says, not the fresh process around it; each
+  entry point keeps real ones (test_main.py, test_lookup.py, store/test_checkpoints.py). Every flag is reset
+  afterwards and the override flags ml_collections defined for this command line are removed, so no value of one
+  call is left for the next."""
   from absl import flags
+  from kdjax.cli import exits
   from kdjax.cli import main as main_cli
   argv = ["kdjax", *args]
   monkeypatch.chdir(cwd)
   monkeypatch.setattr(sys, "argv", argv)
+  monkeypatch.setattr(exits, "exit_now", lambda code: sys.exit(code))
   capsys.readouterr()   # what the test printed before is not the command's
   try:
     rest = main_cli.parse_flags(argv)
-    assert flags.FLAGS.show_config, f"{argv}: parsed, and would start a run: use kdjax_main"
-    main_cli.main(rest)
-    code = 0
+    if flags.FLAGS.show_config:
+      main_cli.main(rest)
+      code = 0
+    else:
+      from kdjax.study import experiment
+      code = exits.run_main("kdjax", lambda: experiment.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir))
   except SystemExit as stop:
     code = stop.code
   finally:
