@@ -31,10 +31,24 @@ def run_module(module: str, *args: str, cwd) -> subprocess.CompletedProcess:
                         stderr=subprocess.PIPE, text=True, timeout=120)
 
 
+@pytest.fixture(scope="module")
+def help_of(tmp_path_factory):
+  """(result, the folder it ran in) of `python -m MODULE FLAG`, run once per module and flag (in an empty folder of
+  its own) for the tests of this module that read it."""
+  results = {}
+
+  def run(module, flag):
+    if (module, flag) not in results:
+      folder = tmp_path_factory.mktemp("help")
+      results[module, flag] = run_module(module, flag, cwd=folder), folder
+    return results[module, flag]
+  return run
+
+
 @pytest.mark.parametrize("flag", ["--help", "--helpfull"])
 @pytest.mark.parametrize("module", list(ENTRY_POINTS))
-def test_help_alone_says_what_the_tool_does_its_flags_and_an_example(tmp_path, module, flag):
-  result = run_module(module, flag, cwd=tmp_path)
+def test_help_alone_says_what_the_tool_does_its_flags_and_an_example(help_of, module, flag):
+  result, folder = help_of(module, flag)
   assert result.returncode == 0, (result.returncode, result.stdout[-2000:], result.stderr[-2000:])
   purpose, flag_names = ENTRY_POINTS[module]
   assert purpose in result.stdout
@@ -45,13 +59,13 @@ def test_help_alone_says_what_the_tool_does_its_flags_and_an_example(tmp_path, m
   for path in DEVELOPER_PATHS:
     assert path not in result.stdout, path
   assert "error" not in result.stderr.lower(), result.stderr
-  assert list(tmp_path.iterdir()) == []   # help writes nothing
+  assert list(folder.iterdir()) == []   # help writes nothing
 
 
-def test_helpfull_lists_more_than_help_and_no_config_dump(tmp_path):
+def test_helpfull_lists_more_than_help_and_no_config_dump(help_of):
   """--helpfull adds absl's own flags; a config flag's default (a whole config as YAML) is never printed."""
-  short = run_module("kdjax.tools.benchmark", "--help", cwd=tmp_path).stdout
-  full = run_module("kdjax.tools.benchmark", "--helpfull", cwd=tmp_path).stdout
+  short = help_of("kdjax.tools.benchmark", "--help")[0].stdout
+  full = help_of("kdjax.tools.benchmark", "--helpfull")[0].stdout
   assert "only_check_args" in full and "only_check_args" not in short
   for text in (short, full):
     assert "manual_dir:" not in text and "batch_size: 64" not in text
