@@ -42,7 +42,7 @@ def test_a_split_that_makes_no_full_batch_is_refused_before_anything_is_written(
   with pytest.raises(ConfigError) as error:
     experiment.train_and_evaluate(config, tmp_path / "w")
   assert "batch_size=1000" in str(error.value) and "data.drop_remainder=True" in str(error.value)
-  assert "240 training examples" in str(error.value) and _exit_code(error.value) == 2
+  assert "256 training examples" in str(error.value) and _exit_code(error.value) == 2
   assert not (tmp_path / "w" / "config.json").exists()
 
 

@@ -35,7 +35,7 @@ def test_report_shape_and_files(ema_run):
   assert [name for name in report["models"] if "(EMA weights)" not in name] == FIVE
   assert [name for name in report["models"] if "(EMA weights)" in name] == [
       f"{phase} (EMA weights)" for phase in ("student_ce", "student_kd", "student_kd_ema")]
-  assert report["dataset"] == {"name": "digits", "train_examples": 240, "val_examples": 120,
+  assert report["dataset"] == {"name": "digits", "train_examples": 256, "val_examples": 128,
                                "num_classes": 10, "image_shape": [16, 16, 3]}
   assert set(report["environment"]) >= {"jax", "flax", "backend", "devices", "host_malloc", "cpu", "xla", "onednn",
                                         "variables"}
@@ -54,7 +54,7 @@ def test_report_shape_and_files(ema_run):
     assert 0 <= entry["val_top1"] <= entry["val_top5"] <= 100
     assert [row["epoch"] for row in entry["epochs"]] == [1, 2]
     assert entry["epochs"][-1]["val_top1"] == entry["val_top1"]
-    assert entry["val_top1"] == pytest.approx(100 * entry["val_correct"] / 120)
+    assert entry["val_top1"] == pytest.approx(100 * entry["val_correct"] / 128)
   for name in ("student_ce", "student_kd", "student_kd_ema"):
     assert {"agreement_with_teacher", "kl_to_teacher"} <= set(report["models"][name])
   assert report["models"]["teacher"]["params"] == report["models"]["teacher_ema"]["params"]
@@ -66,7 +66,7 @@ def test_metrics_lines(ema_run):
   assert len(rows) == 2 * 8  # 2 epochs x (4 phases + teacher_ema + 3 students' EMA weights)
   assert set(rows[0]) >= {"phase", "epoch", "train_loss", "val_loss", "val_top1", "val_top5", "step", "seconds"}
   teacher_rows = [row for row in rows if row["model"] == "teacher"]
-  assert [row["step"] for row in teacher_rows] == [8, 16]  # 240 / 32 = 7.5 -> 8 steps an epoch
+  assert [row["step"] for row in teacher_rows] == [8, 16]  # 256 / 32 = 8 steps an epoch
 
 
 def test_checkpoints_per_model(ema_run):
@@ -132,7 +132,7 @@ def test_a_run_says_when_it_compiles_and_evaluates_and_puts_its_config_in_tensor
   lines = [record.getMessage() for record in caplog.records]
   compiling = lines.index("[teacher epoch 1/1] compiling the training step")
   assert lines[compiling + 1].startswith("[teacher epoch 1/1] compiled the training step and ran it once in ")
-  assert "[teacher] evaluating teacher on the 120 validation examples" in lines
+  assert "[teacher] evaluating teacher on the 128 validation examples" in lines
   assert any(line.startswith("writing report.json, the figures and report.md to ") for line in lines)
   texts = tensorboard.read_texts(tmp_path)
   assert list(texts) == [tensorboard.CONFIG_TAG]
