@@ -169,14 +169,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
 # known before its folders are read, so only its batches are counted unless data.max_*_examples bounds it).
 DATA_SIZES = {"digits": (1437, 360, None), "tiny_imagenet": (100_000, 10_000, 64), "cifar10": (50_000, 10_000, 32),
               "cifar100": (50_000, 10_000, 32), "image_folder": (None, None, None)}
-IMAGE_COPIES = 2          # uint8 images: the loaded numpy arrays and their device copy
+IMAGE_COPIES = 1          # uint8 images, held once: the device array is the loaded one (data.held_once)
 TRAIN_FACTOR = 2          # a training step: the forward's saved activations, then as much again for their gradients
-RUNTIME_BYTES = 1 << 30   # Python, JAX, XLA's compiled programs
+RUNTIME_BYTES = 1 << 28   # Python, JAX, XLA's compiled programs (~0.27 GB on Tiny ImageNet, trimmed)
 # What a size field is compared with to name the one to lower: its default (memory grows with image_size squared).
-USUAL = {"data.image_size": 64, "batch_size": 64, "eval_batch_size": 500, "data.max_train_examples": 100_000}
-# The real study on Tiny ImageNet (100,000 + 10,000 images of 64x64x3, batch 64, eval batch 500) is estimated at
-# 3.9 GB; its measured peak RSS is ~5.6 GB. The estimate is meant to be low: it refuses what cannot fit, and
-# leaves what may fit to run.
+USUAL = {"data.image_size": 64, "batch_size": 64, "eval_batch_size": 100, "data.max_train_examples": 100_000}
+# The real study on Tiny ImageNet (100,000 + 10,000 images of 64x64x3, batch 64, eval batch 100) is estimated at
+# 1.7 GB (its measured peak RSS: docs/tiny-imagenet-full.md). The estimate is meant to be low: it refuses what
+# cannot fit, and leaves what may fit to run.
 
 
 def activation_bytes_per_pixel() -> tuple[float, float]:

@@ -150,6 +150,7 @@ def run_phase(setup: Setup, run: RunDir, phase: str, teacher_params, saved: stor
   ema_teacher = results.get(phases.TEACHER_EMA + spec.variant) if spec.step_kind == "kd_ema" else None
 
   def evaluate_all(state) -> dict:
+    host_memory.release()   # the epoch's step buffers: the evaluation's larger ones do not stack on them
     for model in tracked:
       results[model.name].final, results[model.name].val_logits = setup.evaluate(
           model.net, getattr(state, model.state_field))

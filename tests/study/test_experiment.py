@@ -156,3 +156,18 @@ def test_phases_run_in_dependency_order(tmp_path, monkeypatch, capsys):
     experiment.train_and_evaluate(config, tmp_path / "run")
   assert started == ["teacher"]
   assert "kdjax: note: phases run in dependency order: teacher, student_kd" in capsys.readouterr().out
+
+
+def test_each_evaluation_starts_on_a_trimmed_heap(tmp_path, monkeypatch):
+  """The heap's free pages go back (host_memory.release) before every epoch's evaluation, not only before each
+  phase: the evaluation's buffers then never stack on the epoch's freed step buffers (docs/tiny-imagenet-full.md)."""
+  calls = []
+  monkeypatch.setattr(experiment.host_memory, "release", lambda: calls.append("release"))
+  evaluate = experiment.Setup.evaluate
+  monkeypatch.setattr(experiment.Setup, "evaluate",
+                      lambda self, net, params: calls.append("evaluate") or evaluate(self, net, params))
+  experiment.train_and_evaluate(tiny_config(phases=("teacher", "student_ce"), **{"ema.student_decay": 0.9}),
+                                tmp_path)
+  # Between two releases: the evaluations of one epoch (teacher: 1 net; student_ce: the student and its EMA).
+  assert [len(group) for group in "".join("|" if call == "release" else "e" for call in calls).split("|")
+          if group] == [1, 1, 2, 2], calls

@@ -31,7 +31,8 @@ _IMAGE = flags.DEFINE_integer("image_size", 64, "Input height and width (a multi
 _CLASSES = flags.DEFINE_integer("num_classes", 200, "Classes (the head's width).", lower_bound=2)
 _STEPS = flags.DEFINE_integer("steps", 3, "Consecutive steps per timed round.", lower_bound=1)
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed rounds (medians are taken over them).", lower_bound=1)
-_EVAL_BATCH = flags.DEFINE_integer("eval_batch_size", 500, "Evaluation batch size (plain mode).", lower_bound=1)
+_EVAL_BATCH = flags.DEFINE_integer("eval_batch_size", study.study_config().eval_batch_size,
+                                   "Evaluation batch size (plain mode; the study's default).", lower_bound=1)
 _PEAK = flags.DEFINE_float("peak_gflops", 0.0, "The fp32 peak to divide by; 0 = measure a matmul in this run.",
                            lower_bound=0.0)
 _TORCH_THREADS = flags.DEFINE_integer("torch_threads", 0, "--study: PyTorch's threads; 0 = the faster of 1 and "
