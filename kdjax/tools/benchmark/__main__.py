@@ -37,6 +37,9 @@ _PEAK = flags.DEFINE_float("peak_gflops", 0.0, "The fp32 peak to divide by; 0 = 
                            lower_bound=0.0)
 _TORCH_THREADS = flags.DEFINE_integer("torch_threads", 0, "--study: PyTorch's threads; 0 = the faster of 1 and "
                                       "the core count on a short probe.", lower_bound=0)
+_TORCH_ALLOCATORS = flags.DEFINE_multi_enum("torch_allocator", ["tuned", "plain"], ["tuned", "plain"],
+                                            "--compare-torch, --study: PyTorch's glibc settings, a child process each "
+                                            "(torch_peer.ALLOCATORS); the faster is compared. One halves the time.")
 _JSON = flags.DEFINE_bool("json", False, "Print JSON instead of tables.")
 _HOST_MALLOC = flags.DEFINE_enum("host_malloc", "tuned", list(host_memory.SETTINGS),
                                  "kdjax's host allocator, as config speed.host_malloc (kdjax/training/host_memory.py); "
@@ -47,8 +50,8 @@ _CONFIG = config_flags.DEFINE_config_dict("config", study.study_config(), "--stu
                                           lock_config=True)
 
 FLAG_NAMES = ("compare-torch", "profile", "profile_kind", "study", "data_parallel", "batch_size", "image_size",
-              "num_classes", "steps", "repeats", "eval_batch_size", "peak_gflops", "torch_threads", "host_malloc",
-              "json", "config")
+              "num_classes", "steps", "repeats", "eval_batch_size", "peak_gflops", "torch_threads", "torch_allocator",
+              "host_malloc", "json", "config")
 EXAMPLES = [
     "python -m kdjax.tools.benchmark --steps 2 --repeats 3                  # kdjax's steps, fewer rounds",
     "python -m kdjax.tools.benchmark --compare-torch --json > speed.json",
@@ -68,13 +71,13 @@ def measure() -> tuple[dict, object]:
   shapes = (_BATCH.value, _IMAGE.value, _CLASSES.value, _STEPS.value, _REPEATS.value)
   if _COMPARE.value:
     return compare_torch.compare_torch(*shapes, peak_gflops=_PEAK.value, xla_beside=True,
-                                       allocators=("tuned", "plain")), compare_torch.show
+                                       allocators=tuple(_TORCH_ALLOCATORS.value)), compare_torch.show
   if _PROFILE.value:
     return profile.profile(*shapes, kind=_PROFILE_KIND.value), profile.show
   if _MESH.value:
     return data_parallel.data_parallel(*shapes), data_parallel.show
   if _STUDY.value:
-    return study.study(_CONFIG.value, _TORCH_THREADS.value), study.show
+    return study.study(_CONFIG.value, _TORCH_THREADS.value, tuple(_TORCH_ALLOCATORS.value)), study.show
   return plain.plain(*shapes, _EVAL_BATCH.value), plain.show
 
 
