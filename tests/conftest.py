@@ -9,7 +9,11 @@ Most tests compile with XLA's optimisations off (jax_disable_most_optimizations:
 share of the suite's time, takes about half as long); the programs compute the same functions, with float32
 rounding that may differ from an optimised build's. Tests that compare numbers against float64 or published
 references carry the `optimized` mark (module-wide: `pytestmark = pytest.mark.optimized`) and run fully optimised,
-they and the kdjax processes they start. JAX_DISABLE_MOST_OPTIMIZATIONS set by the caller is used as it is.
+they and the kdjax processes they start. Not marked, although they compare with references: modules whose compared
+numbers are computed op by op (nothing jitted: each op is compiled alone, so there is nothing for the optimisations
+to fuse, and its optimised compile costs ~10x: parity/test_ema 23.5 s -> 2.3 s of XLA compile), and
+those that compare two computations of one build in float64 (nets/test_block_conv). JAX_DISABLE_MOST_OPTIMIZATIONS
+set by the caller is used as it is.
 """
 
 import atexit

@@ -9,7 +9,7 @@ from kdjax.nets import models
 from parity import convert
 from parity import reference
 
-pytestmark = pytest.mark.optimized   # float64 / published references
+pytestmark = []   # op by op (nothing jitted): no program for XLA's optimisations to change (tests/conftest.py)
 
 
 def _flax_params(net: str, num_classes: int, image_size: int, seed: int = 0) -> dict:

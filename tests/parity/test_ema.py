@@ -10,7 +10,7 @@ from kdjax.nets import models
 from parity import convert
 from parity import reference
 
-pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.optimized]   # float64 / published references
+pytestmark = [pytest.mark.usefixtures("one_torch_thread")]   # op by op (nothing jitted): no program for XLA's optimisations to change (tests/conftest.py)
 
 IMAGE_SIZE = 16
 ALPHA = 0.9  # a large (1 - alpha) so that every updated tensor visibly changes

@@ -9,7 +9,7 @@ from kdjax.nets import models
 from parity import convert
 from parity import reference
 
-pytestmark = [pytest.mark.usefixtures("highest_matmul_precision"), pytest.mark.optimized]   # float64 / published references
+pytestmark = [pytest.mark.usefixtures("highest_matmul_precision")]   # op by op (nothing jitted): no program for XLA's optimisations to change (tests/conftest.py)
 
 FORWARD_ATOL = 1e-5  # the bound for fp32 on CPU (parity/tolerances.py); measured ~1e-7
 
