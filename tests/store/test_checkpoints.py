@@ -66,10 +66,12 @@ def test_config_differences_ignore_result_neutral_fields():
       'phases (["teacher", "student_ce", "student_kd"] -> ["teacher"])']
 
 
-def test_config_mismatch_stops_with_one_line_and_touches_nothing(tmp_path_factory):
+def test_config_mismatch_stops_with_one_line_and_touches_nothing(tmp_path_factory, kdjax_in_process):
   workdir = support.finished_run(tmp_path_factory)
   before = support.snapshot(workdir)
-  result = support.kdjax([*support.EMA_STUDY, "--config.epochs=4", "--config.kd.temperature=2"], workdir)
+  # In process: the refused command's fresh process, tests/store/test_rundir.py (another run's workdir, exit 2).
+  result = kdjax_in_process(*support.EMA_STUDY, "--config.epochs=4", "--config.kd.temperature=2",
+                            f"--workdir={workdir}", cwd=support.REPO)
   assert result.returncode == 2
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("kdjax: error: workdir ")
