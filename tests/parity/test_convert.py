@@ -9,7 +9,8 @@ from kdjax.nets import models
 from parity import convert
 from parity import reference
 
-pytestmark = []   # op by op (nothing jitted): no program for XLA's optimisations to change (tests/conftest.py)
+# Not `optimized` (tests/conftest.py): computed op by op (nothing jitted), with no program for XLA's
+# optimisations to change.
 
 
 def _flax_params(net: str, num_classes: int, image_size: int, seed: int = 0) -> dict:

@@ -10,7 +10,9 @@ from kdjax.nets import models
 from parity import convert
 from parity import reference
 
-pytestmark = [pytest.mark.usefixtures("one_torch_thread")]   # op by op (nothing jitted): no program for XLA's optimisations to change (tests/conftest.py)
+# Not `optimized` (tests/conftest.py): computed op by op (nothing jitted), with no program for XLA's
+# optimisations to change.
+pytestmark = [pytest.mark.usefixtures("one_torch_thread")]
 
 IMAGE_SIZE = 16
 ALPHA = 0.9  # a large (1 - alpha) so that every updated tensor visibly changes

@@ -15,7 +15,9 @@ from parity import mirror
 from parity import precision
 from parity import reference
 
-pytestmark = [pytest.mark.usefixtures("highest_matmul_precision"), pytest.mark.optimized]   # float64 / published references
+# Not `optimized` (tests/conftest.py): computed op by op (nothing jitted), with no program for XLA's
+# optimisations to change.
+pytestmark = [pytest.mark.usefixtures("highest_matmul_precision")]
 
 
 def _params(net="teacher", size=32, seed=0, init="lecun_normal"):

@@ -9,7 +9,9 @@ from kdjax.nets import models
 from parity import convert
 from parity import reference
 
-pytestmark = [pytest.mark.usefixtures("highest_matmul_precision")]   # op by op (nothing jitted): no program for XLA's optimisations to change (tests/conftest.py)
+# Not `optimized` (tests/conftest.py): computed op by op (nothing jitted), with no program for XLA's
+# optimisations to change.
+pytestmark = [pytest.mark.usefixtures("highest_matmul_precision")]
 
 FORWARD_ATOL = 1e-5  # the bound for fp32 on CPU (parity/tolerances.py); measured ~1e-7
 
