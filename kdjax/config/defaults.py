@@ -18,8 +18,8 @@ def default_config() -> ml_collections.ConfigDict:
   config.num_seeds = 1                  # > 1: the study once per seed seed, seed+1, ... (seeds.py)
   config.epochs = 10                    # per phase (the seed)
   config.batch_size = 64
-  # Evaluation batch. 100 holds ~0.2 GB of XLA buffers on Tiny ImageNet; 500 held 0.4-1.0 GB and grew the
-  # tuned heap epoch by epoch (docs/tiny-imagenet-full.md). oneDNN's logits were the same bits at 64-500 here.
+  # Evaluation batch. 100 holds ~0.2 GB of XLA buffers on Tiny ImageNet; 500 held 0.2-1.0 GB and grew the
+  # tuned heap epoch by epoch (docs/tiny-imagenet-full.md). oneDNN's logits: the same bits at 64-500 on Zen 3.
   config.eval_batch_size = 100
   config.phases = ("teacher", "student_ce", "student_kd")
   config.progress = True                # a progress bar per epoch (on a terminal; else a line every ~30 s)

@@ -66,18 +66,23 @@ def parse(argv: list[str]) -> list[str]:
   return cli.parse_flags(PROG, argv, config_required=False)
 
 
+def _torch_allocators() -> tuple[str, ...]:
+  """--torch_allocator's settings, each once, in the order given."""
+  return tuple(dict.fromkeys(_TORCH_ALLOCATORS.value))
+
+
 def measure() -> tuple[dict, object]:
   """(figures, the function that prints them) of the mode the flags chose."""
   shapes = (_BATCH.value, _IMAGE.value, _CLASSES.value, _STEPS.value, _REPEATS.value)
   if _COMPARE.value:
     return compare_torch.compare_torch(*shapes, peak_gflops=_PEAK.value, xla_beside=True,
-                                       allocators=tuple(_TORCH_ALLOCATORS.value)), compare_torch.show
+                                       allocators=_torch_allocators()), compare_torch.show
   if _PROFILE.value:
     return profile.profile(*shapes, kind=_PROFILE_KIND.value), profile.show
   if _MESH.value:
     return data_parallel.data_parallel(*shapes), data_parallel.show
   if _STUDY.value:
-    return study.study(_CONFIG.value, _TORCH_THREADS.value, tuple(_TORCH_ALLOCATORS.value)), study.show
+    return study.study(_CONFIG.value, _TORCH_THREADS.value, _torch_allocators()), study.show
   return plain.plain(*shapes, _EVAL_BATCH.value), plain.show
 
 
