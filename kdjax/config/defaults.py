@@ -39,7 +39,7 @@ def default_config() -> ml_collections.ConfigDict:
 
   config.model = ml_collections.ConfigDict()
   config.model.activation = "none"      # the seed; or "relu"
-  config.model.init = "pytorch"         # the seed: U(+-1/sqrt(fan_in)); or "lecun_normal"
+  config.model.init = "pytorch"         # the seed: U(+-1/sqrt(fan_in)); or "lecun_normal", "he_normal"
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = "adam"        # "sgd" | "adam" | "adamw"

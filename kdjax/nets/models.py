@@ -11,7 +11,9 @@ choice is kept so that a user can compare (config speed.pool).
 
 `init="pytorch"` reproduces PyTorch's default Conv2d/Linear initialisation (weights and biases from
 U(-1/sqrt(fan_in), +1/sqrt(fan_in)), fan_in = in_channels*kh*kw or in_features), the original's;
-`init="lecun_normal"` is Flax's default (LeCun-normal kernels, zero biases).
+`init="lecun_normal"` is Flax's default (LeCun-normal kernels, zero biases); `init="he_normal"` draws kernels from
+N(0, 2/fan_in) (zero biases), which keeps a ReLU net's second moment E[x^2] constant through its convs:
+E[relu(z)^2] = Var(z)/2 and Var(z) = fan_in * Var(w) * E[x^2].
 """
 
 from typing import Callable, Sequence
@@ -30,7 +32,7 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "none": lambda x: x,
     "relu": nn.relu,
 }
-INITS = ("pytorch", "lecun_normal")
+INITS = ("pytorch", "lecun_normal", "he_normal")
 POOLS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "fast": pooling.max_pool_2x2,
     "reduce_window": lambda x: nn.max_pool(x, window_shape=(2, 2), strides=(2, 2)),
@@ -55,6 +57,8 @@ def _layer_inits(init: str, fan_in: int) -> dict:
     return dict(kernel_init=_pytorch_uniform(fan_in), bias_init=_pytorch_uniform(fan_in))
   if init == "lecun_normal":
     return dict(kernel_init=nn.initializers.lecun_normal(), bias_init=nn.initializers.zeros)
+  if init == "he_normal":
+    return dict(kernel_init=nn.initializers.he_normal(), bias_init=nn.initializers.zeros)
   raise ValueError(f"model.init must be one of {INITS}, got {init!r}")
 
 
@@ -80,7 +84,7 @@ class ConvNet(nn.Module):
     pool_after: 1-based indices of the convs followed by a max-pool.
     num_classes: width of the `fc` head.
     activation: "none" (the seed) or "relu", applied after every conv.
-    init_scheme: config model.init, "pytorch" (the seed) or "lecun_normal".
+    init_scheme: config model.init, "pytorch" (the seed), "lecun_normal" or "he_normal".
     pool: how the 2x2 max-pool is computed, a key of POOLS; "fast" and "reduce_window" give the same
       values and gradients bit for bit, at different speeds. After a conv in oneDNN, "fast" is oneDNN's pool
       (kdjax.nets.onednn_pool: the same bits again).

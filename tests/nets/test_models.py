@@ -48,6 +48,20 @@ def test_lecun_normal_init_has_zero_biases():
   assert np.asarray(params["conv2"]["kernel"]).std() == pytest.approx(1 / np.sqrt(108), rel=0.15)
 
 
+def test_he_normal_keeps_a_relu_nets_second_moment_through_its_convs():
+  """Var(w) = 2/fan_in: a conv + ReLU leaves E[x^2] where it was, so the teacher's 12th conv sees the input's scale;
+  LeCun-normal halves it at every conv (2^-12 after twelve)."""
+  params = models.init_params(models.teacher_net(10, init="he_normal"), jax.random.PRNGKey(0), (16, 16, 3))
+  assert all(np.all(params[layer]["bias"] == 0) for layer in params)
+  assert np.asarray(params["conv2"]["kernel"]).std() == pytest.approx(np.sqrt(2 / 108), rel=0.15)
+  x = jax.random.normal(jax.random.PRNGKey(1), (64, 16, 16, 12))
+  for layer in [f"conv{i}" for i in range(2, 5)]:
+    x = jax.nn.relu(jax.lax.conv_general_dilated(x, params[layer]["kernel"], (1, 1), "SAME",
+                                                 dimension_numbers=("NHWC", "HWIO", "NHWC")))
+  # Interior pixels see 108 inputs; the border (zero padding) fewer, so allow a margin below 1.
+  assert 0.5 < float(jnp.mean(x[:, 4:-4, 4:-4] ** 2)) < 2.0
+
+
 def test_activation_option_changes_the_function():
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 3))
   linear, relu = models.student_net(10), models.student_net(10, activation="relu")
