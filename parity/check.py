@@ -15,6 +15,8 @@ and decides only what holds on any machine (parity/tolerances.py; docs/parity.md
 --floors=false skips the mirrored runs. Exit status 1 when a decided value is past its bound; 2 for bad arguments.
 """
 
+from __future__ import annotations
+
 import sys
 import time
 
@@ -26,9 +28,6 @@ from ml_collections import config_flags
 from kdjax import progress
 from kdjax.cli import exits as cli
 from kdjax.cli import help as help_lib
-from parity import compare
-from parity import harness
-from parity import precision
 
 DTYPE_CHOICES = {"both": ("float32", "float64"), "float32": ("float32",), "float64": ("float64",)}
 
@@ -43,6 +42,9 @@ def check(config, steps: int, student_decay: float, dtypes=("float32", "float64"
   distils from the same teacher as its float32 run (kdjax's teacher trained in the first dtype's teacher phase,
   exact in float64), so that it is the float32 run's reference (compare: "rounding"). floors: float32 also runs
   the mirrored problem (compare: "mirror")."""
+  from parity import compare   # PyTorch and JAX load here: --help and a bad flag answer without them
+  from parity import harness
+  from parity import precision
   precision.set_precision()
   decay = float(config.ema.student_decay) or student_decay
   print(f"parity.check: {steps} steps of {', '.join(config.phases)} in kdjax and PyTorch, in "

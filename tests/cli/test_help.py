@@ -76,3 +76,21 @@ def test_benchmark_study_has_no_developers_data_folder():
   --config.data.manual_dir (empty: the data layer downloads, or says in one line that it cannot)."""
   from kdjax.tools.benchmark import study
   assert study.study_config().data.manual_dir == ""
+
+
+# Entry points whose --help answers before the study's libraries load (kdjax.data, kdjax.cli.inspection and
+# kdjax.tools.benchmark load JAX as they are imported: their package or their flags' defaults need it).
+LIGHT_HELP = ("kdjax.main", "parity.check", "parity.export", "kdjax.cli.interpolation")
+
+
+def test_help_of_the_light_entry_points_loads_neither_jax_nor_pytorch(tmp_path):
+  """One fresh process per entry point, run as `python -m` runs it: --help answers in a fraction of a second
+  (parity.check's took ~4 s of CPU importing PyTorch and JAX for its check before it answered)."""
+  code = ("import runpy, sys\nsys.argv = [sys.argv[1], '--help']\ntry:\n"
+          "  runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)\nexcept SystemExit as stop:\n"
+          "  print(stop.code, sorted(m for m in ('jax', 'torch') if m in sys.modules), file=sys.stderr)\n")
+  env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+  for module in LIGHT_HELP:
+    result = subprocess.run([sys.executable, "-c", code, module], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.stderr.strip() == "0 []", (module, result.stderr[-2000:])
