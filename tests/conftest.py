@@ -124,7 +124,7 @@ def make_config():
 
 @pytest.fixture
 def kdjax_in_process(monkeypatch, capsys):
-  """kdjax_main(*args, cwd=...)'s result for a usage mistake or --show_config, computed in this process
+  """kdjax_main(*args, cwd=...)'s result for a usage mistake, --show_config or a run, computed in this process
   (tests/support/cli.py: kdjax_main_in_process)."""
   from tests.support import cli
   return lambda *args, cwd: cli.kdjax_main_in_process(*args, cwd=cwd, monkeypatch=monkeypatch, capsys=capsys)

@@ -1,8 +1,6 @@
 import json
 import os
 import pathlib
-import subprocess
-import sys
 
 import pytest
 
@@ -42,12 +40,6 @@ def test_defaults_are_valid_and_are_the_seeds():
   assert config.kd.kd_weight == 1.0 and config.kd.ce_weight == 0.0
 
 
-def _run_main(*args, cwd=ROOT):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, "-m", "kdjax.main", *args], cwd=cwd, env=env, capture_output=True,
-                        text=True, timeout=300)
-
-
 def test_cli_bad_value_is_one_line_naming_the_field(tmp_path, kdjax_in_process):
   result = kdjax_in_process("--config", "configs/ema.py", "--workdir", str(tmp_path / "w"),
                             "--config.kd.temperature=-2", cwd=ROOT)
@@ -66,12 +58,14 @@ def test_cli_unwritable_workdir(tmp_path, kdjax_in_process):
   assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_cli_overrides_reach_the_run(tmp_path):
+def test_cli_overrides_reach_the_run(tmp_path, kdjax_in_process):
+  # In process: the command's parse_flags and its run; a fresh process runs one from another folder
+  # (tests/cli/test_main.py::test_a_run_from_another_folder_logs_without_carriage_returns).
   workdir = tmp_path / "w"
-  result = _run_main("--config", "configs/ema.py", "--workdir", str(workdir), "--config.epochs=1",
-                     "--config.phases=('teacher',)", "--config.kd.temperature=2", "--config.data.image_size=16",
-                     "--config.data.max_train_examples=64", "--config.data.max_val_examples=32",
-                     "--config.progress=False")
+  result = kdjax_in_process("--config", "configs/ema.py", "--workdir", str(workdir), "--config.epochs=1",
+                            "--config.phases=('teacher',)", "--config.kd.temperature=2", "--config.data.image_size=16",
+                            "--config.data.max_train_examples=64", "--config.data.max_val_examples=32",
+                            "--config.progress=False", cwd=ROOT)
   assert result.returncode == 0, result.stderr[-2000:]
   config = json.loads((workdir / "config.json").read_text())
   assert config["epochs"] == 1 and config["kd"]["temperature"] == 2.0 and config["phases"] == ["teacher"]

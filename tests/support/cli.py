@@ -37,14 +37,15 @@ def assert_one_line_exit_2(capsys, main, argv, prefix, words):
 
 
 def kdjax_main_in_process(*args, cwd, monkeypatch, capsys) -> subprocess.CompletedProcess:
-  """kdjax_main's result, computed in this process, for a command line that stops before anything runs: a usage
-  mistake (one line, exit 2), --show_config, or a run whose config or workdir is refused (exit 2, nothing written).
+  """kdjax_main's result, computed in this process, for a usage mistake (one line, exit 2), --show_config, a run
+  whose config or workdir is refused (exit 2, nothing written) or a run.
   kdjax.cli.main's parse_flags as app.run calls it, in `cwd`, with sys.argv the command line (ml_collections reads
   the --config.FIELD overrides from there); then its main for --show_config, or for a run what main runs:
-  run_main("kdjax", experiment.train_and_evaluate(config, workdir)), less the process-wide settings main makes
-  first (the heap's tuning, stderr's filters); a run that broke ends this call (exit_now raises SystemExit), not
-  the test's process. For tests whose point is what the command says, not the fresh process around it; each
-  entry point keeps real ones (test_main.py, test_lookup.py, store/test_checkpoints.py). Every flag is reset
+  run_main("kdjax", experiment.train_and_evaluate(config, workdir)) with the run's lines printed to stdout
+  (progress.printing), less the process-wide settings main makes first (the heap's tuning, stderr's filters); a
+  run that broke ends this call (exit_now raises SystemExit), not the test's process. For tests whose point is
+  what the command says or does, not the fresh process around it; each entry point keeps real ones (test_main.py,
+  test_lookup.py, store/test_checkpoints.py). Every flag is reset
   afterwards and the override flags ml_collections defined for this command line are removed, so no value of one
   call is left for the next."""
   from absl import flags
@@ -61,8 +62,11 @@ def kdjax_main_in_process(*args, cwd, monkeypatch, capsys) -> subprocess.Complet
       main_cli.main(rest)
       code = 0
     else:
+      from kdjax import progress
       from kdjax.study import experiment
-      code = exits.run_main("kdjax", lambda: experiment.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir))
+      with progress.printing(sys.stdout):
+        code = exits.run_main("kdjax", lambda: experiment.train_and_evaluate(flags.FLAGS.config,
+                                                                              flags.FLAGS.workdir))
   except SystemExit as stop:
     code = stop.code
   finally:
