@@ -27,7 +27,7 @@ _TINY_TEACHER = ["--config", "kdjax/config/shipped/default.py", "--config.phases
                  "--config.data.max_val_examples=32", "--config.progress=False"]
 
 
-def test_sigterm_is_one_line_saying_how_to_resume_exit_143(tmp_path):
+def test_sigterm_is_one_line_saying_how_to_resume_exit_143(tmp_path, kdjax_in_process):
   import signal
   from tests.support import ckpt as support
   workdir = tmp_path / "run"
@@ -42,7 +42,8 @@ def test_sigterm_is_one_line_saying_how_to_resume_exit_143(tmp_path):
       process.wait(timeout=30)
   assert process.returncode == 143
   assert rest.strip().splitlines() == ["kdjax: terminated (SIGTERM); rerun the same command to resume"]
-  resumed = support.kdjax(_TINY_TEACHER, workdir)
+  # The same command resumes: in process (the stopped run is the fresh process here).
+  resumed = kdjax_in_process(*_TINY_TEACHER, f"--workdir={workdir}", cwd=support.REPO)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert "[teacher] resuming after epoch 1" in resumed.stdout
 
