@@ -249,11 +249,13 @@ def test_full_or_read_only_disk_is_a_clear_error_and_earlier_checkpoints_survive
 
 # Issue 36 (helper H3): a bad teacher.checkpoint is a usage error (exit 2); every corrupt save named, with the way out.
 
-def test_a_bad_teacher_checkpoint_exits_2_as_a_config_value_does(tmp_path):
-  """docs/failures.md: a checkpoint the user names is a value the user gave; a run's own checkpoints are exit 1."""
-  result = support.kdjax(["--config", str(support.REPO / "configs/kd.py"), "--config.phases=('student_kd',)",
-                          f"--config.teacher.checkpoint={tmp_path / 'no_such_run'}", *support.TINY],
-                         tmp_path / "students")
+def test_a_bad_teacher_checkpoint_exits_2_as_a_config_value_does(tmp_path, kdjax_in_process):
+  """docs/failures.md: a checkpoint the user names is a value the user gave; a run's own checkpoints are exit 1.
+  In process: the command's exit 1 in a fresh process is test_truncated_checkpoint_on_resume_..., its exit 2
+  tests/store/test_rundir.py's refused second run."""
+  result = kdjax_in_process("--config", str(support.REPO / "configs/kd.py"), "--config.phases=('student_kd',)",
+                            f"--config.teacher.checkpoint={tmp_path / 'no_such_run'}", *support.TINY,
+                            f"--workdir={tmp_path / 'students'}", cwd=support.REPO)
   assert result.returncode == 2, result.stderr[-3000:]
   assert result.stderr.strip().splitlines() == [
       f"kdjax: error: {tmp_path / 'no_such_run'}: no such file or directory (given as teacher.checkpoint)"]
