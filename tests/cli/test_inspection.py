@@ -3,6 +3,7 @@ one-line errors for paths that are not checkpoints."""
 
 import json
 import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -123,15 +124,17 @@ def test_bad_paths_are_one_line_naming_the_path_and_touch_nothing(tmp_path, tmp_
   assert support.snapshot(tmp_path) == before
 
 
-def test_truncated_arrays_in_the_real_command_give_one_line(tmp_path, tmp_path_factory):
+def test_truncated_arrays_in_the_real_command_give_one_line(tmp_path, tmp_path_factory, capsys):
   workdir = tmp_path / "run"
   shutil.copytree(support.finished_run(tmp_path_factory), workdir)
   step = workdir / "checkpoints" / "teacher" / "3"
   for data in (step / "state").rglob("d/*"):
     data.write_bytes(data.read_bytes()[:10])
-  # The run: the other models shown, this one marked, exit 1; --evaluate of it: nothing to show, exit 2.
-  for argv, code in (([], 1), (["--evaluate", "teacher"], 2)):
-    result = support.kdjax([str(workdir), *argv], None, module="kdjax.cli.inspection")
+  # The run: the other models shown, this one marked, exit 1 (the command, in a fresh process); --evaluate of it:
+  # nothing to show, exit 2 (its main, in process).
+  command = support.kdjax([str(workdir)], None, module="kdjax.cli.inspection")
+  evaluate = subprocess.CompletedProcess(["--evaluate", "teacher"], *_run(capsys, workdir, "--evaluate", "teacher"))
+  for result, code in ((command, 1), (evaluate, 2)):
     assert result.returncode == code
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert result.stderr.startswith(f"kdjax.cli.inspection: error: {step}: cannot restore")
