@@ -12,14 +12,13 @@ from kdjax.store.rundir import RunDir
 from kdjax.study import experiment
 
 from tests.support import ckpt as support
-from tests.support.runs import ema_run  # noqa: F401 (a fixture)
 from tests.support.runs import WAIT_BEFORE_SAVE
 from tests.support.runs import _one_line
 from tests.support.runs import _stop
 
 
-def test_train_top1_is_logged(ema_run):
-  workdir, _ = ema_run
+def test_train_top1_is_logged(tmp_path_factory):
+  workdir = support.finished_run(tmp_path_factory)   # teacher, student_kd_ema and its EMA-weights and teacher_ema rows
   rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   for row in rows:
     if row["model"] == row["phase"]:
