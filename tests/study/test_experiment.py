@@ -103,10 +103,24 @@ def test_report_md_answers_from_the_numbers(ema_run):
   assert f"{report['models']['teacher_ema']['val_top1']:.2f} %" in text
 
 
-def test_same_config_same_numbers(ema_run, tmp_path):
+@pytest.fixture(scope="module")
+def second_run(tmp_path_factory):
+  """ema_run's config less three phases, run again: (its report, the calls of host_memory.release and
+  Setup.evaluate in order). Both are recorded on their way to the real ones."""
+  calls = []
+  with pytest.MonkeyPatch.context() as patch:
+    release, evaluate = experiment.host_memory.release, experiment.Setup.evaluate
+    patch.setattr(experiment.host_memory, "release", lambda: calls.append("release") or release())
+    patch.setattr(experiment.Setup, "evaluate",
+                  lambda self, net, params: calls.append("evaluate") or evaluate(self, net, params))
+    report = experiment.train_and_evaluate(tiny_config(phases=("teacher", "student_ce"), **{"ema.student_decay": 0.9}),
+                                           tmp_path_factory.mktemp("again"))
+  return report, calls
+
+
+def test_same_config_same_numbers(ema_run, second_run):
   _, report = ema_run
-  again = experiment.train_and_evaluate(
-      tiny_config(phases=("teacher", "student_ce"), **{"ema.student_decay": 0.9}), tmp_path)
+  again, _ = second_run
   for name in ("teacher", "student_ce"):
     assert again["models"][name]["epochs"] == report["models"][name]["epochs"]
 
@@ -158,16 +172,10 @@ def test_phases_run_in_dependency_order(tmp_path, monkeypatch, capsys):
   assert "kdjax: note: phases run in dependency order: teacher, student_kd" in capsys.readouterr().out
 
 
-def test_each_evaluation_starts_on_a_trimmed_heap(tmp_path, monkeypatch):
+def test_each_evaluation_starts_on_a_trimmed_heap(second_run):
   """The heap's free pages go back (host_memory.release) before every epoch's evaluation, not only before each
   phase: the evaluation's buffers then never stack on the epoch's freed step buffers (docs/tiny-imagenet-full.md)."""
-  calls = []
-  monkeypatch.setattr(experiment.host_memory, "release", lambda: calls.append("release"))
-  evaluate = experiment.Setup.evaluate
-  monkeypatch.setattr(experiment.Setup, "evaluate",
-                      lambda self, net, params: calls.append("evaluate") or evaluate(self, net, params))
-  experiment.train_and_evaluate(tiny_config(phases=("teacher", "student_ce"), **{"ema.student_decay": 0.9}),
-                                tmp_path)
+  _, calls = second_run
   # Between two releases: the evaluations of one epoch (teacher: 1 net; student_ce: the student and its EMA).
   assert [len(group) for group in "".join("|" if call == "release" else "e" for call in calls).split("|")
           if group] == [1, 1, 2, 2], calls
