@@ -14,7 +14,6 @@ naming it); 1 a checkpoint that cannot be read.
 
 import sys
 
-from absl import app
 from absl import flags
 from absl import logging
 
@@ -31,10 +30,31 @@ def _split(text: str) -> list[str]:
   return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def main(argv) -> None:
-  if len(argv) > 1:
-    cli.usage_error(PROG, f"unexpected argument {argv[1]!r}; the workdir is --workdir=WORKDIR (see --help)")
-  if not _WORKDIR.value:
+def define_flags(values: flags.FlagValues) -> None:
+  """The tool's flags, defined in `values` (its own FlagValues: exits.flag_values), not on import, so that tests
+  can import this module beside other CLIs and call main more than once."""
+  flags.DEFINE_string("workdir", None, "A finished study's workdir (one seed, or several in seed_<s>/).",
+                      flag_values=values)
+  flags.DEFINE_string("weights", DEFAULT_WEIGHTS, "The grid of w, the student's share of each paired tensor: "
+                      "comma-separated values in [0, 1].", flag_values=values)
+  flags.DEFINE_string("students", DEFAULT_STUDENTS, "Where the student's weights come from, comma-separated: "
+                      "student_kd, student_ce (trained), initial (the seed's initial weights, rebuilt).",
+                      flag_values=values)
+  flags.DEFINE_bool("overwrite", False, "Replace existing interpolation.{json,md,png} in the workdir.",
+                    flag_values=values)
+
+
+def main(argv=None) -> int:
+  """`python -m kdjax.cli.interpolation --workdir WORKDIR [flags]`; argv without the program (default:
+  sys.argv[1:]). Returns the exit code (kdjax.cli.exits); a usage mistake exits 2 (SystemExit)."""
+  argv = [f"python -m {PROG}", *(sys.argv[1:] if argv is None else argv)]
+  values = cli.flag_values(define_flags)
+  help_lib.answer(argv, __doc__, FLAG_NAMES, EXAMPLES, values)
+  rest = cli.parse_flags(PROG, argv, config_flag=None, values=values)
+  if len(rest) > 1:
+    cli.usage_error(PROG, f"unexpected argument {rest[1]!r}; the workdir is --workdir=WORKDIR (see --help)")
+  workdir = values.workdir
+  if not workdir:
     cli.usage_error(PROG, "--workdir is required: a finished study's workdir (see --help)")
   logging.set_verbosity(logging.ERROR)   # Orbax warns about what a one-line error says anyway
   cli.quiet_stderr()
@@ -45,13 +65,13 @@ def main(argv) -> None:
     from kdjax.store.rundir import RunDir
     from kdjax.study import interpolation
     try:
-      weights = interpolation.check_weights(_split(_WEIGHTS.value))
-      sources = interpolation.check_sources(_split(_STUDENTS.value))
-      interpolation.seed_runs(_WORKDIR.value)   # a workdir (its config.json) before RunDir would create the folder
-      json_path, md_path, png_path = interpolation.output_paths(_WORKDIR.value, _OVERWRITE.value)
-      run_dir = RunDir(_WORKDIR.value)
+      weights = interpolation.check_weights(_split(values.weights))
+      sources = interpolation.check_sources(_split(values.students))
+      interpolation.seed_runs(workdir)   # a workdir (its config.json) before RunDir would create the folder
+      json_path, md_path, png_path = interpolation.output_paths(workdir, values.overwrite)
+      run_dir = RunDir(workdir)
       with run_dir.locked(shared=True):   # no study writes the workdir meanwhile (a running one: one line, exit 2)
-        result = interpolation.run(_WORKDIR.value, weights, sources)
+        result = interpolation.run(workdir, weights, sources)
         run_dir.write_json(json_path.name, result)
         report_lib.plot(result, png_path)
         text.append(report_lib.markdown(result))
@@ -62,21 +82,9 @@ def main(argv) -> None:
   with progress.printing(sys.stderr):
     code = cli.run_main(PROG, body)
   if code:
-    sys.exit(code)
+    return code
   print(text[-1], flush=True)
-
-
-def run() -> None:
-  """The program: its flags are defined here, not on import, so tests can import this module beside other CLIs."""
-  global _WORKDIR, _WEIGHTS, _STUDENTS, _OVERWRITE
-  _WORKDIR = flags.DEFINE_string("workdir", None, "A finished study's workdir (one seed, or several in seed_<s>/).")
-  _WEIGHTS = flags.DEFINE_string("weights", DEFAULT_WEIGHTS, "The grid of w, the student's share of each paired "
-                                 "tensor: comma-separated values in [0, 1].")
-  _STUDENTS = flags.DEFINE_string("students", DEFAULT_STUDENTS, "Where the student's weights come from, "
-                                  "comma-separated: student_kd, student_ce (trained), initial (the seed's initial "
-                                  "weights, rebuilt).")
-  _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace existing interpolation.{json,md,png} in the workdir.")
-  app.run(main, flags_parser=parse_flags)
+  return cli.OK
 
 
 EXAMPLES = [
@@ -84,12 +92,8 @@ EXAMPLES = [
     "python -m kdjax.cli.interpolation --workdir runs/ema --weights=0,0.1,0.2 --students=student_kd --overwrite",
 ]
 
-
-def parse_flags(argv: list[str]) -> list[str]:
-  """--help and --helpfull first (kdjax.cli.help, exit 0), then kdjax's flag parsing (a mistake: exit 2)."""
-  help_lib.answer(argv, __doc__, ("workdir", "weights", "students", "overwrite"), EXAMPLES)
-  return cli.parse_flags(PROG, argv, config_flag=None)
+FLAG_NAMES = ("workdir", "weights", "students", "overwrite")
 
 
 if __name__ == "__main__":
-  run()
+  cli.exit_now(main())

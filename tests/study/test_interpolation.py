@@ -4,9 +4,11 @@ python -m kdjax.cli.interpolation), on the suite's one finished tiny EMA run (te
 
 import json
 import shutil
+import subprocess
 
 import pytest
 
+from kdjax.cli import interpolation as interpolation_cli
 from kdjax.study import interpolation
 from kdjax.training import ema
 
@@ -17,6 +19,17 @@ PROG = "kdjax.cli.interpolation"
 
 def _command(args, tmp_path_factory):
   return support.kdjax(args, None, cache_dir=support.compile_cache(tmp_path_factory), module=PROG)
+
+
+def _in_process(args, capsys) -> subprocess.CompletedProcess:
+  """The command's main in this process (a usage mistake ends it with SystemExit, as it ends the program)."""
+  capsys.readouterr()
+  try:
+    code = interpolation_cli.main(args)
+  except SystemExit as stop:
+    code = stop.code
+  out, err = capsys.readouterr()
+  return subprocess.CompletedProcess(args, code, out, err)
 
 
 def _one_line(result) -> str:
@@ -44,7 +57,7 @@ def test_w0_is_the_teacher_exactly_and_the_dynamic_ema_is_set_beside_it(tmp_path
     assert (row["probe_top1"], row["top1"]) == (point["probe_teacher_top1"], point["teacher_top1"])
 
 
-def test_the_command_writes_json_md_png_and_refuses_to_overwrite(tmp_path, tmp_path_factory):
+def test_the_command_writes_json_md_png_and_refuses_to_overwrite(tmp_path, tmp_path_factory, capsys):
   run = support.copy_of_finished_run(tmp_path, tmp_path_factory)
   args = [f"--workdir={run}", "--weights=0,0.3,1", "--students=initial"]
   result = _command(args, tmp_path_factory)
@@ -57,18 +70,20 @@ def test_the_command_writes_json_md_png_and_refuses_to_overwrite(tmp_path, tmp_p
   assert "| step k | epoch | w |" in text   # the dynamic EMA's points
   assert (run / "interpolation.png").stat().st_size > 10_000
   before = (run / "interpolation.json").read_bytes()
-  again = _command(args, tmp_path_factory)
+  again = _in_process(args, capsys)   # the command's main (the run above is its fresh process)
   assert f"{run / 'interpolation.json'}: exists; --overwrite replaces it" in _one_line(again)
   assert (run / "interpolation.json").read_bytes() == before
   assert interpolation.output_paths(run, overwrite=True)[0] == run / "interpolation.json"
 
 
-def test_a_bad_flag_and_a_missing_workdir_are_one_line_exit_2(tmp_path, tmp_path_factory):
+def test_a_bad_flag_and_a_missing_workdir_are_one_line_exit_2(tmp_path, tmp_path_factory, capsys):
   run = support.finished_run(tmp_path_factory)
   assert "--weights: '1.5' is outside [0, 1]" in _one_line(
-      _command([f"--workdir={run}", "--weights=0,1.5"], tmp_path_factory))
+      _in_process([f"--workdir={run}", "--weights=0,1.5"], capsys))
   assert f"{tmp_path / 'nowhere'}: no such workdir" in _one_line(
-      _command([f"--workdir={tmp_path / 'nowhere'}"], tmp_path_factory))
+      _in_process([f"--workdir={tmp_path / 'nowhere'}"], capsys))
+  assert "--workdir is required" in _one_line(_in_process([], capsys))
+  assert "unexpected argument 'extra'" in _one_line(_in_process([f"--workdir={run}", "extra"], capsys))
   assert not (tmp_path / "nowhere").exists() and not (run / "interpolation.json").exists()
 
 
