@@ -15,7 +15,6 @@ import time
 
 import numpy as np
 
-from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
@@ -62,8 +61,24 @@ def format_text(summary: dict) -> str:
   return "\n".join(lines)
 
 
-def main(argv):
-  if len(argv) != 2 or argv[1] not in COMMANDS:
+def define_flags(values: flags.FlagValues, argv: list[str]) -> None:
+  """The tool's flags, defined in `values` (its own FlagValues: exits.flag_values), not on import, so that tests
+  can import this module beside other CLIs and call main more than once; the config's --config.FIELD overrides
+  are read from `argv` (ml_collections defines a flag for each)."""
+  config_flags.DEFINE_config_file("config", None, "A shipped config (ema.py, ema, configs/ema.py) or a config "
+                                  "file's path: its data.* fields name the set.", flag_values=values,
+                                  lock_config=True, sys_argv=argv)
+  flags.DEFINE_bool("json", False, "Print one JSON object (its keys above) instead of text.", flag_values=values)
+
+
+def main(argv=None) -> int:
+  """`python -m kdjax.data info --config NAME_OR_FILE [--json]`; argv without the program (default: sys.argv[1:]).
+  Returns the exit code (kdjax.cli.exits); a usage mistake exits 2 (SystemExit)."""
+  argv = [f"python -m {PROG}", *(sys.argv[1:] if argv is None else argv)]
+  values = cli.flag_values(lambda values: define_flags(values, argv))
+  help_lib.answer(argv, __doc__, ("config", "json"), EXAMPLES, values)
+  rest = cli.parse_flags(PROG, argv, values=values)
+  if len(rest) != 2 or rest[1] not in COMMANDS:
     cli.usage_error(PROG, f"usage: python -m kdjax.data {{{'|'.join(COMMANDS)}}} --config NAME_OR_FILE [--json]")
   logging.set_verbosity(logging.WARNING)
   summary = {}
@@ -71,21 +86,12 @@ def main(argv):
   def body():
     # TFDS prints its progress on stdout, and kdjax's lines (read times, warnings) go to stderr: stdout is the answer
     with contextlib.redirect_stdout(sys.stderr), progress.printing(sys.stderr):
-      summary.update(info(_CONFIG.value))
+      summary.update(info(values.config))
   code = cli.run_main(PROG, body)
   if code:
-    sys.exit(code)
-  print(json.dumps(summary, indent=2) if _JSON.value else format_text(summary))
-
-
-def run() -> None:
-  """The program: its flags are defined here, not on import, so tests can import this module beside other CLIs."""
-  global _CONFIG, _JSON
-  _CONFIG = config_flags.DEFINE_config_file("config", None, "A shipped config (ema.py, ema, configs/ema.py) or a "
-                                            "config file's path: its data.* fields name the set.",
-                                            lock_config=True)
-  _JSON = flags.DEFINE_bool("json", False, "Print one JSON object (its keys above) instead of text.")
-  app.run(main, flags_parser=parse_flags)
+    return code
+  print(json.dumps(summary, indent=2) if values.json else format_text(summary))
+  return cli.OK
 
 
 EXAMPLES = [
@@ -95,11 +101,5 @@ EXAMPLES = [
 ]
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-  """--help and --helpfull first (kdjax.cli.help, exit 0), then kdjax's flag parsing (a mistake: exit 2)."""
-  help_lib.answer(argv, __doc__, ("config", "json"), EXAMPLES)
-  return cli.parse_flags(PROG, argv)
-
-
 if __name__ == "__main__":
-  run()
+  sys.exit(main())

@@ -96,4 +96,4 @@ FLAG_NAMES = ("workdir", "weights", "students", "overwrite")
 
 
 if __name__ == "__main__":
-  cli.exit_now(main())
+  sys.exit(main())

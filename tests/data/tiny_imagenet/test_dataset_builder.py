@@ -228,13 +228,13 @@ def test_info_summary_and_cli_json(tmp_path):
   assert "train" in text and "64x64x3 uint8" in text and "per class 4..4" in text
 
 
-def test_info_bad_manual_dir_is_one_line(tmp_path):
-  args = ["--config", str(REPO / "configs" / "ema.py"), "--config.data.name=tiny_imagenet",
+def test_info_bad_manual_dir_is_one_line(tmp_path, capsys):
+  """The command's main in process (test_info_summary_and_cli_json runs it in a fresh one)."""
+  args = ["info", "--config", str(REPO / "configs" / "ema.py"), "--config.data.name=tiny_imagenet",
           f"--config.data.manual_dir={tmp_path / 'nowhere'}", f"--config.data.data_dir={tmp_path / 'tfds'}"]
-  result = subprocess.run([sys.executable, "-m", "kdjax.data", "info", *args], capture_output=True, text=True,
-                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
-  assert result.returncode == 2
-  assert result.stderr.strip() == f"kdjax.data: error: data.manual_dir: {tmp_path / 'nowhere'} does not exist"
+  assert data_cli.main(args) == 2
+  assert capsys.readouterr().err.strip() == (f"kdjax.data: error: data.manual_dir: {tmp_path / 'nowhere'} does "
+                                             f"not exist")
 
 
 @pytest.mark.slow   # prepares the real 21,000-image archive into TFDS (decodes every JPEG): ~12 s on 2 cores

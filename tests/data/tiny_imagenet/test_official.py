@@ -112,15 +112,28 @@ def test_prepared_without_wnids_says_so(tmp_path, caplog, fake_official):
   assert tiny_imagenet.class_list_warning(builder).startswith(f"tiny_imagenet: {MARK}: 200 classes, wnids not recorded")
 
 
-def run_info(manual_dir, data_dir):
-  args = ["--config", str(REPO / "configs" / "ema.py"), "--config.data.name=tiny_imagenet",
+def info_args(manual_dir, data_dir) -> list[str]:
+  return ["info", "--config", str(REPO / "configs" / "ema.py"), "--config.data.name=tiny_imagenet",
           f"--config.data.manual_dir={manual_dir}", f"--config.data.data_dir={data_dir}"]
-  return subprocess.run([sys.executable, "-m", "kdjax.data", "info", *args], capture_output=True, text=True,
-                        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+
+
+def run_info(manual_dir, data_dir):
+  return subprocess.run([sys.executable, "-m", "kdjax.data", *info_args(manual_dir, data_dir)], capture_output=True,
+                        text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+
+
+def info_in_process(manual_dir, data_dir, capsys) -> subprocess.CompletedProcess:
+  """run_info's result from the command's main in this process."""
+  from kdjax.cli import data_info
+  args = info_args(manual_dir, data_dir)
+  capsys.readouterr()
+  code = data_info.main(args)
+  out, err = capsys.readouterr()
+  return subprocess.CompletedProcess(args, code, out, err)
 
 
 @needs_dev_zip
-def test_info_cli_one_line_for_202_none_for_official(tmp_path):
+def test_info_cli_one_line_for_202_none_for_official(tmp_path, capsys):
   wnids = tuple(official_wnids())
   write_folder(tmp_path / "copy202", layout(wnids + EXTRA))
   write_folder(tmp_path / "copy200", layout(wnids))
@@ -131,6 +144,6 @@ def test_info_cli_one_line_for_202_none_for_official(tmp_path):
   assert len(lines) == 1 and lines[0].endswith(
       f"202 classes: the official 200 wnids (labels 0-199) plus 2 more (n02480855, n10148035); "
       f"prepared in {tmp_path}/tfds202/tiny_imagenet/1.1.0")
-  result = run_info(tmp_path / "copy200", tmp_path / "tfds200")
+  result = info_in_process(tmp_path / "copy200", tmp_path / "tfds200", capsys)   # the command, in process
   assert result.returncode == 0, result.stderr
   assert result.stdout.startswith("tiny_imagenet: 200 classes") and MARK not in result.stderr
