@@ -21,9 +21,9 @@ def test_helpfull_and_help(tmp_path):
   assert len(rows) == 1 and rows[0].startswith("  ema_sweep.py ")   # not "ema_sweep.pyThe seed's ..."
 
 
-def test_show_config_refuses_an_invalid_value_in_one_line(tmp_path):
-  from tests.support.cli import kdjax_main
-  result = kdjax_main("--config", "kd.py", "--show_config", "--config.kd.temperature=-1", cwd=tmp_path)
+def test_show_config_refuses_an_invalid_value_in_one_line(tmp_path, kdjax_in_process):
+  # In process: --show_config's fresh process is tests/config/test_lookup.py's, from another folder.
+  result = kdjax_in_process("--config", "kd.py", "--show_config", "--config.kd.temperature=-1", cwd=tmp_path)
   assert result.returncode == 2 and result.stdout == ""
   [line] = result.stderr.strip().splitlines()
   assert line.startswith("kdjax: error: ") and "kd.temperature" in line
