@@ -188,3 +188,11 @@ def test_every_exit_code_row_names_a_test():
     assert named, row
     for file, test in named:
       assert re.search(rf"^def {test}\(", (ROOT / "tests" / file).read_text(), re.MULTILINE), f"{file}::{test}"
+
+
+def test_every_dated_record_is_in_the_log_index():
+  """docs/log/README.md lists every dated file of docs/log/ (a reader finds a record from the index)."""
+  log = ROOT / "docs" / "log"
+  index = (log / "README.md").read_text()
+  missing = [path.name for path in sorted(log.glob("*.md")) if path.name != "README.md" and f"({path.name})" not in index]
+  assert not missing, f"not in docs/log/README.md: {missing}"
