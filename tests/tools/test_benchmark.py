@@ -136,14 +136,27 @@ def _cli(*args):
                         env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=120)
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--batch_size=0"], "batch_size"),
-    (["--profile", "--study"], "choose one of"),
-    (["--image_size=40"], "multiple of 16"),
-    (["--study", "--config.data.name=imagenet21k"], "data.name"),
+def _cli_in_process(capsys, *args):
+  """_cli's result from the command's main in this process (a usage mistake ends it with SystemExit)."""
+  from kdjax.tools.benchmark import __main__ as command
+  capsys.readouterr()
+  try:
+    code = command.main(list(args))
+  except SystemExit as stop:
+    code = stop.code
+  out, err = capsys.readouterr()
+  return subprocess.CompletedProcess(args, code, out, err)
+
+
+@pytest.mark.parametrize("args,message,fresh", [
+    (["--batch_size=0"], "batch_size", True),   # the command's fresh process; the others its main, in process
+    (["--profile", "--study"], "choose one of", False),
+    (["--image_size=40"], "multiple of 16", False),
+    (["--study", "--config.data.name=imagenet21k"], "data.name", False),
+    (["extra"], "unexpected arguments: extra", False),
 ])
-def test_bad_cli_input_is_one_line_and_exit_2(args, message):
-  result = _cli(*args)
+def test_bad_cli_input_is_one_line_and_exit_2(capsys, args, message, fresh):
+  result = _cli(*args) if fresh else _cli_in_process(capsys, *args)
   assert result.returncode == 2
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("kdjax.tools.benchmark: error:") and message in lines[0]
