@@ -13,8 +13,6 @@ from kdjax.store import checkpoints as ckpt_lib
 
 from tests.support import ckpt as support
 from tests.support import cli
-from tests.support.runs import finished_teacher  # noqa: F401 (a fixture)
-from tests.support.runs import _copy
 from tests.support.runs import _one_line
 
 TEACHER_ORDER = [f"{layer}.{name}" for layer in [f"conv{i}" for i in range(1, 13)] + ["fc"]
@@ -141,9 +139,9 @@ def test_truncated_arrays_in_the_real_command_give_one_line(tmp_path, tmp_path_f
     assert ("== student_kd_ema  (" in result.stdout) == (code == 1)
 
 
-def test_a_truncated_report_is_flagged_by_inspect_and_evaluate(finished_teacher, tmp_path, capsys):
+def test_a_truncated_report_is_flagged_by_inspect_and_evaluate(tmp_path, tmp_path_factory, capsys):
   from kdjax.cli import inspection
-  workdir = _copy(finished_teacher[0], tmp_path)
+  workdir = support.copy_of_finished_run(tmp_path, tmp_path_factory)
   report = workdir / "report.json"
   report.write_text(report.read_text()[:200])
   assert inspection.main([str(workdir)]) == 1
