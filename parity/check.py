@@ -20,7 +20,6 @@ from __future__ import annotations
 import sys
 import time
 
-from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
@@ -111,45 +110,50 @@ EXAMPLES = [
 ]
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-  """kdjax's flag parsing (kdjax.cli.exits): --config by name or path, a bad flag one line and exit 2; --help and
-  --helpfull answered first (kdjax.cli.help), exit 0."""
-  help_lib.answer(argv, __doc__, FLAG_NAMES, EXAMPLES)
-  return cli.parse_flags(PROG, argv)
+def define_flags(values: flags.FlagValues, argv: list[str]) -> None:
+  """The tool's flags, defined in `values` (its own FlagValues: kdjax.cli.exits.flag_values), not on import, so
+  that tests can import this module beside other CLIs and call main more than once; --config.FIELD overrides are
+  read from `argv` (ml_collections defines a flag for each)."""
+  config_flags.DEFINE_config_file("config", None, "A shipped config (ema.py, ema, configs/ema.py) or a config file's "
+                                  "path.", flag_values=values, lock_config=True, sys_argv=argv)
+  flags.DEFINE_integer("steps", 20, "Training steps per phase, in each framework.", flag_values=values)
+  flags.DEFINE_float("student_decay", 0.99, "The student-weights EMA decay checked when the config's "
+                     "ema.student_decay is 0.", flag_values=values)
+  flags.DEFINE_enum("dtype", "both", list(DTYPE_CHOICES),
+                    "float64 decides semantics; float32 is measured against its noise floor; both: both.",
+                    flag_values=values)
+  flags.DEFINE_bool("floors", True, "float32: also run each framework on the mirrored problem (a per-op rounding "
+                    "model, reported beside the rounding measured against float64).", flag_values=values)
+  flags.mark_flags_as_required(["config"], flag_values=values)
 
 
-def main(argv):
-  if len(argv) > 1:
-    _usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
+def main(argv=None) -> int:
+  """`python -m parity.check --config NAME_OR_FILE [flags]`; argv without the program (default: sys.argv[1:]).
+  kdjax's flag parsing (kdjax.cli.exits): --config by name or path, a bad flag one line and exit 2 (SystemExit);
+  --help and --helpfull answered first (kdjax.cli.help), exit 0. Returns the exit code."""
+  argv = [f"python -m {PROG}", *(sys.argv[1:] if argv is None else argv)]
+  values = cli.flag_values(lambda values: define_flags(values, argv))
+  help_lib.answer(argv, __doc__, FLAG_NAMES, EXAMPLES, values)
+  rest = cli.parse_flags(PROG, argv, values=values)
+  if len(rest) > 1:
+    _usage_error(f"unexpected arguments: {' '.join(rest[1:])}")
   logging.set_verbosity(logging.WARNING)
-  if _STEPS.value < 1:
-    _usage_error(f"--steps must be >= 1, got {_STEPS.value}")
-  if not 0 <= _STUDENT_DECAY.value < 1:
-    _usage_error(f"--student_decay must be in [0, 1), got {_STUDENT_DECAY.value}")
+  if values.steps < 1:
+    _usage_error(f"--steps must be >= 1, got {values.steps}")
+  if not 0 <= values.student_decay < 1:
+    _usage_error(f"--student_decay must be in [0, 1), got {values.student_decay}")
   try:
-    config = _CONFIG.value
+    config = values.config
     config.phases  # config_flags reports a config file it could not load only when the config is first used
   except OSError:
-    _usage_error(f"cannot load config file {flags.FLAGS['config'].config_filename!r}")
+    _usage_error(f"cannot load config file {values['config'].config_filename!r}")
 
   def body() -> int:   # a bad config value or data path: 2 (kdjax.cli.exits); a decided value past its bound: 1
     with progress.printing(sys.stdout):   # what each framework is doing, and its step counter, as it runs
-      rows = check(config, _STEPS.value, _STUDENT_DECAY.value, DTYPE_CHOICES[_DTYPE.value], _FLOORS.value)
+      rows = check(config, values.steps, values.student_decay, DTYPE_CHOICES[values.dtype], values.floors)
     return cli.OK if all(row.ok for row in rows) else cli.BROKE
-  sys.exit(cli.run_main(PROG, body, resumable=False))
+  return cli.run_main(PROG, body, resumable=False)
 
 
 if __name__ == "__main__":
-  # Flags are defined only when run as a program, so tests can import this module beside other CLIs.
-  _CONFIG = config_flags.DEFINE_config_file("config", None, "A shipped config (ema.py, ema, configs/ema.py) or a "
-                                            "config file's path.",
-                                            lock_config=True)
-  _STEPS = flags.DEFINE_integer("steps", 20, "Training steps per phase, in each framework.")
-  _STUDENT_DECAY = flags.DEFINE_float(
-      "student_decay", 0.99, "The student-weights EMA decay checked when the config's ema.student_decay is 0.")
-  _DTYPE = flags.DEFINE_enum("dtype", "both", list(DTYPE_CHOICES),
-                             "float64 decides semantics; float32 is measured against its noise floor; both: both.")
-  _FLOORS = flags.DEFINE_bool("floors", True, "float32: also run each framework on the mirrored problem (a "
-                              "per-op rounding model, reported beside the rounding measured against float64).")
-  flags.mark_flags_as_required(["config"])
-  app.run(main, flags_parser=parse_flags)
+  sys.exit(main())

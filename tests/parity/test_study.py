@@ -81,15 +81,22 @@ def test_check_fails_past_the_tolerances(monkeypatch):
   assert not rows[0].ok and "FAIL float64 teacher" in out.getvalue()
 
 
-@pytest.mark.parametrize("arguments,message", [
-    (["--config.kd.temperature=-1"], "kd.temperature"),
-    (["--dtype=float16"], "flag --dtype=float16"),
-    (["--steps=0"], "--steps must be >= 1"),
-    (["extra"], "unexpected arguments: extra"),
+@pytest.mark.parametrize("arguments,message,fresh", [
+    (["--config.kd.temperature=-1"], "kd.temperature", False),   # its main in process: PyTorch is loaded by then
+    (["--dtype=float16"], "flag --dtype=float16", True),          # the others in the command's fresh process
+    (["--steps=0"], "--steps must be >= 1", True),
+    (["extra"], "unexpected arguments: extra", True),
 ])
-def test_check_command_line_errors(arguments, message):
-  done = subprocess.run([sys.executable, "-m", "parity.check", "--config", "configs/ema.py", "--steps", "2",
-                         *arguments], cwd=ROOT, capture_output=True, text=True, timeout=300)
+def test_check_command_line_errors(arguments, message, fresh, monkeypatch, capsys):
+  args = ["--config", "configs/ema.py", "--steps", "2", *arguments]
+  if fresh:
+    done = subprocess.run([sys.executable, "-m", "parity.check", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+  else:
+    monkeypatch.chdir(ROOT)
+    capsys.readouterr()
+    code = check.main(args)
+    done = subprocess.CompletedProcess(args, code, *capsys.readouterr())
   assert done.returncode == 2
   lines = done.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("parity.check: error: ") and message in lines[0], done.stderr
