@@ -19,7 +19,6 @@ from kdjax.study import experiment
 from kdjax.study import resume as study_resume
 from kdjax.study.builder import Setup
 
-from tests.conftest import tiny_config
 from tests.support import ckpt as support
 from tests.support.runs import _assert_resumed_equals_uninterrupted
 from tests.support.runs import _teacher_only
@@ -214,20 +213,19 @@ def test_a_workdir_with_a_non_finite_recorded_metric_is_explained_on_rerun(tmp_p
   assert "diverged" in message and "\n" not in message
 
 
-def test_a_corrupt_teacher_ema_save_is_named_and_rewritten_from_the_phases_own_save(tmp_path, caplog):
-  from tests.support import ckpt as support
-  from kdjax.store import checkpoints as ckpt_lib
-  config = tiny_config(**{"phases": ("teacher", "student_kd_ema"), "epochs": 1})
-  first = experiment.train_and_evaluate(config, tmp_path)
-  step = tmp_path / "checkpoints" / "teacher_ema" / "1"
+def test_a_corrupt_teacher_ema_save_is_named_and_rewritten_from_the_phases_own_save(tmp_path, tmp_path_factory,
+                                                                                    caplog):
+  workdir = support.copy_of_finished_run(tmp_path, tmp_path_factory)
+  first = support.read_report(workdir)
+  step = workdir / "checkpoints" / "teacher_ema" / "3"
   message = support.corrupt_an_array(step)
   with caplog.at_level("WARNING", logger="kdjax"):
-    again = experiment.train_and_evaluate(config, tmp_path)
+    again = experiment.train_and_evaluate(support.study_config(), workdir)
   warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"
               and support.CHANCE_CAUTION not in record.getMessage()]   # the tiny teacher's, not the save's
   assert len(warnings) == 1 and warnings[0].startswith(message) and f"rewriting {step}" in warnings[0]
   assert again["models"]["teacher_ema"]["val_loss"] == first["models"]["teacher_ema"]["val_loss"]
-  tree, meta, _ = ckpt_lib.ModelCheckpoints(step.parent, read_only=True).restore(1)   # intact again
+  tree, meta, _ = ckpt_lib.ModelCheckpoints(step.parent, read_only=True).restore(3)   # intact again
   assert meta["model"] == "teacher_ema" and meta["finished"]
 
 
