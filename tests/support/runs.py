@@ -1,5 +1,5 @@
 """Helpers of the tests that run a tiny study in process or as `python -m kdjax.main` and stop,
-break or resume it: tiny configs, a finished teacher-only run, the 'wait before a save' script."""
+break or resume it: tiny configs, a finished tiny EMA run (ema_run), the 'wait before a save' script."""
 
 import collections
 import subprocess
@@ -29,21 +29,6 @@ def _nan_validation_loss(monkeypatch):
     return dict(metrics, val_loss=float("nan")), logits
 
   monkeypatch.setattr(Setup, "evaluate", diverged)
-
-
-@pytest.fixture(scope="module")
-def finished_teacher(tmp_path_factory):
-  """A finished 1-epoch teacher-only run (tiny): (workdir, config, report)."""
-  workdir = tmp_path_factory.mktemp("teacher_run")
-  config = _teacher_only()
-  return workdir, config, experiment.train_and_evaluate(config, workdir)
-
-
-def _copy(workdir, tmp_path):
-  import shutil
-  copy = tmp_path / "run"
-  shutil.copytree(workdir, copy)
-  return copy
 
 
 @pytest.fixture(scope="module")
