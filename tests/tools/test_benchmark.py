@@ -47,8 +47,34 @@ def test_data_parallel_mode_on_one_device_times_the_single_device_feed():
     assert figures["results"][kind]["device_gather"]["images_per_second"] > 0
 
 
-def test_compare_torch_rows_hold_every_variant_and_ratios_to_the_faster_torch(one_torch_thread):
+@pytest.fixture(scope="module")
+def tuned_peer():
+  """The module's PyTorch child with the tuned allocator (torch_peer.Peer: python -m parity.torch_child), started
+  once for the tests that step and time in it."""
+  peer = torch_peer.Peer("tuned")
+  yield peer
+  peer.close()
+
+
+class _Kept:
+  """`peer` handed to code that closes what it started: its close leaves the child to the module's fixture."""
+
+  def __init__(self, peer):
+    self._peer = peer
+
+  def __getattr__(self, name):
+    return getattr(self._peer, name)
+
+  def close(self):
+    pass
+
+
+def test_compare_torch_rows_hold_every_variant_and_ratios_to_the_faster_torch(one_torch_thread, tuned_peer,
+                                                                              monkeypatch):
+  started = []
+  monkeypatch.setattr(torch_peer, "Peer", lambda allocator: started.append(allocator) or _Kept(tuned_peer))
   figures = compare_torch.compare_torch(**TINY, peak_gflops=100.0, kinds=("student_kd",))
+  assert started == ["tuned"]   # its default: one child, the tuned allocator's
   threads = figures["threads"]
   assert threads["jax"] == timing.core_count() and 1 in threads["torch"]
   row = figures["kinds"]["student_kd"]
@@ -194,23 +220,21 @@ def test_each_mode_is_its_own_module_under_300_lines():
   assert all(size < 300 for size in sizes.values()), sizes
 
 
-def test_the_pytorch_child_steps_on_the_benchmarks_batch_and_times_ops():
+def test_the_pytorch_child_steps_on_the_benchmarks_batch_and_times_ops(tuned_peer):
   """torch_peer starts parity's child (python -m parity.torch_child): its runners step on the very batch kdjax's
   runners do (handed over as a file), and its op timers answer in profile's form."""
   batch = steps.random_batch(4, 16, 10)
   mean, std = steps.normalization(steps.step_config(), batch, 10)
-  peer = torch_peer.Peer("tuned")
-  try:
-    runner = peer.runner("student_kd", batch, mean, std, 10, 1, True, flops_per_image=7)
-    runner.run(2)
-    assert runner.flops_per_image == 7 and runner.compile_seconds is None
-    conv = {"op": "conv weight grad", "shape": (2, 8, 8, 12), "cout": 12, "layers": [2], "flops": 1}
-    assert peer.op_timers(conv, 10, 1, [1])["torch_cl"] > 0
-    forward, backward = peer.op_timers({"op": "pool", "shape": (2, 8, 8, 12), "layers": [3]}, 10, 1, [1])["torch_cl"]
-    assert forward > 0 and backward > 0
-    assert peer.op_timers({"op": "Adam update", "shape": None, "layers": ["all"]}, 10, 1, [1]) == {}
-  finally:
-    peer.close()
+  peer = tuned_peer
+  assert peer.allocator == "tuned" and peer.info["malloc"]   # the child's answer to "info": its allocator's settings
+  runner = peer.runner("student_kd", batch, mean, std, 10, 1, True, flops_per_image=7)
+  runner.run(2)
+  assert runner.flops_per_image == 7 and runner.compile_seconds is None
+  conv = {"op": "conv weight grad", "shape": (2, 8, 8, 12), "cout": 12, "layers": [2], "flops": 1}
+  assert peer.op_timers(conv, 10, 1, [1])["torch_cl"] > 0
+  forward, backward = peer.op_timers({"op": "pool", "shape": (2, 8, 8, 12), "layers": [3]}, 10, 1, [1])["torch_cl"]
+  assert forward > 0 and backward > 0
+  assert peer.op_timers({"op": "Adam update", "shape": None, "layers": ["all"]}, 10, 1, [1]) == {}
 
 
 def test_onednn_threads_refuses_a_bad_kind_in_one_line_exit_2():
