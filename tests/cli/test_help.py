@@ -31,16 +31,45 @@ def run_module(module: str, *args: str, cwd) -> subprocess.CompletedProcess:
                         stderr=subprocess.PIPE, text=True, timeout=120)
 
 
+# Entry points that parse into their own FlagValues (kdjax.cli.exits.flag_values), with the module holding their
+# main(argv). Their --help (docstring, examples, their own flags: nothing of the process) is read from main in this
+# process; --helpfull (absl's listing, headed by the program's path when it runs as __main__) runs as `python -m`
+# runs it, each entry point's fresh process.
+OWN_FLAGS = {"parity.check": "parity.check", "parity.export": "parity.export", "kdjax.data": "kdjax.cli.data_info",
+             "kdjax.cli.inspection": "kdjax.cli.inspection", "kdjax.cli.interpolation": "kdjax.cli.interpolation",
+             "kdjax.tools.benchmark": "kdjax.tools.benchmark.__main__"}
+
+
+def main_in_process(module: str, *args: str, cwd) -> subprocess.CompletedProcess:
+  """run_module's result from the entry point's main(argv) in this process, run in `cwd`."""
+  import contextlib
+  import importlib
+  import io
+  main = importlib.import_module(OWN_FLAGS[module]).main
+  out, err, previous = io.StringIO(), io.StringIO(), os.getcwd()
+  os.chdir(cwd)
+  try:
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+      try:
+        code = main(list(args))
+      except SystemExit as stop:
+        code = stop.code
+  finally:
+    os.chdir(previous)
+  return subprocess.CompletedProcess([module, *args], code, out.getvalue(), err.getvalue())
+
+
 @pytest.fixture(scope="module")
 def help_of(tmp_path_factory):
   """(result, the folder it ran in) of `python -m MODULE FLAG`, run once per module and flag (in an empty folder of
-  its own) for the tests of this module that read it."""
+  its own) for the tests of this module that read it (--help of an OWN_FLAGS entry point: its main, in process)."""
   results = {}
 
   def run(module, flag):
     if (module, flag) not in results:
       folder = tmp_path_factory.mktemp("help")
-      results[module, flag] = run_module(module, flag, cwd=folder), folder
+      in_process = flag == "--help" and module in OWN_FLAGS
+      results[module, flag] = (main_in_process if in_process else run_module)(module, flag, cwd=folder), folder
     return results[module, flag]
   return run
 
