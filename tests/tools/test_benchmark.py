@@ -142,10 +142,14 @@ def test_profile_lists_every_op_of_the_student_step():
   assert [label for label, _ in conv_timings] == ["kdjax", "xla_default"]
 
 
-def test_study_runs_every_phase_in_both_frameworks(one_torch_thread):
+def test_study_runs_every_phase_in_both_frameworks(one_torch_thread, tuned_peer, monkeypatch):
   config = tiny_config(epochs=1, **{"data.max_train_examples": 64, "data.max_val_examples": 32,
                                     "phases": ("teacher", "student_ce", "student_kd", "student_kd_ema")})
+  started, start = [], torch_peer.Peer   # the tuned child is the module's; the plain one is started here
+  monkeypatch.setattr(torch_peer, "Peer", lambda allocator: started.append(allocator) or (
+      _Kept(tuned_peer) if allocator == "tuned" else start(allocator)))
   figures = study.study(config, torch_threads=1)
+  assert started == ["tuned", "plain"]
   assert list(figures["phases"]) == ["teacher", "student_ce", "student_kd", "student_kd_ema"]
   for row in figures["phases"].values():
     assert row["kdjax_train_s"] > 0 and row["torch_train_s"] > 0
