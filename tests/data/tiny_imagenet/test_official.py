@@ -2,10 +2,8 @@
 
 import hashlib
 import logging
-import os
 import pathlib
 import subprocess
-import sys
 import zipfile
 
 import pytest
@@ -117,13 +115,8 @@ def info_args(manual_dir, data_dir) -> list[str]:
           f"--config.data.manual_dir={manual_dir}", f"--config.data.data_dir={data_dir}"]
 
 
-def run_info(manual_dir, data_dir):
-  return subprocess.run([sys.executable, "-m", "kdjax.data", *info_args(manual_dir, data_dir)], capture_output=True,
-                        text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
-
-
 def info_in_process(manual_dir, data_dir, capsys) -> subprocess.CompletedProcess:
-  """run_info's result from the command's main in this process."""
+  """`python -m kdjax.data info ...`'s result, from the command's main in this process."""
   from kdjax.cli import data_info
   args = info_args(manual_dir, data_dir)
   capsys.readouterr()
@@ -137,13 +130,14 @@ def test_info_cli_one_line_for_202_none_for_official(tmp_path, capsys):
   wnids = tuple(official_wnids())
   write_folder(tmp_path / "copy202", layout(wnids + EXTRA))
   write_folder(tmp_path / "copy200", layout(wnids))
-  result = run_info(tmp_path / "copy202", tmp_path / "tfds202")
+  # The command's main in process: its fresh process is test_dataset_builder.py::test_info_summary_and_cli_json.
+  result = info_in_process(tmp_path / "copy202", tmp_path / "tfds202", capsys)
   assert result.returncode == 0, result.stderr
   assert result.stdout.startswith("tiny_imagenet: 202 classes")
   lines = [line for line in result.stderr.splitlines() if MARK in line]
   assert len(lines) == 1 and lines[0].endswith(
       f"202 classes: the official 200 wnids (labels 0-199) plus 2 more (n02480855, n10148035); "
       f"prepared in {tmp_path}/tfds202/tiny_imagenet/1.1.0")
-  result = info_in_process(tmp_path / "copy200", tmp_path / "tfds200", capsys)   # the command, in process
+  result = info_in_process(tmp_path / "copy200", tmp_path / "tfds200", capsys)
   assert result.returncode == 0, result.stderr
   assert result.stdout.startswith("tiny_imagenet: 200 classes") and MARK not in result.stderr
