@@ -34,12 +34,14 @@ def env(cache_dir: pathlib.Path | None = None) -> dict:
   return environment
 
 
-def kdjax(args, workdir, cache_dir=None, module="kdjax.main", timeout=300) -> subprocess.CompletedProcess:
+def kdjax(args, workdir, cache_dir=None, module="kdjax.main", timeout=300,
+          variables=None) -> subprocess.CompletedProcess:
+  """`python -m MODULE ARGS [--workdir=WORKDIR]` in the checkout; variables: environment variables set for it."""
   command = [sys.executable, "-m", module, *args]
   if workdir is not None:
     command.append(f"--workdir={workdir}")
-  return subprocess.run(command, cwd=REPO, env=env(cache_dir), capture_output=True, text=True,
-                        timeout=timeout)
+  return subprocess.run(command, cwd=REPO, env=dict(env(cache_dir), **(variables or {})), capture_output=True,
+                        text=True, timeout=timeout)
 
 
 WAITING = "WAITING BEFORE SAVE"   # what hold_before_save's run prints when it stops to be killed or interrupted
@@ -106,7 +108,11 @@ def finished_run(tmp_path_factory) -> pathlib.Path:
       if not (workdir / "report.json").exists():
         shutil.rmtree(workdir, ignore_errors=True)
         workdir.parent.mkdir(exist_ok=True)
-        result = kdjax(EMA_STUDY, workdir, cache_dir=compile_cache(tmp_path_factory))
+        # At the suite's default XLA setting, whichever module asks first: an `optimized` one would hand its setting
+        # to the process (tests/conftest.py), and the in-process runs compared with this one would differ.
+        from tests import conftest
+        default = {"JAX_DISABLE_MOST_OPTIMIZATIONS": "1" if conftest._UNOPTIMIZED_DEFAULT else "0"}
+        result = kdjax(EMA_STUDY, workdir, cache_dir=compile_cache(tmp_path_factory), variables=default)
         assert result.returncode == 0, result.stderr[-3000:]
     _cache["run"] = workdir
   return _cache["run"]
