@@ -93,11 +93,12 @@ def test_kd_ema_step_uses_pre_step_student_and_pre_update_teacher():
   new_state, metrics = jax.jit(step)(state, batch)
 
   images = batch["image"].astype(jnp.float32) / 255.0
-  # The loss is taken against the teacher's logits *before* its EMA update ...
+  # The loss is taken against the teacher's logits *before* its EMA update ... (the reference jitted: op by op,
+  # every primitive compiled alone took most of this test's time)
   from kdjax.training import losses
-  teacher_logits = teacher.apply({"params": t_params}, images)
-  loss, grads = jax.value_and_grad(
-      lambda p: losses.distill_kl(student.apply({"params": p}, images), teacher_logits, temperature))(s_params)
+  teacher_logits = jax.jit(teacher.apply)({"params": t_params}, images)
+  loss, grads = jax.jit(jax.value_and_grad(
+      lambda p: losses.distill_kl(student.apply({"params": p}, images), teacher_logits, temperature)))(s_params)
   np.testing.assert_allclose(metrics["loss"], loss, rtol=1e-5)
   # ... the teacher moves toward the student's *pre-step* weights ...
   np.testing.assert_allclose(new_state.teacher_params["conv1"]["kernel"],
