@@ -139,6 +139,8 @@ def run_phase(setup: Setup, run: RunDir, phase: str, teacher_params, saved: stor
               facts: run_meta.RunFacts, events: tensorboard.Events) -> PhaseOutcome:
   """Trains `phase` (or continues it after `saved`, or loads it when `saved` is its last epoch)."""
   config, spec = setup.config, phases.phase(phase)
+  if spec.needs_trained_teacher and teacher_params is None:   # fresh_state would hold the initial teacher instead
+    raise RuntimeError(f"phase {phase} distils from the trained teacher, but none was trained or loaded before it")
   host_memory.release()   # what the set-up or the previous phase freed (the reader's, evaluations'): not resident here
   optimizer = setup.optimizer()
   state = setup.fresh_state(phase, optimizer, teacher_params=teacher_params if spec.needs_trained_teacher else None)

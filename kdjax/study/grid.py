@@ -70,8 +70,9 @@ class Unit:
 
   @property
   def only(self) -> tuple[str, ...]:
-    """The phases the unit's run goes through: the ones it trains and, for a variant, the teacher it loads."""
-    return self.trains if self.point == MAIN else ("teacher", *self.trains)
+    """The phases the unit's run goes through: the ones it trains and the teacher, trained or loaded (a variant's
+    from its seed's main unit, a given one from teacher.checkpoint), that its KD phases distil from."""
+    return self.trains if "teacher" in self.trains else ("teacher", *self.trains)
 
 
 def seed_folder(config, workdir, seed: int) -> pathlib.Path:

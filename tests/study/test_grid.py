@@ -244,3 +244,12 @@ def test_task_cores_pins_the_process_before_jax_starts():
   result = subprocess.run([sys.executable, "-c", code], cwd=support.REPO, env=support.env(), capture_output=True,
                           text=True, timeout=120)
   assert result.stdout.split() == ["True", "1", "1", "1"], result.stdout + result.stderr[-2000:]
+
+
+def test_the_main_unit_distils_from_a_given_teacher_as_the_one_process_run_does(tmp_path, tmp_path_factory):
+  """teacher.checkpoint with tasks: the main unit trains no teacher, yet its KD phases distil from the given one
+  (not from the stand-in initial teacher that a phase's fresh state holds until the teacher is set)."""
+  fields = {"phases": ("student_kd",), "teacher.checkpoint": str(support.finished_run(tmp_path_factory))}
+  support.run_in_process(support.study_config(**fields), tmp_path / "one")
+  support.run_in_process(support.study_config(task="0/1", **fields), tmp_path / "grid")
+  assert comparable(support.read_report(tmp_path / "grid")) == comparable(support.read_report(tmp_path / "one"))
