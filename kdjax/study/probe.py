@@ -11,8 +11,11 @@ from kdjax.training import evaluate
 
 
 class Probe:
-  """The probe's images and labels (host arrays) and the batch its forwards run in (one batch, rounded up to a
-  multiple of the data-parallel device count); `warm`: the nets whose probe forward has run (compiled) here."""
+  """The probe's images and labels (host arrays) and the batch its forwards run in: one batch (rounded up to a
+  multiple of the data-parallel device count) up to eval_batch_size, in eval_batch_size batches beyond it (the
+  evaluation's compiled forward and the evaluation's buffer sizes: a forward's buffers grow with its batch, ~0.4 GB
+  for the teacher at the full data's 1,000 probe images, and the tuned heap keeps them); `warm`: the nets whose probe
+  forward has run (compiled) here."""
 
   def __init__(self, setup, num_points: int):
     num_val = len(setup.dataset.val_labels)
@@ -20,7 +23,7 @@ class Probe:
     keep = collapse.probe_indices(num_val, size)
     self.images, self.labels = setup.dataset.val_images[keep], setup.dataset.val_labels[keep]
     devices = setup.parallel.size
-    self.batch_size = -(-size // devices) * devices
+    self.batch_size = min(-(-size // devices) * devices, setup.config.eval_batch_size)
     self.warm: set[str] = set()
 
   @property
