@@ -12,7 +12,8 @@ references carry the `optimized` mark (module-wide: `pytestmark = pytest.mark.op
 they and the kdjax processes they start. Not marked, although they compare with references: modules whose compared
 numbers are computed op by op (nothing jitted: each op is compiled alone, so there is nothing for the optimisations
 to fuse, and its optimised compile costs ~10x: parity/test_ema 23.5 s -> 2.3 s of XLA compile), and
-those that compare two computations of one build in float64 (nets/test_block_conv). JAX_DISABLE_MOST_OPTIMIZATIONS
+those that compare two computations of one build in float64 (nets/test_block_conv), and nets/test_onednn_conv,
+whose bounds' XLA float32 floors are the same in both settings. JAX_DISABLE_MOST_OPTIMIZATIONS
 set by the caller is used as it is.
 """
 

@@ -27,7 +27,9 @@ from kdjax.config import validation
 from kdjax.nets import models
 from kdjax.nets import onednn_conv
 
-pytestmark = pytest.mark.optimized   # float64 / published references
+# Compiled at the suite's default setting (tests/conftest.py): the XLA float32 errors these bounds take as their
+# floor measured the same with XLA's optimisations on and off (every net conv shape at 32x32, batch 5), and the
+# XLA compile took half as long.
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 EPS32 = float(np.finfo(np.float32).eps)
