@@ -164,9 +164,13 @@ def run_phase(setup: Setup, run: RunDir, phase: str, teacher_params, saved: stor
     probe = probe_lib.Probe(setup, len(mid_steps) + config.epochs + 1)
 
   def diagnose(state, epoch: int, kd_loss, full_top1: tuple[float, float] | None = None) -> None:
+    # The probe's forwards come between training steps (or after the evaluations): in a heap trimmed before and after
+    # them, their buffers and the steps' do not stack (docs/log/2026-12-07-memory-kd-ema-phase.md).
+    host_memory.release()
     ema_teacher.diagnostics.append(probe_lib.measure(
         setup, probe, state.teacher_params, spec.net, state.params, teacher_params, epoch=epoch,
         step=int(state.step), kd_loss=None if kd_loss is None else float(kd_loss), full_top1=full_top1))
+    host_memory.release()
 
   start_epoch = 0
   if saved is not None:

@@ -51,8 +51,10 @@ def release() -> None:
   """Gives the heap's free pages back to the system (glibc's malloc_trim(0)), so that what one stage of a run freed
   (the data reader's buffers, a phase's evaluations) is not resident through the next and the run's peak is its
   largest stage's, not their sum. The study calls it before each phase (the first one's frees the set-up's and the
-  resume's buffers) and before each epoch's evaluation (whose buffers would otherwise land beside the epoch's freed
-  step buffers); a few milliseconds; changes no number. Nothing outside glibc."""
+  resume's buffers), before each epoch's evaluation (whose buffers would otherwise land beside the epoch's freed
+  step buffers) and before and after each point of a kd_ema phase's collapse diagnostics (the probe's forwards
+  between steps); a few milliseconds, and the next step faults its buffers in again; changes no number. Nothing
+  outside glibc."""
   if _libc()[0] == "glibc":
     ctypes.CDLL(None).malloc_trim(0)
 

@@ -5,10 +5,21 @@ import types
 import numpy as np
 import pytest
 
+from kdjax.config import defaults as config_lib
 from kdjax.report import collapse
+from kdjax.store import tensorboard
+from kdjax.store.rundir import RunDir
+from kdjax.study import experiment
 from kdjax.study import probe as probe_lib
 from kdjax.study.builder import Setup
+from kdjax.training import host_memory
 from tests.conftest import tiny_config
+
+
+@pytest.fixture(scope="module")
+def setup():
+  """The tiny digits study of one epoch, evaluated in batches of 16: its 32-image probe runs in two."""
+  return Setup.build(tiny_config(**{"eval_batch_size": 16, "epochs": 1}))
 
 
 def _setup_of(num_val: int, num_train: int, epochs: int, eval_batch_size: int, devices: int = 1):
@@ -33,9 +44,7 @@ def test_a_probe_larger_than_an_evaluation_batch_runs_in_evaluation_batches():
   assert probe_lib.Probe(_setup_of(10_000, 100_000, 10, 102, devices=3), 43).batch_size == 102
 
 
-def test_the_probe_in_evaluation_batches_measures_what_one_batch_measured():
-  config = tiny_config(**{"eval_batch_size": 16})   # the tiny probe (32 images) in two batches
-  setup = Setup.build(config)
+def test_the_probe_in_evaluation_batches_measures_what_one_batch_measured(setup):
   probe = probe_lib.Probe(setup, 5)
   assert (probe.size, probe.batch_size) == (32, 16)
   teacher, student = setup.initial_params["teacher"], setup.initial_params["student"]
@@ -46,3 +55,23 @@ def test_the_probe_in_evaluation_batches_measures_what_one_batch_measured():
   in_one = measure()
   for key in ("distance", "entropy", "probe_size", "probe_teacher_top1", "probe_student_top1"):
     assert in_batches[key] == pytest.approx(in_one[key], rel=1e-6, abs=1e-9), key
+
+
+def test_each_diagnostics_point_runs_in_a_trimmed_heap_and_leaves_it_trimmed(setup, tmp_path, monkeypatch):
+  # The probe's forwards between two training steps: in the tuned heap (one arena, nothing given back) their buffers
+  # landed beside the steps' freed ones, and the steps' beside theirs (the full data's kd_ema phase grew by ~40 MB
+  # at a point); trimmed before and after, neither stacks on the other.
+  calls = []
+  monkeypatch.setattr(host_memory, "release", lambda: calls.append("release"))
+  measure = probe_lib.measure
+  monkeypatch.setattr(probe_lib, "measure", lambda *args, **kwargs: calls.append("point") or measure(*args, **kwargs))
+  config_dict = config_lib.as_json(setup.config)
+  run = RunDir(tmp_path)
+  outcome = experiment.run_phase(setup, run, "student_kd_ema", setup.initial_params["teacher"], None,
+                                 experiment.run_facts(setup, config_dict),
+                                 tensorboard.Events(tmp_path / "tensorboard", 0, enabled=False))
+  points = outcome.results["teacher_ema"].diagnostics
+  assert len(points) == calls.count("point") > 2   # the start, the steps between, the epoch's end
+  for index, call in enumerate(calls):
+    if call == "point":
+      assert calls[index - 1] == calls[index + 1] == "release", calls
