@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from typing import NoReturn
 
 from absl import flags
@@ -106,10 +107,17 @@ def tolerant_output() -> None:
         pass
 
 
+# The warning Python prints when a coroutine is garbage-collected unawaited: after a failed read Orbax leaves
+# TensorStore's metadata coroutines ("coroutine 'Store._get_array_metadatas' was never awaited"), printed, or not,
+# whenever the collector runs, two lines after the one-line CheckpointError.
+UNAWAITED_COROUTINE = r"coroutine '.*' was never awaited"
+
+
 def quiet_stderr() -> None:
-  """For the command-line entry points: see _DropClosedLoopTracebacks, _DropOrbaxThreadErrors and
-  _DropOrbaxTaskErrors; and tolerant_output."""
+  """For the command-line entry points: see _DropClosedLoopTracebacks, _DropOrbaxThreadErrors,
+  _DropOrbaxTaskErrors and UNAWAITED_COROUTINE; and tolerant_output."""
   tolerant_output()
+  warnings.filterwarnings("ignore", message=UNAWAITED_COROUTINE, category=RuntimeWarning)
   if not isinstance(sys.stderr, _DropClosedLoopTracebacks):
     sys.stderr = _DropClosedLoopTracebacks(sys.stderr)
   for name, kind in (("absl", _DropOrbaxThreadErrors), ("asyncio", _DropOrbaxTaskErrors)):

@@ -66,8 +66,9 @@ def test_config_differences_ignore_result_neutral_fields():
       'phases (["teacher", "student_ce", "student_kd"] -> ["teacher"])']
 
 
-def test_config_mismatch_stops_with_one_line_and_touches_nothing(tmp_path_factory, kdjax_in_process):
-  workdir = support.finished_run(tmp_path_factory)
+def test_config_mismatch_stops_with_one_line_and_touches_nothing(tmp_path, tmp_path_factory, kdjax_in_process):
+  # A copy: the refused run takes the workdir's lock first, which would refuse another worker's rerun of it.
+  workdir = support.copy_of_finished_run(tmp_path, tmp_path_factory)
   before = support.snapshot(workdir)
   # In process: the refused command's fresh process, tests/store/test_rundir.py (another run's workdir, exit 2).
   result = kdjax_in_process(*support.EMA_STUDY, "--config.epochs=4", "--config.kd.temperature=2",

@@ -91,7 +91,8 @@ def test_kill_during_a_save_keeps_the_previous_checkpoint_and_resumes(tmp_path, 
 
 
 def test_rerunning_a_finished_run_loads_every_phase(tmp_path, tmp_path_factory):
-  reference = support.finished_run(tmp_path_factory)
+  # A copy: the rerun holds its workdir's lock and rewrites its report, which other workers' tests read meanwhile.
+  reference = support.copy_of_finished_run(tmp_path, tmp_path_factory)
   stdout, _ = support.run_in_process(support.study_config(), reference)
   assert "[teacher] finished earlier" in stdout
   assert "[student_kd_ema] finished earlier" in stdout
