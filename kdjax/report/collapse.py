@@ -16,7 +16,7 @@ between two points ("between step a and step b") and the points' time as a share
 import math
 
 import numpy as np
-from scipy import stats as scipy_stats
+from scipy import special as scipy_special
 
 from kdjax.report import figures
 
@@ -96,8 +96,12 @@ def chance_p(top1: float, examples: int, num_classes: int) -> float:
 
 
 def chance_p_of_count(correct: int, examples: int, num_classes: int) -> float:
-  """P(X >= correct), X ~ Binomial(examples, 1/K): the one-sided exact test of `correct` right against chance."""
-  return float(scipy_stats.binomtest(correct, examples, 1.0 / num_classes, alternative="greater").pvalue)
+  """P(X >= correct), X ~ Binomial(examples, 1/K): the one-sided exact test of `correct` right against chance.
+  P(X >= k) = I_{1/K}(k, n - k + 1), the regularised incomplete beta (scipy.stats.binomtest's p, without the
+  import of scipy.stats that every run would wait a second for)."""
+  if correct <= 0:
+    return 1.0
+  return float(scipy_special.betainc(correct, examples - correct + 1, 1.0 / num_classes))
 
 
 def findings(points: list[dict], teacher: str, student: str, *, num_classes: int | None = None,

@@ -30,7 +30,6 @@ import math
 from typing import Sequence
 
 import numpy as np
-from scipy import stats as scipy_stats
 
 ALPHA = 0.05
 BOOTSTRAP_RESAMPLES = 2000
@@ -51,12 +50,18 @@ def std(values: Sequence[float]) -> float | None:
   return math.sqrt(math.fsum((value - centre) ** 2 for value in values) / (len(values) - 1))
 
 
+def _scipy_stats():
+  """scipy.stats, imported when a test is computed (the import costs a run ~1 s; a one-seed run needs none)."""
+  from scipy import stats
+  return stats
+
+
 def confidence_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float] | None:
   """mean ± t_{(1+level)/2, n-1} · std / sqrt(n); None for fewer than two values."""
   spread = std(values)
   if spread is None:
     return None
-  half = float(scipy_stats.t.ppf((1 + level) / 2, len(values) - 1)) * spread / math.sqrt(len(values))
+  half = float(_scipy_stats().t.ppf((1 + level) / 2, len(values) - 1)) * spread / math.sqrt(len(values))
   centre = mean(values)
   return (centre - half, centre + half)
 
@@ -67,7 +72,7 @@ def t_test_p(differences: Sequence[float]) -> float | None:
   if not spread:
     return None
   statistic = mean(differences) / (spread / math.sqrt(len(differences)))
-  return float(2 * scipy_stats.t.sf(abs(statistic), len(differences) - 1))
+  return float(2 * _scipy_stats().t.sf(abs(statistic), len(differences) - 1))
 
 
 def holm(p_values: Sequence[float | None]) -> list[float | None]:
@@ -104,7 +109,7 @@ class McNemar:
 
 def _exact(a_only: int, b_only: int, examples: int) -> McNemar:
   discordant = a_only + b_only
-  p = 1.0 if discordant == 0 else float(scipy_stats.binomtest(a_only, discordant, 0.5).pvalue)
+  p = 1.0 if discordant == 0 else float(_scipy_stats().binomtest(a_only, discordant, 0.5).pvalue)
   return McNemar(int(a_only), int(b_only), int(examples), p)
 
 
