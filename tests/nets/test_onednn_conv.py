@@ -304,7 +304,8 @@ def _fresh_kdjax(env: dict, *args: str) -> subprocess.CompletedProcess:
                         capture_output=True, text=True, cwd=ROOT)
 
 
-@pytest.mark.parametrize("env", [{"KDJAX_ONEDNN_THREADS": "abc"}, {"KDJAX_ONEDNN": "yes"}])
+@pytest.mark.parametrize("env", [{"KDJAX_ONEDNN_THREADS": "abc"},
+                                 pytest.param({"KDJAX_ONEDNN": "yes"}, marks=pytest.mark.slow)])   # a fresh process each
 def test_the_cli_refuses_a_bad_oneDNN_variable_in_one_line_exit_2(tmp_path, env):
   """The issue: KDJAX_ONEDNN_THREADS=abc gave a 51-line traceback."""
   result = _fresh_kdjax(env, "-m", "kdjax.main", "--config", "ema.py", f"--workdir={tmp_path / 'run'}")

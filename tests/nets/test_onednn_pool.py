@@ -157,7 +157,7 @@ def _step_loss(net, conv, poisoned, kind="ce"):
 
 
 @pytest.mark.parametrize("net, poisoned, kind", [
-    ("student", "conv1", "ce"), ("teacher", "conv6", "ce"),
+    ("student", "conv1", "ce"), pytest.param("teacher", "conv6", "ce", marks=pytest.mark.slow),   # the 12-conv net
     ("student", "conv6", "kd")])   # a NaN teacher teaching: kl_per_example keeps its NaN probabilities
 def test_a_nan_weight_gives_a_non_finite_step_on_both_conv_paths(net, poisoned, kind):
   """One NaN in the student's conv1 kernel, or the teacher's conv6 (trained by CE, or teaching a KD step): the

@@ -221,7 +221,7 @@ app.run(main.main)
 """
 
 
-@pytest.mark.parametrize("how", ["full", "read-only"])
+@pytest.mark.parametrize("how", ["full", pytest.param("read-only", marks=pytest.mark.slow)])
 def test_full_or_read_only_disk_is_a_clear_error_and_earlier_checkpoints_survive(tmp_path, tmp_path_factory, how):
   if shutil.which("unshare") is None or subprocess.run(
       ["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size=1m tmpfs {tmp_path}"]).returncode != 0:

@@ -9,8 +9,10 @@ import pytest
 from tests.support import ROOT
 
 
-TINY_ARGS = ["--config.data.image_size=16", "--config.data.max_train_examples=96",
-             "--config.data.max_val_examples=48", "--config.batch_size=32", "--config.epochs=1"]
+# One epoch at the shapes of tests/support/ckpt.TINY_FIELDS (its batch sizes too): the programs of these fresh
+# processes are those the suite's other tiny runs compiled into the run's compilation cache (tests/conftest.py).
+TINY_ARGS = ["--config.data.image_size=16", "--config.data.max_train_examples=200",
+             "--config.data.max_val_examples=100", "--config.epochs=1"]
 
 
 def kdjax_main(*args, cwd, stderr=subprocess.PIPE, timeout=300):

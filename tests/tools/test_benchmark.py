@@ -142,6 +142,7 @@ def test_profile_lists_every_op_of_the_student_step():
   assert [label for label, _ in conv_timings] == ["kdjax", "xla_default"]
 
 
+@pytest.mark.slow   # every phase of a study in both frameworks, PyTorch in two children (one per allocator)
 def test_study_runs_every_phase_in_both_frameworks(one_torch_thread, tuned_peer, monkeypatch):
   config = tiny_config(epochs=1, **{"data.max_train_examples": 64, "data.max_val_examples": 32,
                                     "phases": ("teacher", "student_ce", "student_kd", "student_kd_ema")})
