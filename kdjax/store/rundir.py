@@ -25,6 +25,21 @@ def _write_failed(path, error: OSError) -> WriteError:
   return WriteError(f"cannot write {path}: {error.strerror or error}")
 
 
+def write_text_file(target, text: str) -> pathlib.Path:
+  """Writes `text` to `target` atomically (temp file + rename: a crash never leaves half a file); WriteError
+  naming it on failure."""
+  target = pathlib.Path(target)
+  # One temporary name per process: the tasks of a grid study may write the same file (config.json) at once.
+  temporary = target.with_suffix(f"{target.suffix}.{os.getpid()}.tmp")
+  try:
+    temporary.write_text(text, encoding="utf-8")   # report.md holds Δ: UTF-8 whatever the locale says
+    os.replace(temporary, target)
+  except OSError as error:
+    temporary.unlink(missing_ok=True)
+    raise _write_failed(target, error) from None
+  return target
+
+
 class RunDir:
   """WORKDIR, checked writable on creation (ConfigError naming `workdir` otherwise). writer False (every
   process of a multi-host run but process 0): the lock, config.json and metrics.jsonl are process 0's; this
@@ -132,15 +147,7 @@ class RunDir:
     return self._replace(self.path / name, text)
 
   def _replace(self, target: pathlib.Path, text: str) -> pathlib.Path:
-    # One temporary name per process: the tasks of a grid study may write the same file (config.json) at once.
-    temporary = target.with_suffix(f"{target.suffix}.{os.getpid()}.tmp")
-    try:
-      temporary.write_text(text, encoding="utf-8")   # report.md holds Δ: UTF-8 whatever the locale says
-      os.replace(temporary, target)
-    except OSError as error:
-      temporary.unlink(missing_ok=True)
-      raise _write_failed(target, error) from None
-    return target
+    return write_text_file(target, text)
 
   def append_metrics(self, record: dict) -> None:
     if not self.writer:
@@ -161,6 +168,28 @@ class RunDir:
 def seed_dir(workdir, seed: int) -> pathlib.Path:
   """Where a several-seed run keeps seed `seed`'s own one-seed run: WORKDIR/seed_<seed>/."""
   return pathlib.Path(workdir) / f"seed_{seed}"
+
+
+def _read_report(path: pathlib.Path) -> dict:
+  try:
+    return json.loads(path.read_text())
+  except FileNotFoundError:
+    raise ConfigError(f"{path}: no such file (not a finished run: its report is written last)") from None
+  except (OSError, ValueError) as error:
+    raise ConfigError(f"{path}: cannot read it as a report ({error})") from None
+
+
+def read_seed_reports(workdir) -> tuple[list[int], list[dict]]:
+  """(seeds, one report.json per seed) of a finished run: a several-seed workdir's seed_<s>/report.json in the
+  order of its report's "seeds", or a one-seed workdir's own report. ConfigError naming a missing file."""
+  workdir = pathlib.Path(workdir)
+  if not workdir.is_dir():
+    raise ConfigError(f"{workdir}: no such workdir")
+  top = _read_report(workdir / "report.json")
+  if "seeds" not in top:
+    return [int(top.get("config", {}).get("seed", 0))], [top]
+  seeds = [int(seed) for seed in top["seeds"]]
+  return seeds, [_read_report(seed_dir(workdir, seed) / "report.json") for seed in seeds]
 
 
 def unit_dir(seed_folder, point: str) -> pathlib.Path:

@@ -20,6 +20,7 @@ ENTRY_POINTS = {
     "kdjax.cli.inspection": ("Looks inside a run's checkpoints", ("--epoch", "--json", "--evaluate")),
     "kdjax.cli.interpolation": ("Tests the original's EMA without training",
                                 ("--workdir", "--weights", "--students", "--overwrite")),
+    "kdjax.cli.answer": ("Several finished studies side by side", ("--out",)),
     "kdjax.tools.benchmark": ("How fast kdjax trains", ("--compare-torch", "--study", "--steps", "--config")),
 }
 DEVELOPER_PATHS = ("shared/data", "/work/", "/home/", "/tmp/")
@@ -37,7 +38,7 @@ def run_module(module: str, *args: str, cwd) -> subprocess.CompletedProcess:
 # runs it, each entry point's fresh process.
 OWN_FLAGS = {"parity.check": "parity.check", "parity.export": "parity.export", "kdjax.data": "kdjax.cli.data_info",
              "kdjax.cli.inspection": "kdjax.cli.inspection", "kdjax.cli.interpolation": "kdjax.cli.interpolation",
-             "kdjax.tools.benchmark": "kdjax.tools.benchmark.__main__"}
+             "kdjax.cli.answer": "kdjax.cli.answer", "kdjax.tools.benchmark": "kdjax.tools.benchmark.__main__"}
 
 
 def main_in_process(module: str, *args: str, cwd) -> subprocess.CompletedProcess:
@@ -110,7 +111,7 @@ def test_benchmark_study_has_no_developers_data_folder():
 
 # Entry points whose --help answers before the study's libraries load (kdjax.data, kdjax.cli.inspection and
 # kdjax.tools.benchmark load JAX as they are imported: their package or their flags' defaults need it).
-LIGHT_HELP = ("kdjax.main", "parity.check", "parity.export", "kdjax.cli.interpolation")
+LIGHT_HELP = ("kdjax.main", "parity.check", "parity.export", "kdjax.cli.interpolation", "kdjax.cli.answer")
 
 
 def test_help_of_the_light_entry_points_loads_neither_jax_nor_pytorch(tmp_path):
