@@ -177,6 +177,7 @@ def test_a_resume_on_another_conv_path_says_so_in_a_line_and_in_the_report(tmp_p
           f"{other['teacher']})") in report_md
 
 
+@pytest.mark.slow   # a fresh process: the in-process twin above makes the same check with claimed paths
 def test_a_resume_with_onednn_switched_off_notes_the_change(tmp_path, tmp_path_factory, monkeypatch):
   """The issue's case for real: saves trained by oneDNN, resumed where it does not run (KDJAX_ONEDNN=0, as on 2
   devices): exit 0, a note line, report.json's conv entry lists the saves' path; the finished phases' metrics come
