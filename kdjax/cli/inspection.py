@@ -37,6 +37,7 @@ from kdjax.training import ema
 from kdjax import phases
 from kdjax.store import meta as run_meta
 from kdjax.store import run as run_lib
+from kdjax.store.rundir import read_report
 from kdjax.report import compare
 
 PROG = "kdjax.cli.inspection"
@@ -150,21 +151,6 @@ def inspect_path(path, epoch: int | None = None) -> dict:
   folder, epoch_in_path = ckpt_lib.resolve(path, "teacher")
   return {"workdir": None, "config": None, "models": [describe_model(folder, epoch if epoch is not None
                                                                       else epoch_in_path)]}
-
-
-def read_report(path: pathlib.Path) -> tuple[dict | None, str | None]:
-  """(report.json's content, None), or (None, one line saying why it cannot be read: a run killed while
-  writing it by an older kdjax, a full disk, an edit)."""
-  try:
-    report = json.loads(path.read_text())
-  except (OSError, UnicodeDecodeError) as error:
-    return None, f"{path}: cannot be read ({getattr(error, 'strerror', None) or error})"
-  except ValueError as error:
-    return None, (f"{path}: not valid JSON ({error}): truncated or damaged; rerun the run's command to write it "
-                  f"again")
-  if not isinstance(report, dict) or not isinstance(report.get("models"), dict):
-    return None, f"{path}: not a kdjax report (no \"models\" object)"
-  return report, None
 
 
 # --- evaluation ------------------------------------------------------------------------------------------

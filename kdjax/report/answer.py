@@ -21,25 +21,15 @@ def model_order(names) -> list[str]:
 
 
 def build(studies: dict[str, tuple[list[int], list[dict]]]) -> dict:
-  """{"studies": {study: {"seeds", "models": {model: {"val_top1", "val_top1_std", "per_seed"}}}},
+  """{"studies": {study: {"seeds", "models": over_seeds.summarize's models}},
   "comparisons": [each study's paired comparisons, with "study"], "comparison_family": Holm over all of them}."""
   answer = {"studies": {}, "comparisons": []}
   for study, (seeds, reports) in studies.items():
     summary = over_seeds.summarize(reports, seeds)
-    answer["studies"][study] = {"seeds": list(seeds), "models": {
-        name: {"val_top1": entry["val_top1"], "val_top1_std": entry["val_top1_std"],
-               "per_seed": [row["val_top1"] for row in entry["per_seed"]]}
-        for name, entry in summary["models"].items()}}
+    answer["studies"][study] = {"seeds": list(seeds), "models": summary["models"]}
     answer["comparisons"] += [dict(comparison, study=study) for comparison in summary["comparisons"]]
   answer["comparison_family"] = significance.family(answer["comparisons"])   # Holm over every study's rows
   return answer
-
-
-def _cell(entry: dict | None) -> str:
-  if entry is None:
-    return ""
-  spread = entry["val_top1_std"]
-  return f"{entry['val_top1']:.2f}" + (f" ± {spread:.2f}" if spread is not None else "")
 
 
 def _interval(low_high) -> str:
@@ -54,16 +44,17 @@ def markdown(answer: dict) -> str:
   header = " | ".join(f"{study} ({len(entry['seeds'])} seeds)" for study, entry in studies.items())
   lines = [f"| model | {header} |", "|---|" + "---:|" * len(studies)]
   for name in names:
-    cells = " | ".join(_cell(entry["models"].get(name)) for entry in studies.values())
+    cells = " | ".join(over_seeds.plus_minus(entry["models"][name], "val_top1") if name in entry["models"] else ""
+                       for entry in studies.values())
     lines.append(f"| {name} | {cells} |")
   family = answer["comparison_family"]
   lines += ["", f"Paired differences, top-1 points (Holm over the {family['size']} tested rows below):", "",
             "| study | difference | per seed | mean | 95 % CI over seeds | Holm p | seeds × images |",
             "|---|---|---|---:|---|---:|---|"]
   for row in answer["comparisons"]:
-    a_values = studies[row["study"]]["models"][row["a"]]["per_seed"]
-    b_values = studies[row["study"]]["models"][row["b"]]["per_seed"]
-    per_seed = ", ".join(f"{a - b:+.2f}" for a, b in zip(a_values, b_values))
+    models = studies[row["study"]]["models"]
+    per_seed = ", ".join(f"{a['val_top1'] - b['val_top1']:+.2f}"
+                         for a, b in zip(models[row["a"]]["per_seed"], models[row["b"]]["per_seed"]))
     holm = "" if row["holm_p"] is None else f"{row['holm_p']:.2g}"
     lines.append(f"| {row['study']} | {row['a']} − {row['b']} | {per_seed} | {row['mean']:+.2f} "
                  f"| {_interval(row['ci95'])} | {holm} | {_interval(row.get('ci95_bootstrap'))} |")

@@ -88,7 +88,8 @@ def build(config_values: dict, reports: list[dict], seeds: list[int], wall_secon
           "config": config_values, "environment": reports[0]["environment"], "wall_seconds": wall_seconds}
 
 
-def _pm(entry: dict, field: str, digits: int = 2) -> str:
+def plus_minus(entry: dict, field: str, digits: int = 2) -> str:
+  """`mean ± std` of a summary's `field` (the mean alone where there is no spread: one seed)."""
   spread = entry.get(f"{field}_std")
   text = f"{entry[field]:.{digits}f}"
   return text + (f" ± {spread:.{digits}f}" if spread is not None else "")
@@ -103,9 +104,9 @@ def markdown(report: dict) -> str:
            "| model | params | val top-1 % | val top-5 % | val loss | agreement w/ teacher % | train s (all seeds) |",
            "|---|---:|---:|---:|---:|---:|---:|"]
   for name, entry in report["models"].items():
-    agreement = _pm(entry, "agreement_with_teacher") if "agreement_with_teacher" in entry else ""
-    lines.append(f"| {name} | {entry['params']:,} | {_pm(entry, 'val_top1')} | {_pm(entry, 'val_top5')} "
-                 f"| {_pm(entry, 'val_loss', 4)} | {agreement} | {entry['train_seconds']:.1f} |")
+    agreement = plus_minus(entry, "agreement_with_teacher") if "agreement_with_teacher" in entry else ""
+    lines.append(f"| {name} | {entry['params']:,} | {plus_minus(entry, 'val_top1')} | {plus_minus(entry, 'val_top5')} "
+                 f"| {plus_minus(entry, 'val_loss', 4)} | {agreement} | {entry['train_seconds']:.1f} |")
   lines += ["", report_lib.answer(report["models"], report["comparisons"], n)]
   lines += ["", "Paired differences in top-1 (same seed: same initial weights and data order):", ""]
   lines += [f"- {report_lib.comparison_sentence(comparison, report.get('comparison_family'))}"

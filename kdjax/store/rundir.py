@@ -170,13 +170,29 @@ def seed_dir(workdir, seed: int) -> pathlib.Path:
   return pathlib.Path(workdir) / f"seed_{seed}"
 
 
-def _read_report(path: pathlib.Path) -> dict:
+def read_report(path: pathlib.Path) -> tuple[dict | None, str | None]:
+  """(report.json's content, None), or (None, one line saying why it cannot be read: a run killed while
+  writing it by an older kdjax, a full disk, an edit)."""
   try:
-    return json.loads(path.read_text())
-  except FileNotFoundError:
-    raise ConfigError(f"{path}: no such file (not a finished run: its report is written last)") from None
-  except (OSError, ValueError) as error:
-    raise ConfigError(f"{path}: cannot read it as a report ({error})") from None
+    report = json.loads(path.read_text())
+  except (OSError, UnicodeDecodeError) as error:
+    return None, f"{path}: cannot be read ({getattr(error, 'strerror', None) or error})"
+  except ValueError as error:
+    return None, (f"{path}: not valid JSON ({error}): truncated or damaged; rerun the run's command to write it "
+                  f"again")
+  if not isinstance(report, dict) or not isinstance(report.get("models"), dict):
+    return None, f"{path}: not a kdjax report (no \"models\" object)"
+  return report, None
+
+
+def _finished_report(path: pathlib.Path) -> dict:
+  """read_report's content, or a ConfigError naming `path`."""
+  if not path.is_file():
+    raise ConfigError(f"{path}: no such file (not a finished run: its report is written last)")
+  report, why = read_report(path)
+  if report is None:
+    raise ConfigError(why)
+  return report
 
 
 def read_seed_reports(workdir) -> tuple[list[int], list[dict]]:
@@ -185,11 +201,11 @@ def read_seed_reports(workdir) -> tuple[list[int], list[dict]]:
   workdir = pathlib.Path(workdir)
   if not workdir.is_dir():
     raise ConfigError(f"{workdir}: no such workdir")
-  top = _read_report(workdir / "report.json")
+  top = _finished_report(workdir / "report.json")
   if "seeds" not in top:
     return [int(top.get("config", {}).get("seed", 0))], [top]
   seeds = [int(seed) for seed in top["seeds"]]
-  return seeds, [_read_report(seed_dir(workdir, seed) / "report.json") for seed in seeds]
+  return seeds, [_finished_report(seed_dir(workdir, seed) / "report.json") for seed in seeds]
 
 
 def unit_dir(seed_folder, point: str) -> pathlib.Path:

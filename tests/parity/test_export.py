@@ -33,9 +33,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-  config = ema_config.get_config()
+  config, tiny = ema_config.get_config(), tiny_config()
   for field in ("batch_size", "eval_batch_size", "progress", "log_every_epoch", "data"):
-    config[field] = tiny_config()[field]
+    config[field] = tiny[field]
   config.epochs = 1
   path = tmp_path_factory.mktemp("run")
   with jax.default_matmul_precision("highest"):
